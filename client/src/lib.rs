@@ -1,0 +1,14 @@
+//! The FastChat client library: finds a server through the balancer, speaks the
+//! protocol, matches replies to requests, acknowledges and de-duplicates messages.
+//! The terminal program, the tests and the load tester all use it.
+#![deny(missing_docs)]
+
+mod balancer;
+mod connection;
+mod error;
+
+pub use balancer::{ask_balancer, balancer_status, Assignment};
+pub use connection::{Client, ClientConfig, Event, Reply, ReplyHandle};
+pub use error::ClientError;
+pub use fastchat_common::protocol::client::OkResult;
+pub use fastchat_common::ErrorCode;

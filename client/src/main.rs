@@ -1,0 +1,274 @@
+//! `fastchat`: the line-based terminal client. Commands come one per line on standard
+//! input (a person or a pipe); events and replies go to standard output.
+
+mod terminal;
+
+use clap::Parser;
+use crossbeam_channel::{select, Receiver};
+use fastchat_client::{Client, ClientConfig, ClientError, ErrorCode, OkResult, ReplyHandle};
+use fastchat_common::protocol::client::RequestBody;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+use terminal::commands::{command_word, parse, Command, HELP};
+use terminal::output::{Mode, Output};
+
+/// FastChat terminal client.
+#[derive(Debug, Parser)]
+#[command(name = "fastchat", version)]
+struct Cli {
+    /// The balancer's address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    balancer: String,
+    /// Where keys and received files are kept (default: ~/.fastchat).
+    #[arg(long)]
+    home: Option<PathBuf>,
+    /// Print one JSON object per line instead of text for people.
+    #[arg(long)]
+    json: bool,
+    /// The cluster's CA certificate (default: $FASTCHAT_CA, else .fastchat/ca.pem).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Log level for diagnostics on standard error.
+    #[arg(long, default_value = "warn")]
+    log_level: log::LevelFilter,
+}
+
+/// How long, after standard input ends, the program waits for replies it owes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A command whose reply is to be printed, in order.
+enum Pending {
+    /// A reply from the server; `human` makes the text for people from the result.
+    Remote {
+        cmd: &'static str,
+        handle: ReplyHandle,
+        human: Box<dyn Fn(&Option<OkResult>) -> String + Send>,
+    },
+    /// A reply known at once (local commands and parse errors).
+    Local(Box<dyn FnOnce(&Output) + Send>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = simplelog::TermLogger::init(
+        cli.log_level,
+        simplelog::Config::default(),
+        simplelog::TerminalMode::Stderr,
+        simplelog::ColorChoice::Never,
+    );
+    let mode = if cli.json { Mode::Json } else { Mode::Human };
+    let output = Output::new(mode);
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    if let Err(e) = std::fs::create_dir_all(&home) {
+        output.error(
+            "start",
+            &ClientError::new(ErrorCode::LocalError, format!("{}: {e}", home.display())),
+        );
+        return ExitCode::FAILURE;
+    }
+    let client = match Client::connect(&ClientConfig {
+        balancer: cli.balancer.clone(),
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            output.error("connect", &e);
+            return ExitCode::FAILURE;
+        }
+    };
+    if mode == Mode::Human {
+        println!("* connected to {} (type /help)", client.server());
+    }
+
+    let (items_tx, items_rx) = crossbeam_channel::unbounded::<Pending>();
+    let events = client.events().clone();
+    let printer = thread::spawn(move || print_loop(&output, &events, &items_rx));
+
+    let mut logged_in = false;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let command = match parse(&line) {
+            Ok(None) => continue,
+            Ok(Some(c)) => c,
+            Err(e) => {
+                let cmd = if e.cmd.is_empty() {
+                    command_word(&line)
+                } else {
+                    e.cmd
+                };
+                let code = if e.unknown {
+                    ErrorCode::UnknownCommand
+                } else {
+                    ErrorCode::BadRequest
+                };
+                let err = ClientError::new(code, e.message);
+                let _ = items_tx.send(Pending::Local(Box::new(move |out| out.error(&cmd, &err))));
+                continue;
+            }
+        };
+        let pending = match command {
+            Command::Quit => break,
+            Command::Help => Pending::Local(Box::new(|out| {
+                let lines: Vec<String> = HELP.iter().map(|(u, d)| format!("{u:<24} {d}")).collect();
+                let cmds: Vec<_> = HELP
+                    .iter()
+                    .map(|(u, d)| json!({"usage": u, "help": d}))
+                    .collect();
+                out.ok_with("help", json!({"commands": cmds}), &lines.join("\n"));
+            })),
+            Command::Signup { user, password } => {
+                logged_in = true;
+                Pending::Remote {
+                    cmd: "signup",
+                    handle: client.request(RequestBody::Signup { user, password }),
+                    human: Box::new(|r| match r {
+                        Some(OkResult::Session { user }) => {
+                            format!("signed up; logged in as {user}")
+                        }
+                        _ => "signed up".into(),
+                    }),
+                }
+            }
+            Command::Login { user, password } => {
+                logged_in = true;
+                Pending::Remote {
+                    cmd: "login",
+                    handle: client.request(RequestBody::Login { user, password }),
+                    human: Box::new(|r| match r {
+                        Some(OkResult::Session { user }) => format!("logged in as {user}"),
+                        _ => "logged in".into(),
+                    }),
+                }
+            }
+            Command::Logout => {
+                logged_in = false;
+                Pending::Remote {
+                    cmd: "logout",
+                    handle: client.request(RequestBody::Logout),
+                    human: Box::new(|_| "logged out".into()),
+                }
+            }
+            Command::Msg { to, text } => {
+                let (_, handle) = client.send_text(&to, &text);
+                Pending::Remote {
+                    cmd: "msg",
+                    handle,
+                    human: Box::new(move |r| match r {
+                        Some(OkResult::Sent { stored: true, .. }) => {
+                            format!("{to} is not reachable now; the message is stored for them")
+                        }
+                        _ => String::new(),
+                    }),
+                }
+            }
+        };
+        if items_tx.send(pending).is_err() {
+            break;
+        }
+    }
+    drop(items_tx);
+    let _ = printer.join();
+    if logged_in && !client.is_closed() {
+        let _ = client.logout();
+    }
+    ExitCode::SUCCESS
+}
+
+fn default_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".fastchat")
+}
+
+/// Prints events as they come and replies in command order; returns once standard input
+/// has ended and every owed reply is printed (or `DRAIN_TIMEOUT` has passed).
+fn print_loop(
+    output: &Output,
+    events: &Receiver<fastchat_client::Event>,
+    items: &Receiver<Pending>,
+) {
+    let never_items = crossbeam_channel::never();
+    let never_events = crossbeam_channel::never();
+    let never_reply = crossbeam_channel::never();
+    let mut events_open = true;
+    let mut items_open = true;
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        // Print every head that is ready.
+        while let Some(head) = queue.front() {
+            match head {
+                Pending::Local(_) => {
+                    if let Some(Pending::Local(print)) = queue.pop_front() {
+                        print(output);
+                    }
+                }
+                Pending::Remote { handle, .. } => match handle.receiver().try_recv() {
+                    Ok(reply) => print_remote(output, queue.pop_front(), reply),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => print_remote(
+                        output,
+                        queue.pop_front(),
+                        Err(ClientError::disconnected("connection closed")),
+                    ),
+                },
+            }
+        }
+        if !items_open && queue.is_empty() {
+            return;
+        }
+        let head_rx = match queue.front() {
+            Some(Pending::Remote { handle, .. }) => handle.receiver(),
+            _ => &never_reply,
+        };
+        let items_rx = if items_open { items } else { &never_items };
+        let events_rx = if events_open { events } else { &never_events };
+        let timeout = drain_deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        select! {
+            recv(events_rx) -> e => match e {
+                Ok(event) => output.event(&event),
+                Err(_) => events_open = false,
+            },
+            recv(items_rx) -> item => match item {
+                Ok(p) => queue.push_back(p),
+                Err(_) => {
+                    items_open = false;
+                    drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+                }
+            },
+            recv(head_rx) -> reply => {
+                let reply = reply.unwrap_or_else(|_| Err(ClientError::disconnected("connection closed")));
+                print_remote(output, queue.pop_front(), reply);
+            },
+            default(timeout) => {
+                if drain_deadline.is_some() {
+                    for p in queue.drain(..) {
+                        print_remote(output, Some(p), Err(ClientError::new(ErrorCode::Timeout, "no reply in time")));
+                    }
+                    return;
+                }
+            },
+        }
+    }
+}
+
+fn print_remote(output: &Output, pending: Option<Pending>, reply: fastchat_client::Reply) {
+    match pending {
+        Some(Pending::Remote { cmd, human, .. }) => {
+            let text = match &reply {
+                Ok(result) => human(result),
+                Err(_) => String::new(),
+            };
+            output.reply(cmd, &reply, &text);
+        }
+        Some(Pending::Local(print)) => print(output),
+        None => {}
+    }
+}

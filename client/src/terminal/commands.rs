@@ -1,0 +1,153 @@
+//! Parsing of the terminal's `/commands`.
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `/signup USER PASSWORD`
+    Signup { user: String, password: String },
+    /// `/login USER PASSWORD`
+    Login { user: String, password: String },
+    /// `/logout`
+    Logout,
+    /// `/msg USER TEXT`
+    Msg { to: String, text: String },
+    /// `/help`
+    Help,
+    /// `/quit`
+    Quit,
+}
+
+/// One line of help per command, shown by `/help`.
+pub const HELP: &[(&str, &str)] = &[
+    ("/signup USER PASSWORD", "create an account and log in"),
+    ("/login USER PASSWORD", "log in"),
+    ("/logout", "log out"),
+    ("/msg USER TEXT", "send a direct message"),
+    ("/help", "list the commands"),
+    ("/quit", "leave"),
+];
+
+/// Why a line is not a command: (command name for the reply, message).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseError {
+    /// The command word without the slash (`"msg"`), or `""` when there is none.
+    pub cmd: String,
+    /// `true` when the command word itself is unknown.
+    pub unknown: bool,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn usage(cmd: &str) -> ParseError {
+    let line = HELP
+        .iter()
+        .find(|(u, _)| u.split_whitespace().next() == Some(&format!("/{cmd}")))
+        .map(|(u, _)| *u)
+        .unwrap_or("");
+    ParseError {
+        cmd: cmd.to_string(),
+        unknown: false,
+        message: format!("usage: {line}"),
+    }
+}
+
+/// Splits off the first whitespace-separated word.
+fn word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+/// The command word of a line (for replies to lines that fail to parse).
+pub fn command_word(line: &str) -> String {
+    word(line).0.trim_start_matches('/').to_string()
+}
+
+/// Parses one line (without its newline). Blank lines are `Ok(None)`.
+pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let (head, rest) = word(line);
+    let Some(cmd) = head.strip_prefix('/') else {
+        return Err(ParseError {
+            cmd: String::new(),
+            unknown: true,
+            message: "commands start with '/'; try /help".into(),
+        });
+    };
+    let two = |rest: &str| {
+        let (a, b) = word(rest);
+        let (b, extra) = word(b);
+        if a.is_empty() || b.is_empty() || !extra.is_empty() {
+            None
+        } else {
+            Some((a.to_string(), b.to_string()))
+        }
+    };
+    let command = match cmd {
+        "signup" | "login" => {
+            let (user, password) = two(rest).ok_or_else(|| usage(cmd))?;
+            if cmd == "signup" {
+                Command::Signup { user, password }
+            } else {
+                Command::Login { user, password }
+            }
+        }
+        "logout" => Command::Logout,
+        "msg" => {
+            let (to, text) = word(rest);
+            if to.is_empty() || text.is_empty() {
+                return Err(usage(cmd));
+            }
+            Command::Msg {
+                to: to.to_string(),
+                text: text.to_string(),
+            }
+        }
+        "help" => Command::Help,
+        "quit" | "exit" => Command::Quit,
+        _ => {
+            return Err(ParseError {
+                cmd: cmd.to_string(),
+                unknown: true,
+                message: format!("unknown command /{cmd}; try /help"),
+            })
+        }
+    };
+    Ok(Some(command))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            parse("/msg bob hello  there").unwrap(),
+            Some(Command::Msg {
+                to: "bob".into(),
+                text: "hello  there".into()
+            })
+        );
+        assert_eq!(
+            parse("/login a b").unwrap(),
+            Some(Command::Login {
+                user: "a".into(),
+                password: "b".into()
+            })
+        );
+        assert_eq!(parse("   ").unwrap(), None);
+        assert!(parse("/login a").is_err());
+        assert!(parse("/login a b c").is_err());
+        assert!(parse("/msg bob").is_err());
+        let e = parse("/fly").unwrap_err();
+        assert!(e.unknown);
+        assert_eq!(e.cmd, "fly");
+        assert!(parse("hello").unwrap_err().unknown);
+    }
+}

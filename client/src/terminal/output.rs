@@ -1,0 +1,159 @@
+//! Output of the terminal program: for people (`[HH:MM:SS] alice: text`) or one JSON
+//! object per line (`--json`). Replies are printed in the order commands were given;
+//! events as they come.
+
+use chrono::{Local, TimeZone, Utc};
+use fastchat_client::{ClientError, Event, OkResult, Reply};
+use serde_json::{json, Value};
+use std::io::Write;
+
+/// How output is shaped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Lines for people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+fn rfc3339(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn clock(ms: i64) -> String {
+    Local
+        .timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.format("%H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+/// Writes output lines.
+pub struct Output {
+    mode: Mode,
+}
+
+impl Output {
+    /// A printer in `mode`.
+    pub fn new(mode: Mode) -> Output {
+        Output { mode }
+    }
+
+    fn line(&self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    fn json(&self, value: Value) {
+        self.line(&value.to_string());
+    }
+
+    /// Prints the reply to command `cmd`; `human` is the success text for people.
+    pub fn reply(&self, cmd: &str, reply: &Reply, human: &str) {
+        match (self.mode, reply) {
+            (Mode::Json, Ok(result)) => {
+                let mut v = json!({"event": "ok", "cmd": cmd});
+                match result {
+                    Some(OkResult::Session { user }) => v["user"] = json!(user),
+                    Some(OkResult::Sent {
+                        id,
+                        sent_at,
+                        stored,
+                    }) => {
+                        v["id"] = json!(id);
+                        v["sent_at"] = json!(rfc3339(*sent_at));
+                        v["stored"] = json!(stored);
+                    }
+                    Some(OkResult::Hello { server, .. }) => v["server"] = json!(server),
+                    None => {}
+                }
+                self.json(v);
+            }
+            (Mode::Json, Err(e)) => self.error(cmd, e),
+            (Mode::Human, Ok(_)) => {
+                if !human.is_empty() {
+                    self.line(&format!("* {human}"));
+                }
+            }
+            (Mode::Human, Err(e)) => self.error(cmd, e),
+        }
+    }
+
+    /// Prints a JSON `ok` with extra fields, or a human line.
+    pub fn ok_with(&self, cmd: &str, fields: Value, human: &str) {
+        match self.mode {
+            Mode::Json => {
+                let mut v = json!({"event": "ok", "cmd": cmd});
+                if let (Some(obj), Some(extra)) = (v.as_object_mut(), fields.as_object()) {
+                    for (k, val) in extra {
+                        obj.insert(k.clone(), val.clone());
+                    }
+                }
+                self.json(v);
+            }
+            Mode::Human => self.line(human),
+        }
+    }
+
+    /// Prints an error reply.
+    pub fn error(&self, cmd: &str, e: &ClientError) {
+        match self.mode {
+            Mode::Json => self.json(json!({
+                "event": "error", "cmd": cmd, "code": e.code.as_str(), "message": e.message
+            })),
+            Mode::Human => self.line(&format!("! {}: {}", e.code, e.message)),
+        }
+    }
+
+    /// Prints a pushed event.
+    pub fn event(&self, event: &Event) {
+        match (self.mode, event) {
+            (
+                Mode::Json,
+                Event::Message {
+                    id,
+                    from,
+                    body,
+                    sent_at,
+                    ..
+                },
+            ) => self.json(json!({
+                "event": "message", "from": from, "text": String::from_utf8_lossy(body),
+                "id": id, "sent_at": rfc3339(*sent_at)
+            })),
+            (
+                Mode::Human,
+                Event::Message {
+                    from,
+                    body,
+                    sent_at,
+                    ..
+                },
+            ) => self.line(&format!(
+                "[{}] {from}: {}",
+                clock(*sent_at),
+                String::from_utf8_lossy(body)
+            )),
+            (Mode::Json, Event::SessionReplaced) => self.json(json!({"event": "session_replaced"})),
+            (Mode::Human, Event::SessionReplaced) => {
+                self.line("* this session was replaced by a login elsewhere")
+            }
+            (Mode::Json, Event::Reconnect { reason }) => {
+                self.json(json!({"event": "reconnect", "reason": reason}))
+            }
+            (Mode::Human, Event::Reconnect { reason }) => {
+                self.line(&format!("* the server asks us to reconnect: {reason}"))
+            }
+            (Mode::Json, Event::Disconnected { reason }) => {
+                self.json(json!({"event": "disconnected", "reason": reason}))
+            }
+            (Mode::Human, Event::Disconnected { reason }) => {
+                self.line(&format!("* disconnected: {reason}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Client <-> server frames: requests from the client, replies and pushed events back.
+
+use crate::blob::Blob;
+use crate::error::ErrorCode;
+use crate::protocol::UnixMillis;
+use crate::ticket::Ticket;
+use serde::{Deserialize, Serialize};
+
+/// A request from a client. `req` is chosen by the client and echoed in the reply, so
+/// that replies can be matched to requests when several are in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client-chosen request number, echoed in the `ok` or `error` reply.
+    pub req: u64,
+    /// What is asked.
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+/// The kinds of request. Each gets exactly one `ok` or `error` reply, except `ack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// First frame on a connection: the protocol version and the balancer's ticket.
+    Hello {
+        /// [`crate::protocol::PROTOCOL_VERSION`] of the client.
+        version: u32,
+        /// The ticket the balancer signed for this server.
+        ticket: Ticket,
+    },
+    /// Create an account and log in.
+    Signup {
+        /// The new user name.
+        user: String,
+        /// The password (sent over the link; stored only as a salted scrypt hash).
+        password: String,
+    },
+    /// Log in to an existing account.
+    Login {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// End the session (the connection stays open for another login).
+    Logout,
+    /// A direct message. Answered `ok` only once it is delivered or durably stored.
+    Send {
+        /// Client-made message id (unique per sender); receivers drop duplicates by it.
+        id: String,
+        /// The recipient's user name.
+        to: String,
+        /// The opaque body (ciphertext from the encryption issue on).
+        body: Blob,
+    },
+    /// The client has durably taken these deliveries (by their `tag`); no reply.
+    Ack {
+        /// Delivery tags from `message` events.
+        tags: Vec<u64>,
+    },
+    /// Liveness check; answered `ok`.
+    Ping,
+}
+
+/// A frame from the server to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The request numbered `req` succeeded.
+    Ok {
+        /// The request's number.
+        req: u64,
+        /// What the success carries, for requests that return something.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<OkResult>,
+    },
+    /// The request numbered `req` was refused (`req` is absent for a frame that could
+    /// not be parsed far enough to read it).
+    Error {
+        /// The request's number, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// Stable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// A direct message pushed to its recipient. Acknowledge with `ack { tags: [tag] }`.
+    Message {
+        /// Delivery tag, unique within this connection.
+        tag: u64,
+        /// The sender's message id.
+        id: String,
+        /// The sender.
+        from: String,
+        /// The recipient (this session's user).
+        to: String,
+        /// The opaque body.
+        body: Blob,
+        /// When the first server accepted it.
+        sent_at: UnixMillis,
+    },
+    /// This session was replaced by a login of the same user elsewhere; the server
+    /// closes the connection after this frame.
+    SessionReplaced,
+    /// The server is going away; reconnect through the balancer.
+    Reconnect {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The payload of an `ok` reply, for requests that return something.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OkResult {
+    /// Answer to `hello`.
+    Hello {
+        /// The server's name.
+        server: String,
+        /// The server's protocol version.
+        version: u32,
+    },
+    /// Answer to `signup` and `login`.
+    Session {
+        /// The logged-in user.
+        user: String,
+    },
+    /// Answer to `send`.
+    Sent {
+        /// The message id.
+        id: String,
+        /// Server timestamp given to the message.
+        sent_at: UnixMillis,
+        /// `true` when the recipient was not reached and the message waits in storage.
+        stored: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_shape() {
+        let r = Request {
+            req: 7,
+            body: RequestBody::Send {
+                id: "m1".into(),
+                to: "bob".into(),
+                body: Blob::from_bytes(b"hi"),
+            },
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"req":7,"type":"send","id":"m1","to":"bob","body":"aGk="})
+        );
+        let back: Request = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn unknown_type_does_not_parse() {
+        assert!(serde_json::from_str::<Request>(r#"{"req":1,"type":"fly"}"#).is_err());
+    }
+}

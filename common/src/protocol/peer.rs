@@ -1,0 +1,73 @@
+//! Server <-> server frames on a mesh link.
+
+use crate::blob::Blob;
+use crate::protocol::UnixMillis;
+use serde::{Deserialize, Serialize};
+
+/// A frame between two servers. Both directions use the same type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PeerFrame {
+    /// First frame from each side.
+    Hello {
+        /// Protocol version.
+        version: u32,
+        /// The sender's server name.
+        server: String,
+        /// The sender's incarnation (changes at every start).
+        incarnation: i64,
+    },
+    /// All users logged in on the sender, sent once right after the hellos.
+    Snapshot {
+        /// User names.
+        users: Vec<String>,
+    },
+    /// A user logged in on (`online`) or left (`!online`) the sending server.
+    Presence {
+        /// The user.
+        user: String,
+        /// Whether the user is now on the sender.
+        online: bool,
+    },
+    /// Deliver a direct message to `to`, who is on the receiving server.
+    Deliver {
+        /// The sender's in-flight token, echoed in `delivered`/`not_delivered`.
+        token: u64,
+        /// Message id.
+        id: String,
+        /// Sender.
+        from: String,
+        /// Recipient.
+        to: String,
+        /// Opaque body.
+        body: Blob,
+        /// Server timestamp.
+        sent_at: UnixMillis,
+    },
+    /// The recipient's client acknowledged the message with this token.
+    Delivered {
+        /// Token from `deliver`.
+        token: u64,
+    },
+    /// The message with this token could not be delivered (recipient gone); the origin
+    /// stores it.
+    NotDelivered {
+        /// Token from `deliver`.
+        token: u64,
+    },
+    /// Messages for `user` were stored after its login began; fetch them.
+    PendingHint {
+        /// The user.
+        user: String,
+    },
+    /// Answer with `fence_ack` once every frame before this one is processed.
+    Fence {
+        /// Echoed in the ack.
+        token: u64,
+    },
+    /// Answer to `fence`.
+    FenceAck {
+        /// The fence's token.
+        token: u64,
+    },
+}

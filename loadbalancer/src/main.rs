@@ -1,0 +1,346 @@
+//! `fastchat-balancer`: tells each client which live server to use, with a signed
+//! ticket; `fastchat-balancer keygen` makes the cluster's keys.
+
+mod keygen;
+mod strategy;
+
+use clap::{Parser, Subcommand};
+use fastchat_common::frame::{read_frame, write_frame, FrameError, MAX_CLIENT_FRAME};
+use fastchat_common::protocol::balancer::{BalancerReply, BalancerRequest, ServerStatus};
+use fastchat_common::protocol::PROTOCOL_VERSION;
+use fastchat_common::ticket::TicketSigner;
+use fastchat_common::ErrorCode;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use strategy::{Candidate, Strategy};
+
+/// The FastChat load balancer.
+#[derive(Debug, Parser)]
+#[command(name = "fastchat-balancer", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// PostgreSQL URL.
+    #[arg(long, env = "FASTCHAT_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The ticket signing key (PEM), made by `keygen`.
+    #[arg(long)]
+    ticket_key: Option<PathBuf>,
+    /// How to choose a server: round-robin, least-connections, random, power-of-two,
+    /// weighted.
+    #[arg(long, default_value = "round-robin")]
+    strategy: String,
+    /// Log level.
+    #[arg(long, default_value = "info")]
+    log_level: log::LevelFilter,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make the cluster's keys in DIR (kept when present): the ticket key pair.
+    Keygen {
+        /// Where to write the keys.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// How often the balancer re-reads the live servers.
+const REFRESH: Duration = Duration::from_millis(250);
+/// Assignments younger than this are added to a server's reported client count.
+const RECENT: Duration = Duration::from_secs(1);
+/// Time a client has for each request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Balancer {
+    strategy: Box<dyn Strategy>,
+    signer: TicketSigner,
+    servers: RwLock<Vec<fastchat_sql::ServerRow>>,
+    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = simplelog::TermLogger::init(
+        cli.log_level,
+        simplelog::ConfigBuilder::new()
+            .set_thread_level(log::LevelFilter::Off)
+            .set_target_level(log::LevelFilter::Off)
+            .build(),
+        simplelog::TerminalMode::Stderr,
+        simplelog::ColorChoice::Never,
+    );
+    let result = match &cli.command {
+        Some(Command::Keygen { dir }) => keygen::run(dir),
+        None => serve(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let url = cli
+        .database_url
+        .as_deref()
+        .ok_or("--database-url or FASTCHAT_DATABASE_URL is required")?;
+    let key_path = cli.ticket_key.as_ref().ok_or("--ticket-key is required")?;
+    let pem =
+        std::fs::read(key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+    let strategy = strategy::by_name(&cli.strategy).ok_or_else(|| {
+        format!(
+            "unknown strategy {:?}; choose one of {}",
+            cli.strategy,
+            strategy::STRATEGIES.join(", ")
+        )
+    })?;
+    let balancer = Arc::new(Balancer {
+        strategy,
+        signer: TicketSigner::from_pem(&pem)?,
+        servers: RwLock::new(Vec::new()),
+        recent: Mutex::new(HashMap::new()),
+    });
+    let pool = fastchat_sql::pool(url, 2, Duration::from_secs(2))?;
+    {
+        let balancer = balancer.clone();
+        thread::Builder::new()
+            .name("refresh".into())
+            .spawn(move || refresh_loop(&balancer, &pool))?;
+    }
+    let listener = TcpListener::bind(&cli.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
+    log::info!(
+        "balancer on {} ({} strategy)",
+        listener.local_addr()?,
+        balancer.strategy.name()
+    );
+    ctrlc::set_handler(|| {
+        log::info!("balancer stopping");
+        std::process::exit(0);
+    })?;
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let balancer = balancer.clone();
+        let spawned = thread::Builder::new()
+            .name("client".into())
+            .stack_size(256 * 1024)
+            .spawn(move || serve_client(&balancer, stream));
+        if let Err(e) = spawned {
+            log::error!("cannot start a connection thread: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn refresh_loop(balancer: &Balancer, pool: &fastchat_sql::Pool) {
+    let mut was_ok = true;
+    loop {
+        let result = pool
+            .get()
+            .map_err(fastchat_sql::StoreError::from)
+            .and_then(|mut db| fastchat_sql::live_servers(&mut db));
+        match result {
+            Ok(rows) => {
+                let live: Vec<_> = rows.into_iter().filter(|r| !r.draining).collect();
+                let names: Vec<&str> = live.iter().map(|r| r.name.as_str()).collect();
+                let old: Vec<String> = balancer
+                    .servers
+                    .read()
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect();
+                if old != names {
+                    log::info!("live servers: {}", names.join(", "));
+                }
+                *balancer.servers.write() = live;
+                was_ok = true;
+            }
+            Err(e) => {
+                if was_ok {
+                    log::warn!("cannot read the live servers (keeping the last list): {e}");
+                }
+                was_ok = false;
+            }
+        }
+        thread::sleep(REFRESH);
+    }
+}
+
+impl Balancer {
+    fn assign(&self) -> BalancerReply {
+        let now = Instant::now();
+        let candidates: Vec<Candidate> = {
+            let servers = self.servers.read();
+            let mut recent = self.recent.lock();
+            servers
+                .iter()
+                .map(|row| {
+                    let fresh = recent.entry(row.name.clone()).or_default();
+                    while fresh
+                        .front()
+                        .is_some_and(|t| now.duration_since(*t) > RECENT)
+                    {
+                        fresh.pop_front();
+                    }
+                    Candidate {
+                        name: row.name.clone(),
+                        addr: row.client_addr.clone(),
+                        clients: f64::from(row.clients) + fresh.len() as f64,
+                        load: f64::from(row.load) + fresh.len() as f64,
+                    }
+                })
+                .collect()
+        };
+        if candidates.is_empty() {
+            return error(ErrorCode::NoServer, "no live server; try again shortly");
+        }
+        let chosen = &candidates[self.strategy.pick(&candidates)];
+        self.recent
+            .lock()
+            .entry(chosen.name.clone())
+            .or_default()
+            .push_back(now);
+        match self.signer.sign(&chosen.name) {
+            Ok(ticket) => BalancerReply::Assigned {
+                server: chosen.name.clone(),
+                addr: chosen.addr.clone(),
+                ticket,
+            },
+            Err(e) => {
+                log::error!("cannot sign a ticket: {e}");
+                error(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+
+    fn status(&self) -> BalancerReply {
+        BalancerReply::Status {
+            servers: self
+                .servers
+                .read()
+                .iter()
+                .map(|r| ServerStatus {
+                    name: r.name.clone(),
+                    addr: r.client_addr.clone(),
+                    clients: r.clients,
+                    load: r.load,
+                })
+                .collect(),
+            strategy: self.strategy.name().to_string(),
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: &str) -> BalancerReply {
+    BalancerReply::Error {
+        code,
+        message: message.to_string(),
+    }
+}
+
+fn send(stream: &mut TcpStream, reply: &BalancerReply) -> std::io::Result<()> {
+    write_frame(
+        stream,
+        &serde_json::to_vec(reply).expect("wire types serialize"),
+    )?;
+    stream.flush()
+}
+
+/// One client: hello, then any number of `assign`/`status` requests.
+fn serve_client(balancer: &Balancer, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut greeted = false;
+    loop {
+        let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
+            Ok(Some(body)) => body,
+            Ok(None) => return,
+            Err(FrameError::TooLarge { len, max }) => {
+                log::warn!("{peer}: frame of {len} bytes (max {max}); closing");
+                let _ = send(
+                    &mut writer,
+                    &error(ErrorCode::BadFrame, &format!("frame exceeds {max} bytes")),
+                );
+                return;
+            }
+            Err(e) => {
+                log::debug!("{peer}: {e}");
+                return;
+            }
+        };
+        let reply = match serde_json::from_slice::<BalancerRequest>(&body) {
+            Err(e) => {
+                log::info!("{peer}: bad request: {e}");
+                let code = if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+                    ErrorCode::BadRequest
+                } else {
+                    ErrorCode::BadJson
+                };
+                let _ = send(
+                    &mut writer,
+                    &error(code, &format!("unreadable request: {e}")),
+                );
+                if !greeted {
+                    return;
+                }
+                continue;
+            }
+            Ok(BalancerRequest::Hello { version }) if version == PROTOCOL_VERSION => {
+                greeted = true;
+                BalancerReply::Hello {
+                    version: PROTOCOL_VERSION,
+                }
+            }
+            Ok(BalancerRequest::Hello { version }) => {
+                let _ = send(
+                    &mut writer,
+                    &error(
+                        ErrorCode::BadVersion,
+                        &format!("version {version} is not supported"),
+                    ),
+                );
+                return;
+            }
+            Ok(_) if !greeted => {
+                let _ = send(
+                    &mut writer,
+                    &error(ErrorCode::BadRequest, "say hello first"),
+                );
+                return;
+            }
+            Ok(BalancerRequest::Assign) => balancer.assign(),
+            Ok(BalancerRequest::Status) => balancer.status(),
+        };
+        if send(&mut writer, &reply).is_err() {
+            return;
+        }
+    }
+}

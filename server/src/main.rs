@@ -1,0 +1,198 @@
+//! `fastchat-server`: starts the server, runs until SIGINT/SIGTERM, then drains.
+
+mod acceptor;
+mod config;
+mod conn;
+mod heartbeat;
+mod inflight;
+mod mesh;
+mod router;
+mod session;
+mod session_handle;
+mod state;
+mod store;
+
+use clap::Parser;
+use config::Config;
+use fastchat_common::ticket::TicketVerifier;
+use state::ServerState;
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long start-up waits for the database (it may be starting too).
+const DB_WAIT: Duration = Duration::from_secs(30);
+/// How long a stopping server waits for its clients to go.
+const DRAIN_WAIT: Duration = Duration::from_secs(3);
+/// Threads pushing stored messages to sessions.
+const FETCHERS: usize = 2;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let _ = simplelog::TermLogger::init(
+        config.log_level,
+        simplelog::ConfigBuilder::new()
+            .set_thread_level(log::LevelFilter::Off)
+            .set_target_level(log::LevelFilter::Off)
+            .build(),
+        simplelog::TerminalMode::Stderr,
+        simplelog::ColorChoice::Never,
+    );
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let name = config.name.clone();
+    if !fastchat_common::names::is_valid_name(&name) {
+        return Err(format!("bad server name {name:?}").into());
+    }
+    let pem = std::fs::read(&config.ticket_pubkey)
+        .map_err(|e| format!("cannot read {}: {e}", config.ticket_pubkey.display()))?;
+    let tickets = TicketVerifier::from_pem(&pem)?;
+
+    let pool = fastchat_sql::pool(&config.database_url, config.db_pool, Duration::from_secs(5))?;
+    migrate_when_ready(&config.database_url)?;
+
+    let client_listener = TcpListener::bind(&config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let peer_listener = TcpListener::bind(&config.peer_listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.peer_listen))?;
+    let client_addr = client_listener.local_addr()?;
+    let peer_addr = peer_listener.local_addr()?;
+
+    let incarnation = {
+        let mut db = pool.get()?;
+        let cleared = fastchat_sql::clear_server_presence(&mut db, &name)?;
+        if cleared > 0 {
+            log::info!("{cleared} users of an earlier run marked offline");
+        }
+        fastchat_sql::register_server(
+            &mut db,
+            &name,
+            &client_addr.to_string(),
+            &peer_addr.to_string(),
+        )?
+    };
+
+    let (store_tx, store_rx) = crossbeam_channel::unbounded();
+    let (fetch_tx, fetch_rx) = crossbeam_channel::unbounded();
+    let state = Arc::new(ServerState {
+        config,
+        incarnation,
+        pool,
+        router: Default::default(),
+        inflight: Default::default(),
+        store: store_tx,
+        fetch: fetch_tx,
+        tickets,
+        stopping: AtomicBool::new(false),
+        next_conn_id: AtomicU64::new(0),
+        clients: AtomicU64::new(0),
+        known_users: Default::default(),
+        orphaned: Default::default(),
+        fences: Default::default(),
+    });
+
+    let weak = Arc::downgrade(&state);
+    let store_thread = thread::Builder::new()
+        .name("pending-store".into())
+        .spawn(move || store::run_store(weak, store_rx))?;
+    for i in 0..FETCHERS {
+        let weak = Arc::downgrade(&state);
+        let rx = fetch_rx.clone();
+        thread::Builder::new()
+            .name(format!("fetcher-{i}"))
+            .spawn(move || store::run_fetcher(weak, rx))?;
+    }
+    {
+        let state = state.clone();
+        thread::Builder::new()
+            .name("maintenance".into())
+            .spawn(move || heartbeat::run_maintenance(state))?;
+    }
+    let peer_acceptor =
+        acceptor::spawn_acceptor(state.clone(), peer_listener, "peer", mesh::accept_peer)?;
+    let client_acceptor = acceptor::spawn_acceptor(
+        state.clone(),
+        client_listener,
+        "client",
+        session::serve_client,
+    )?;
+    log::info!(
+        "{name} (incarnation {incarnation}) serving clients on {client_addr}, peers on {peer_addr}"
+    );
+
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })?;
+    let _ = stop_rx.recv();
+    log::info!("stopping: draining clients");
+    shutdown(&state, client_addr, peer_addr);
+    let _ = client_acceptor.join();
+    let _ = peer_acceptor.join();
+    drop(store_thread);
+    log::info!("{name} stopped");
+    Ok(())
+}
+
+fn migrate_when_ready(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + DB_WAIT;
+    loop {
+        match fastchat_sql::connect(url).and_then(|mut c| fastchat_sql::migrate(&mut c)) {
+            Ok(n) => {
+                if n > 0 {
+                    log::info!("applied {n} migrations");
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                log::info!("waiting for the database: {e}");
+                thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Drains: no new clients, every client told to reconnect elsewhere, messages in flight
+/// stored, and the server's rows removed. Bounded in time.
+fn shutdown(
+    state: &Arc<ServerState>,
+    client_addr: std::net::SocketAddr,
+    peer_addr: std::net::SocketAddr,
+) {
+    state.stopping.store(true, Ordering::SeqCst);
+    if let Ok(mut db) = state.pool.get() {
+        let _ = fastchat_sql::mark_draining(&mut db, state.name());
+    }
+    acceptor::wake(client_addr);
+    acceptor::wake(peer_addr);
+    for session in state.router.local_sessions() {
+        session.send_reconnect("server shutting down");
+    }
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while state.clients.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    for entry in state.inflight.take_all() {
+        state.store_entry(entry);
+    }
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    if state.store.send(store::StoreJob::Flush(done_tx)).is_ok() {
+        let _ = done_rx.recv_timeout(Duration::from_secs(5));
+    }
+    if let Ok(mut db) = state.pool.get() {
+        let _ = fastchat_sql::clear_server_presence(&mut db, state.name());
+        let _ = fastchat_sql::remove_server(&mut db, state.name(), state.incarnation);
+    }
+}

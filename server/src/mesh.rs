@@ -1,0 +1,230 @@
+//! The server mesh: one link per pair of servers (the later-started one dials), the
+//! hello exchange, and the link reader that applies what peers tell us.
+
+use crate::conn::{spawn_writer, to_body, Outgoing};
+use crate::router::PeerLink;
+use crate::state::{delivery_of, ServerState, LINK_WAIT};
+use fastchat_common::frame::{read_frame, write_frame, MAX_PEER_FRAME};
+use fastchat_common::protocol::peer::PeerFrame;
+use fastchat_common::protocol::PROTOCOL_VERSION;
+use fastchat_sql::{NewPending, ServerRow};
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Frames a link's writer queue holds.
+const LINK_QUEUE: usize = 65536;
+/// Time allowed for connecting and for the hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn read_hello(stream: &mut TcpStream) -> Result<(String, i64), String> {
+    let body = read_frame(stream, MAX_PEER_FRAME)
+        .map_err(|e| e.to_string())?
+        .ok_or("closed before hello")?;
+    match serde_json::from_slice::<PeerFrame>(&body) {
+        Ok(PeerFrame::Hello {
+            version,
+            server,
+            incarnation,
+        }) if version == PROTOCOL_VERSION => Ok((server, incarnation)),
+        Ok(PeerFrame::Hello { version, .. }) => Err(format!("peer speaks version {version}")),
+        _ => Err("first frame is not a hello".into()),
+    }
+}
+
+fn write_hello(state: &ServerState, stream: &mut TcpStream) -> std::io::Result<()> {
+    let hello = PeerFrame::Hello {
+        version: PROTOCOL_VERSION,
+        server: state.name().to_string(),
+        incarnation: state.incarnation,
+    };
+    write_frame(stream, &to_body(&hello))?;
+    stream.flush()
+}
+
+/// Handles a connection on the peer listener: hello both ways, then the link.
+pub fn accept_peer(state: Arc<ServerState>, mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let (name, incarnation) = match read_hello(&mut stream) {
+        Ok(h) => h,
+        Err(e) => {
+            log::warn!("peer connection refused: {e}");
+            return;
+        }
+    };
+    if name == state.name() {
+        log::warn!("refusing a link from a server that calls itself {name}");
+        return;
+    }
+    if let Err(e) = write_hello(&state, &mut stream) {
+        log::warn!("hello to {name} failed: {e}");
+        return;
+    }
+    run_link(state, stream, name, incarnation);
+}
+
+/// Dials a peer (we started after it) and runs the link.
+pub fn dial_peer(state: Arc<ServerState>, row: ServerRow) {
+    let addr: SocketAddr = match row.peer_addr.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            log::warn!("{}: bad peer address {:?}: {e}", row.name, row.peer_addr);
+            return;
+        }
+    };
+    let mut stream = match TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => {
+            log::info!("cannot reach {} at {addr}: {e}", row.name);
+            return;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    if let Err(e) = write_hello(&state, &mut stream) {
+        log::info!("hello to {} failed: {e}", row.name);
+        return;
+    }
+    match read_hello(&mut stream) {
+        Ok((name, incarnation)) if name == row.name => run_link(state, stream, name, incarnation),
+        Ok((name, _)) => log::warn!("{addr} answered as {name}, expected {}", row.name),
+        Err(e) => log::info!("hello from {} failed: {e}", row.name),
+    }
+}
+
+fn run_link(state: Arc<ServerState>, stream: TcpStream, peer: String, incarnation: i64) {
+    let _ = stream.set_read_timeout(None);
+    let _ = stream.set_nodelay(true);
+    let link_id = state.conn_id();
+    let (out, rx) = crossbeam_channel::bounded(LINK_QUEUE);
+    let writer = match stream
+        .try_clone()
+        .and_then(|s| spawn_writer(format!("peer-{peer}-w"), s, rx))
+    {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("cannot start writer for {peer}: {e}");
+            return;
+        }
+    };
+    let link = PeerLink {
+        name: peer.clone(),
+        link_id,
+        out: out.clone(),
+    };
+    // Install, then snapshot: a login racing with this is told twice, never missed.
+    if let Some(old) = state.router.add_peer(link) {
+        let _ = old.out.try_send(Outgoing::Close);
+    }
+    let snapshot = PeerFrame::Snapshot {
+        users: state.router.local_users(),
+    };
+    let _ = out.send(Outgoing::Frame(to_body(&snapshot)));
+    log::info!("mesh link up: {peer} (incarnation {incarnation})");
+
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    loop {
+        match read_frame(&mut reader, MAX_PEER_FRAME) {
+            Ok(Some(body)) => match serde_json::from_slice::<PeerFrame>(&body) {
+                Ok(frame) => handle_peer_frame(&state, &peer, frame),
+                Err(e) => log::warn!("{peer}: unreadable frame: {e}"),
+            },
+            Ok(None) => break,
+            Err(e) => {
+                log::info!("{peer}: link read failed: {e}");
+                break;
+            }
+        }
+    }
+    let _ = out.send_timeout(Outgoing::Close, Duration::from_secs(1));
+    drop(out);
+    let _ = writer.join();
+    if state.router.remove_peer(&peer, link_id) {
+        link_down(&state, &peer);
+    }
+}
+
+/// A link is gone: the peer's users are unreachable until it comes back, and messages
+/// in flight through it are stored.
+pub fn link_down(state: &ServerState, peer: &str) {
+    let users = state.router.remove_server_users(peer);
+    let flights = state.inflight.take_via(peer);
+    log::info!(
+        "mesh link down: {peer} ({users} users unreachable, {} messages to store)",
+        flights.len()
+    );
+    for entry in flights {
+        state.store_entry(entry);
+    }
+}
+
+fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
+    match frame {
+        PeerFrame::Hello { .. } => log::warn!("{peer}: second hello ignored"),
+        PeerFrame::Snapshot { users } => {
+            for user in users {
+                if let Some(old) = state.router.set_remote(&user, peer) {
+                    old.replace();
+                }
+                state.user_appeared(&user);
+            }
+        }
+        PeerFrame::Presence { user, online } => {
+            if online {
+                if let Some(old) = state.router.set_remote(&user, peer) {
+                    log::info!("{user} logged in on {peer}; closing the session here");
+                    old.replace();
+                }
+                state.known_users.write().insert(user.clone());
+                state.user_appeared(&user);
+            } else {
+                state.router.remove_remote(&user, peer);
+            }
+        }
+        PeerFrame::Deliver {
+            token,
+            id,
+            from,
+            to,
+            body,
+            sent_at,
+        } => {
+            let delivered = match state.router.locate(&to) {
+                Some(crate::router::Location::Local(session)) => {
+                    let message = NewPending {
+                        recipient: to,
+                        sender: from,
+                        msg_id: id,
+                        body: body.into_base64(),
+                        sent_at,
+                    };
+                    let origin = crate::session_handle::Origin::Peer(peer.to_string(), token);
+                    session.push_live(&delivery_of(&message), origin).is_ok()
+                }
+                _ => false,
+            };
+            if !delivered {
+                if let Some(link) = state.router.peer(peer) {
+                    link.send(&PeerFrame::NotDelivered { token }, LINK_WAIT);
+                }
+            }
+        }
+        PeerFrame::Delivered { token } => state.complete_flight(token),
+        PeerFrame::NotDelivered { token } => state.fail_flight(token),
+        PeerFrame::PendingHint { user } => {
+            if let Some(crate::router::Location::Local(session)) = state.router.locate(&user) {
+                state.request_fetch(&session);
+            }
+        }
+        PeerFrame::Fence { token } => {
+            if let Some(link) = state.router.peer(peer) {
+                link.send(&PeerFrame::FenceAck { token }, LINK_WAIT);
+            }
+        }
+        PeerFrame::FenceAck { token } => {
+            if let Some(waiter) = state.fences.lock().get(&token) {
+                let _ = waiter.try_send(());
+            }
+        }
+    }
+}

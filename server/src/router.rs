@@ -1,0 +1,164 @@
+//! The router: where each user is (a local session or another server) and the links to
+//! the other servers. Locks are held only for map work, never across I/O.
+
+use crate::conn::{to_body, OutQueue, Outgoing};
+use crate::session_handle::SessionHandle;
+use crossbeam_channel::SendTimeoutError;
+use fastchat_common::protocol::peer::PeerFrame;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Where a user is.
+#[derive(Clone)]
+pub enum Location {
+    /// Logged in on this server.
+    Local(SessionHandle),
+    /// Logged in on the named server.
+    Remote(String),
+}
+
+/// A live link to another server.
+#[derive(Clone)]
+pub struct PeerLink {
+    /// The peer's name.
+    pub name: String,
+    /// Distinguishes this link from an older or newer one to the same peer.
+    pub link_id: u64,
+    /// The link's writer queue.
+    pub out: OutQueue,
+}
+
+impl PeerLink {
+    /// Queues a frame, waiting at most `wait` when the link is congested.
+    pub fn send(&self, frame: &PeerFrame, wait: Duration) -> bool {
+        match self.out.send_timeout(Outgoing::Frame(to_body(frame)), wait) {
+            Ok(()) => true,
+            Err(SendTimeoutError::Timeout(_)) => {
+                log::warn!("link to {} congested; closing it", self.name);
+                let _ = self.out.try_send(Outgoing::Close);
+                false
+            }
+            Err(SendTimeoutError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// Users and peers.
+#[derive(Default)]
+pub struct Router {
+    users: RwLock<HashMap<String, Location>>,
+    peers: RwLock<HashMap<String, PeerLink>>,
+}
+
+impl Router {
+    /// Where `user` is, if online anywhere we know of.
+    pub fn locate(&self, user: &str) -> Option<Location> {
+        self.users.read().get(user).cloned()
+    }
+
+    /// Records a local session for its user; returns what was there before.
+    pub fn set_local(&self, session: SessionHandle) -> Option<Location> {
+        self.users
+            .write()
+            .insert(session.user().to_string(), Location::Local(session))
+    }
+
+    /// Removes the user's entry if it is still this very session; returns whether it was.
+    pub fn remove_local(&self, user: &str, conn_id: u64) -> bool {
+        let mut users = self.users.write();
+        match users.get(user) {
+            Some(Location::Local(s)) if s.conn_id() == conn_id => {
+                users.remove(user);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records that `user` is on `server`; returns the local session it displaces, if any.
+    pub fn set_remote(&self, user: &str, server: &str) -> Option<SessionHandle> {
+        let previous = self
+            .users
+            .write()
+            .insert(user.to_string(), Location::Remote(server.to_string()));
+        match previous {
+            Some(Location::Local(session)) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Forgets `user` if it is recorded on `server`.
+    pub fn remove_remote(&self, user: &str, server: &str) {
+        let mut users = self.users.write();
+        if matches!(users.get(user), Some(Location::Remote(s)) if s == server) {
+            users.remove(user);
+        }
+    }
+
+    /// Forgets every user recorded on `server`; returns how many.
+    pub fn remove_server_users(&self, server: &str) -> usize {
+        let mut users = self.users.write();
+        let before = users.len();
+        users.retain(|_, loc| !matches!(loc, Location::Remote(s) if s == server));
+        before - users.len()
+    }
+
+    /// Names of the users logged in here.
+    pub fn local_users(&self) -> Vec<String> {
+        self.users
+            .read()
+            .iter()
+            .filter(|(_, loc)| matches!(loc, Location::Local(_)))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Every local session.
+    pub fn local_sessions(&self) -> Vec<SessionHandle> {
+        self.users
+            .read()
+            .values()
+            .filter_map(|loc| match loc {
+                Location::Local(s) => Some(s.clone()),
+                Location::Remote(_) => None,
+            })
+            .collect()
+    }
+
+    /// The link to `server`, if up.
+    pub fn peer(&self, server: &str) -> Option<PeerLink> {
+        self.peers.read().get(server).cloned()
+    }
+
+    /// Every live link.
+    pub fn peers(&self) -> Vec<PeerLink> {
+        self.peers.read().values().cloned().collect()
+    }
+
+    /// Installs a link, returning the one it replaces.
+    pub fn add_peer(&self, link: PeerLink) -> Option<PeerLink> {
+        self.peers.write().insert(link.name.clone(), link)
+    }
+
+    /// Removes the link if it is still this one; returns whether it was.
+    pub fn remove_peer(&self, name: &str, link_id: u64) -> bool {
+        let mut peers = self.peers.write();
+        if peers.get(name).is_some_and(|p| p.link_id == link_id) {
+            peers.remove(name);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Sends a frame to every peer (presence events).
+    pub fn broadcast(&self, frame: &PeerFrame) {
+        let body = to_body(frame);
+        for link in self.peers() {
+            let _ = link
+                .out
+                .send_timeout(Outgoing::Frame(body.clone()), Duration::from_secs(1));
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! One client connection: its reader loop and one handler per request type.
+//!
+//! The reader thread parses frames and acts; everything it sends goes through the
+//! connection's writer queue. Bad input gets an error reply (or, where no reply can be
+//! framed, a closed connection) and never reaches anything beyond this connection.
+
+use crate::conn::{spawn_writer, to_body, OutQueue, Outgoing};
+use crate::router::Location;
+use crate::session_handle::SessionHandle;
+use crate::state::{ServerState, LINK_WAIT};
+use crossbeam_channel::TrySendError;
+use fastchat_common::frame::{read_frame, FrameError, MAX_CLIENT_FRAME};
+use fastchat_common::names::is_valid_name;
+use fastchat_common::password::{hash_password, verify_password};
+use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
+use fastchat_common::protocol::peer::PeerFrame;
+use fastchat_common::protocol::{now_millis, MAX_BODY_BYTES, PROTOCOL_VERSION};
+use fastchat_common::{Blob, ErrorCode};
+use fastchat_sql::{NewPending, StoreError};
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Frames a client's writer queue holds before the client counts as a slow consumer.
+pub const CLIENT_QUEUE: usize = 8192;
+/// Time allowed for the hello after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest password accepted, in bytes.
+const MAX_PASSWORD: usize = 1024;
+/// Longest message id accepted.
+const MAX_ID: usize = 64;
+/// How long a login waits for the peers to confirm they saw its presence.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An error reply: a stable code and a message for people.
+type Refusal = (ErrorCode, String);
+
+fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Refusal> {
+    Err((code, message.into()))
+}
+
+fn store_refusal(e: StoreError) -> Refusal {
+    match e {
+        StoreError::Unavailable(_) => {
+            log::warn!("database unavailable: {e}");
+            (
+                ErrorCode::Unavailable,
+                "the database is unavailable; try again".into(),
+            )
+        }
+        other => {
+            log::error!("database error: {other}");
+            (ErrorCode::Internal, "internal error".into())
+        }
+    }
+}
+
+/// What the reader does after a frame.
+enum Next {
+    Continue,
+    Close,
+}
+
+struct ClientConn {
+    state: Arc<ServerState>,
+    conn_id: u64,
+    out: OutQueue,
+    greeted: bool,
+    session: Option<SessionHandle>,
+}
+
+/// Serves one client connection until it ends; runs on the connection's reader thread.
+pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
+    let conn_id = state.conn_id();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let (out, rx) = crossbeam_channel::bounded(CLIENT_QUEUE);
+    let writer = match stream
+        .try_clone()
+        .and_then(|s| spawn_writer(format!("client-{conn_id}-w"), s, rx))
+    {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("cannot start writer for {peer}: {e}");
+            return;
+        }
+    };
+    state.clients.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut conn = ClientConn {
+        state: state.clone(),
+        conn_id,
+        out: out.clone(),
+        greeted: false,
+        session: None,
+    };
+    loop {
+        match read_frame(&mut reader, MAX_CLIENT_FRAME) {
+            Ok(Some(body)) => {
+                let was_greeted = conn.greeted;
+                let next = conn.handle_frame(&body);
+                if !was_greeted && conn.greeted {
+                    let _ = reader.get_ref().set_read_timeout(None);
+                }
+                if let Next::Close = next {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(FrameError::TooLarge { len, max }) => {
+                log::warn!("client {peer}: frame of {len} bytes (max {max}); closing");
+                conn.reply(ServerFrame::Error {
+                    req: None,
+                    code: ErrorCode::BadFrame,
+                    message: format!("frame of {len} bytes exceeds the maximum of {max}"),
+                });
+                break;
+            }
+            Err(e) => {
+                log::debug!("client {peer}: {e}");
+                break;
+            }
+        }
+    }
+    conn.end_session();
+    let _ = out.send_timeout(Outgoing::Close, Duration::from_secs(1));
+    drop(conn);
+    drop(out);
+    let _ = writer.join();
+    state.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl ClientConn {
+    fn reply(&self, frame: ServerFrame) {
+        match self.out.try_send(Outgoing::Frame(to_body(&frame))) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                log::warn!("connection {}: queue full; closing", self.conn_id);
+                let _ = self
+                    .out
+                    .send_timeout(Outgoing::Close, Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn ok(&self, req: u64, result: Option<OkResult>) {
+        self.reply(ServerFrame::Ok { req, result });
+    }
+
+    fn handle_frame(&mut self, body: &[u8]) -> Next {
+        let request: Request = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                // Answer with the request number if the frame has one.
+                let (code, req) = match serde_json::from_slice::<serde_json::Value>(body) {
+                    Ok(v) => (ErrorCode::BadRequest, v.get("req").and_then(|r| r.as_u64())),
+                    Err(_) => (ErrorCode::BadJson, None),
+                };
+                log::info!("connection {}: {code}: {e}", self.conn_id);
+                self.reply(ServerFrame::Error {
+                    req,
+                    code,
+                    message: format!("unreadable request: {e}"),
+                });
+                // Before the hello, a stranger gets no second chance.
+                return if self.greeted {
+                    Next::Continue
+                } else {
+                    Next::Close
+                };
+            }
+        };
+        let req = request.req;
+        if !self.greeted && !matches!(request.body, RequestBody::Hello { .. }) {
+            self.reply(ServerFrame::Error {
+                req: Some(req),
+                code: ErrorCode::BadRequest,
+                message: "the first request must be hello".into(),
+            });
+            return Next::Close;
+        }
+        let outcome = match request.body {
+            RequestBody::Hello { version, ticket } => self.hello(req, version, &ticket),
+            RequestBody::Signup { user, password } => self.signup(req, &user, &password),
+            RequestBody::Login { user, password } => self.login(req, &user, &password),
+            RequestBody::Logout => self.logout(req),
+            RequestBody::Send { id, to, body } => self.send(req, id, to, body),
+            RequestBody::Ack { tags } => {
+                if let Some(session) = &self.session {
+                    let origins = session.acked(&tags);
+                    self.state.on_acked(origins);
+                }
+                Ok(())
+            }
+            RequestBody::Ping => {
+                self.ok(req, None);
+                Ok(())
+            }
+        };
+        match outcome {
+            Ok(()) => Next::Continue,
+            Err((code, message)) => {
+                self.reply(ServerFrame::Error {
+                    req: Some(req),
+                    code,
+                    message,
+                });
+                if matches!(code, ErrorCode::BadTicket | ErrorCode::BadVersion) {
+                    Next::Close
+                } else {
+                    Next::Continue
+                }
+            }
+        }
+    }
+
+    fn hello(
+        &mut self,
+        req: u64,
+        version: u32,
+        ticket: &fastchat_common::ticket::Ticket,
+    ) -> Result<(), Refusal> {
+        if self.greeted {
+            return refuse(ErrorCode::BadRequest, "hello was already said");
+        }
+        if version != PROTOCOL_VERSION {
+            return refuse(
+                ErrorCode::BadVersion,
+                format!("protocol version {version} is not supported (this server speaks {PROTOCOL_VERSION})"),
+            );
+        }
+        if let Err(e) = self.state.tickets.verify(ticket, self.state.name()) {
+            log::info!("connection {}: bad ticket: {e}", self.conn_id);
+            return refuse(ErrorCode::BadTicket, e.to_string());
+        }
+        if self.state.is_stopping() {
+            return refuse(ErrorCode::Unavailable, "this server is shutting down");
+        }
+        self.greeted = true;
+        self.ok(
+            req,
+            Some(OkResult::Hello {
+                server: self.state.name().to_string(),
+                version: PROTOCOL_VERSION,
+            }),
+        );
+        Ok(())
+    }
+
+    fn signup(&mut self, req: u64, user: &str, password: &str) -> Result<(), Refusal> {
+        if self.session.is_some() {
+            return refuse(ErrorCode::AlreadyLoggedIn, "log out first");
+        }
+        if !is_valid_name(user) {
+            return refuse(
+                ErrorCode::BadName,
+                "a user name is 1-32 letters, digits, '_', '-' or '.'",
+            );
+        }
+        if password.is_empty() || password.len() > MAX_PASSWORD {
+            return refuse(ErrorCode::BadPassword, "a password is 1-1024 bytes");
+        }
+        let hash = hash_password(password);
+        let mut db = self.state.pool.get().map_err(|e| store_refusal(e.into()))?;
+        match fastchat_sql::create_user(&mut db, user, &hash) {
+            Ok(()) => {}
+            Err(StoreError::NameTaken) => {
+                return refuse(ErrorCode::NameTaken, format!("the name {user:?} is taken"))
+            }
+            Err(e) => return Err(store_refusal(e)),
+        }
+        drop(db);
+        self.start_session(req, user)
+    }
+
+    fn login(&mut self, req: u64, user: &str, password: &str) -> Result<(), Refusal> {
+        if self.session.is_some() {
+            return refuse(ErrorCode::AlreadyLoggedIn, "log out first");
+        }
+        let wrong = || refuse(ErrorCode::BadPassword, "wrong user name or password");
+        if !is_valid_name(user) || password.len() > MAX_PASSWORD {
+            return wrong();
+        }
+        let stored = {
+            let mut db = self.state.pool.get().map_err(|e| store_refusal(e.into()))?;
+            fastchat_sql::password_hash(&mut db, user).map_err(store_refusal)?
+        };
+        match stored {
+            Some(hash) if verify_password(password, &hash) => self.start_session(req, user),
+            Some(_) => wrong(),
+            None => {
+                // Spend the same time as a real check, so timing does not tell
+                // unknown users from wrong passwords.
+                let _ = verify_password(password, DUMMY_HASH);
+                wrong()
+            }
+        }
+    }
+
+    fn start_session(&mut self, req: u64, user: &str) -> Result<(), Refusal> {
+        let state = &self.state;
+        let session = SessionHandle::new(self.conn_id, user.to_string(), self.out.clone());
+        if let Some(Location::Local(old)) = state.router.set_local(session.clone()) {
+            log::info!("{user}: new login replaces connection {}", old.conn_id());
+            old.replace();
+        }
+        state.known_users.write().insert(user.to_string());
+        state.orphaned.lock().remove(user);
+        self.session = Some(session.clone());
+        match state.pool.get() {
+            Ok(mut db) => {
+                if let Err(e) = fastchat_sql::set_presence(&mut db, user, state.name()) {
+                    log::warn!("{user}: presence not recorded: {e}");
+                }
+            }
+            Err(e) => log::warn!("{user}: presence not recorded: {e}"),
+        }
+        state.router.broadcast(&PeerFrame::Presence {
+            user: user.to_string(),
+            online: true,
+        });
+        fence_peers(state);
+        log::info!("{user} logged in (connection {})", self.conn_id);
+        self.ok(
+            req,
+            Some(OkResult::Session {
+                user: user.to_string(),
+            }),
+        );
+        // The new session is syncing: the fetcher pushes stored messages, then the live
+        // ones that arrived meanwhile.
+        let _ = state.fetch.send(session);
+        Ok(())
+    }
+
+    fn logout(&mut self, req: u64) -> Result<(), Refusal> {
+        if self.session.is_none() {
+            return refuse(ErrorCode::NotLoggedIn, "not logged in");
+        }
+        self.end_session();
+        self.ok(req, None);
+        Ok(())
+    }
+
+    /// Ends the session, if any: unacknowledged live messages go back to be stored, and
+    /// the user goes offline unless it has meanwhile logged in elsewhere.
+    fn end_session(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let state = &self.state;
+        state.on_unacked(session.close());
+        let user = session.user();
+        if state.router.remove_local(user, self.conn_id) {
+            if let Ok(mut db) = state.pool.get() {
+                if let Err(e) = fastchat_sql::clear_presence(&mut db, user, state.name()) {
+                    log::warn!("{user}: presence not cleared: {e}");
+                }
+            }
+            state.router.broadcast(&PeerFrame::Presence {
+                user: user.to_string(),
+                online: false,
+            });
+        }
+        log::info!("{user} logged out (connection {})", self.conn_id);
+    }
+
+    fn send(&mut self, req: u64, id: String, to: String, body: Blob) -> Result<(), Refusal> {
+        let Some(session) = self.session.clone() else {
+            return refuse(ErrorCode::NotLoggedIn, "log in first");
+        };
+        if id.is_empty() || id.len() > MAX_ID {
+            return refuse(ErrorCode::BadRequest, "a message id is 1-64 characters");
+        }
+        if body.decoded_len() > MAX_BODY_BYTES {
+            return refuse(
+                ErrorCode::TooLarge,
+                format!("a message body is at most {MAX_BODY_BYTES} bytes"),
+            );
+        }
+        if !self.user_exists(&to)? {
+            return refuse(ErrorCode::UnknownUser, format!("no user named {to:?}"));
+        }
+        let message = NewPending {
+            recipient: to,
+            sender: session.user().to_string(),
+            msg_id: id,
+            body: body.into_base64(),
+            sent_at: now_millis(),
+        };
+        self.state.route_message(&session, req, message);
+        Ok(())
+    }
+
+    fn user_exists(&self, user: &str) -> Result<bool, Refusal> {
+        if !is_valid_name(user) {
+            return Ok(false);
+        }
+        if self.state.router.locate(user).is_some() || self.state.known_users.read().contains(user)
+        {
+            return Ok(true);
+        }
+        let mut db = self.state.pool.get().map_err(|e| store_refusal(e.into()))?;
+        let exists = fastchat_sql::user_exists(&mut db, user).map_err(store_refusal)?;
+        if exists {
+            self.state.known_users.write().insert(user.to_string());
+        }
+        Ok(exists)
+    }
+}
+
+/// A valid hash of a password nobody has, to spend a real check's time on unknown users.
+const DUMMY_HASH: &str =
+    "scrypt$14$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+/// Waits (bounded) until every peer has processed everything this server sent it before
+/// now, so that a presence change is known across the mesh before we go on.
+pub fn fence_peers(state: &ServerState) {
+    let peers = state.router.peers();
+    if peers.is_empty() {
+        return;
+    }
+    let token = state.conn_id();
+    let (tx, rx) = crossbeam_channel::bounded(peers.len());
+    state.fences.lock().insert(token, tx);
+    let mut expected = 0;
+    for link in &peers {
+        if link.send(&PeerFrame::Fence { token }, LINK_WAIT) {
+            expected += 1;
+        }
+    }
+    let deadline = Instant::now() + FENCE_TIMEOUT;
+    for _ in 0..expected {
+        if rx.recv_deadline(deadline).is_err() {
+            log::warn!("fence {token}: not every peer answered in time");
+            break;
+        }
+    }
+    state.fences.lock().remove(&token);
+}

@@ -1,0 +1,290 @@
+//! `SessionHandle`: how the rest of the server reaches a logged-in client. It owns the
+//! delivery bookkeeping: which pushed messages await the client's `ack`, and the
+//! messages held back while stored ones are being fetched, so that order is kept.
+
+use crate::conn::{to_body, OutQueue, Outgoing};
+use crossbeam_channel::{SendTimeoutError, TrySendError};
+use fastchat_common::protocol::client::ServerFrame;
+use fastchat_common::Blob;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a pushed message came from, to tell its origin when the client acknowledges it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// Sent by a client of this server: the in-flight token.
+    Local(u64),
+    /// Forwarded by a peer: its name and its in-flight token.
+    Peer(String, u64),
+    /// Taken from the pending store: its sequence number.
+    Stored(i64),
+}
+
+/// A message to push to the client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Sender's message id.
+    pub id: String,
+    /// Sender.
+    pub from: String,
+    /// Opaque body.
+    pub body: Blob,
+    /// Server timestamp.
+    pub sent_at: i64,
+}
+
+struct DeliveryState {
+    closed: bool,
+    next_tag: u64,
+    /// Pushed, not yet acknowledged.
+    outstanding: HashMap<u64, Origin>,
+    /// `true` while stored messages are being fetched; live ones wait in `held`.
+    syncing: bool,
+    held: Vec<Vec<u8>>,
+    /// A fetch was asked for while one ran: run another after it.
+    fetch_again: bool,
+    /// Highest pending sequence number pushed in this session.
+    last_seq: i64,
+}
+
+struct Shared {
+    conn_id: u64,
+    user: String,
+    out: OutQueue,
+    state: Mutex<DeliveryState>,
+}
+
+/// A cheap, clonable reference to one logged-in session.
+#[derive(Clone)]
+pub struct SessionHandle(Arc<Shared>);
+
+/// Why a push failed.
+#[derive(Debug, PartialEq)]
+pub enum PushError {
+    /// The session is closed or closing.
+    Closed,
+    /// The client does not read fast enough; the session has been closed.
+    SlowConsumer,
+}
+
+impl SessionHandle {
+    /// A new session for `user`, syncing: live messages wait until the first fetch of
+    /// stored ones has been pushed.
+    pub fn new(conn_id: u64, user: String, out: OutQueue) -> SessionHandle {
+        SessionHandle(Arc::new(Shared {
+            conn_id,
+            user,
+            out,
+            state: Mutex::new(DeliveryState {
+                closed: false,
+                next_tag: 1,
+                outstanding: HashMap::new(),
+                syncing: true,
+                held: Vec::new(),
+                fetch_again: false,
+                last_seq: 0,
+            }),
+        }))
+    }
+
+    /// The connection this session lives on.
+    pub fn conn_id(&self) -> u64 {
+        self.0.conn_id
+    }
+
+    /// The logged-in user.
+    pub fn user(&self) -> &str {
+        &self.0.user
+    }
+
+    /// Queues a frame that is not a message (a reply, a notice). On a full queue the
+    /// session is closed as a slow consumer.
+    pub fn send_frame(&self, frame: &ServerFrame) -> Result<(), PushError> {
+        self.try_queue(to_body(frame))
+    }
+
+    fn try_queue(&self, body: Vec<u8>) -> Result<(), PushError> {
+        match self.0.out.try_send(Outgoing::Frame(body)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                log::warn!(
+                    "{}: outgoing queue full, closing slow consumer",
+                    self.0.user
+                );
+                self.close_queue();
+                Err(PushError::SlowConsumer)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(PushError::Closed),
+        }
+    }
+
+    fn close_queue(&self) {
+        // A full queue cannot take `Close`; dropping our sender is not enough either
+        // (others hold clones), so the writer is told through a blocking-free path:
+        // mark closed, then ask with a bounded wait.
+        self.0.state.lock().closed = true;
+        let _ = self
+            .0
+            .out
+            .send_timeout(Outgoing::Close, Duration::from_millis(100));
+    }
+
+    fn message_frame(tag: u64, user: &str, d: &Delivery) -> Vec<u8> {
+        to_body(&ServerFrame::Message {
+            tag,
+            id: d.id.clone(),
+            from: d.from.clone(),
+            to: user.to_string(),
+            body: d.body.clone(),
+            sent_at: d.sent_at,
+        })
+    }
+
+    /// Pushes a live message. On `Err` the message was not handed to the client and
+    /// the caller must store it.
+    pub fn push_live(&self, delivery: &Delivery, origin: Origin) -> Result<(), PushError> {
+        let mut st = self.0.state.lock();
+        if st.closed {
+            return Err(PushError::Closed);
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        let body = Self::message_frame(tag, &self.0.user, delivery);
+        if st.syncing {
+            st.outstanding.insert(tag, origin);
+            st.held.push(body);
+            return Ok(());
+        }
+        match self.0.out.try_send(Outgoing::Frame(body)) {
+            Ok(()) => {
+                st.outstanding.insert(tag, origin);
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                drop(st);
+                log::warn!(
+                    "{}: outgoing queue full, closing slow consumer",
+                    self.0.user
+                );
+                self.close_queue();
+                Err(PushError::SlowConsumer)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(PushError::Closed),
+        }
+    }
+
+    /// Pushes a stored message, waiting up to `wait` for room (the fetcher may block on
+    /// one session; live traffic never does).
+    pub fn push_stored(
+        &self,
+        delivery: &Delivery,
+        seq: i64,
+        wait: Duration,
+    ) -> Result<(), PushError> {
+        let body = {
+            let mut st = self.0.state.lock();
+            if st.closed {
+                return Err(PushError::Closed);
+            }
+            let tag = st.next_tag;
+            st.next_tag += 1;
+            st.outstanding.insert(tag, Origin::Stored(seq));
+            st.last_seq = st.last_seq.max(seq);
+            Self::message_frame(tag, &self.0.user, delivery)
+        };
+        self.queue_waiting(body, wait)
+    }
+
+    fn queue_waiting(&self, body: Vec<u8>, wait: Duration) -> Result<(), PushError> {
+        match self.0.out.send_timeout(Outgoing::Frame(body), wait) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                log::warn!("{}: no room for stored messages, closing", self.0.user);
+                self.close_queue();
+                Err(PushError::SlowConsumer)
+            }
+            Err(SendTimeoutError::Disconnected(_)) => Err(PushError::Closed),
+        }
+    }
+
+    /// The highest stored sequence number pushed so far.
+    pub fn last_seq(&self) -> i64 {
+        self.0.state.lock().last_seq
+    }
+
+    /// Asks for a fetch of stored messages. Returns `true` when the caller must start
+    /// one; `false` when one is running (it will run again) or the session is closed.
+    pub fn want_fetch(&self) -> bool {
+        let mut st = self.0.state.lock();
+        if st.closed {
+            return false;
+        }
+        if st.syncing {
+            st.fetch_again = true;
+            false
+        } else {
+            st.syncing = true;
+            true
+        }
+    }
+
+    /// Called by the fetcher when a fetch pass is done. Returns `true` when another pass
+    /// was asked for meanwhile; otherwise pushes the held live messages (in order) and
+    /// leaves the syncing state.
+    pub fn fetch_done(&self, wait: Duration) -> bool {
+        loop {
+            let held = {
+                let mut st = self.0.state.lock();
+                if st.fetch_again {
+                    st.fetch_again = false;
+                    return true;
+                }
+                if st.held.is_empty() || st.closed {
+                    st.held.clear();
+                    st.syncing = false;
+                    return false;
+                }
+                std::mem::take(&mut st.held)
+            };
+            for body in held {
+                if self.queue_waiting(body, wait).is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The client acknowledged these tags; returns their origins.
+    pub fn acked(&self, tags: &[u64]) -> Vec<Origin> {
+        let mut st = self.0.state.lock();
+        tags.iter()
+            .filter_map(|t| st.outstanding.remove(t))
+            .collect()
+    }
+
+    /// Marks the session closed and returns every unacknowledged origin, so that live
+    /// ones can be stored. Idempotent: a second call returns nothing.
+    pub fn close(&self) -> Vec<Origin> {
+        let mut st = self.0.state.lock();
+        st.closed = true;
+        st.held.clear();
+        st.outstanding.drain().map(|(_, o)| o).collect()
+    }
+
+    /// Tells the client its session was replaced and closes the connection.
+    pub fn replace(&self) {
+        let _ = self.send_frame(&ServerFrame::SessionReplaced);
+        self.0.state.lock().closed = true;
+        let _ = self.0.out.try_send(Outgoing::Close);
+    }
+
+    /// Asks the client to reconnect elsewhere and closes the connection.
+    pub fn send_reconnect(&self, reason: &str) {
+        let _ = self.send_frame(&ServerFrame::Reconnect {
+            reason: reason.to_string(),
+        });
+        let _ = self.0.out.try_send(Outgoing::Close);
+    }
+}

@@ -1,0 +1,222 @@
+//! `ServerState`: everything the server's threads share, behind one `Arc`.
+
+use crate::config::Config;
+use crate::inflight::{InFlight, InFlightEntry, Via};
+use crate::router::{Location, Router};
+use crate::session_handle::{Delivery, Origin, SessionHandle};
+use crate::store::{StoreJob, StoreReply};
+use crossbeam_channel::Sender;
+use fastchat_common::protocol::client::{OkResult, ServerFrame};
+use fastchat_common::protocol::peer::PeerFrame;
+use fastchat_common::ticket::TicketVerifier;
+use fastchat_common::Blob;
+use fastchat_sql::{NewPending, Pool};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Shared server state.
+pub struct ServerState {
+    /// Flags.
+    pub config: Config,
+    /// This start's incarnation (from the servers table).
+    pub incarnation: i64,
+    /// Database connections.
+    pub pool: Pool,
+    /// Users and peers.
+    pub router: Router,
+    /// Messages awaiting their recipient's acknowledgement.
+    pub inflight: InFlight,
+    /// Queue of the pending-store thread (group commit).
+    pub store: Sender<StoreJob>,
+    /// Queue of the stored-message fetchers.
+    pub fetch: Sender<SessionHandle>,
+    /// Checks balancer tickets.
+    pub tickets: TicketVerifier,
+    /// Set when the server is stopping.
+    pub stopping: AtomicBool,
+    /// Connection ids.
+    pub next_conn_id: AtomicU64,
+    /// Connected client sockets (logged in or not).
+    pub clients: AtomicU64,
+    /// Users known to exist (accounts are never deleted, so a hit is final).
+    pub known_users: RwLock<HashSet<String>>,
+    /// Users we stored messages for while we knew no server for them: when one shows up
+    /// on a peer, that peer is told to fetch.
+    pub orphaned: Mutex<HashSet<String>>,
+    /// Fences awaiting acknowledgement: token -> where each ack is signalled.
+    pub fences: Mutex<HashMap<u64, Sender<()>>>,
+}
+
+/// How long a push may wait on a congested peer link before the message is stored.
+pub const LINK_WAIT: Duration = Duration::from_millis(500);
+
+impl ServerState {
+    /// This server's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// A fresh connection id.
+    pub fn conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Routes a direct message accepted from `sender` (request `req`). The sender is
+    /// answered later, from whichever thread ends the message's flight.
+    pub fn route_message(&self, sender: &SessionHandle, req: u64, message: NewPending) {
+        match self.router.locate(&message.recipient) {
+            Some(Location::Local(session)) => {
+                let delivery = delivery_of(&message);
+                let token = self.inflight.new_token();
+                self.inflight
+                    .insert(token, sender.clone(), req, message, Via::Local);
+                if session.push_live(&delivery, Origin::Local(token)).is_err() {
+                    self.fail_flight(token);
+                }
+            }
+            Some(Location::Remote(server)) => match self.router.peer(&server) {
+                Some(link) => {
+                    let token = self.inflight.new_token();
+                    let frame = PeerFrame::Deliver {
+                        token,
+                        id: message.msg_id.clone(),
+                        from: message.sender.clone(),
+                        to: message.recipient.clone(),
+                        body: Blob::from_base64(message.body.clone()),
+                        sent_at: message.sent_at,
+                    };
+                    self.inflight
+                        .insert(token, sender.clone(), req, message, Via::Peer(server));
+                    if !link.send(&frame, LINK_WAIT) {
+                        self.fail_flight(token);
+                    }
+                }
+                None => self.store_for(sender, req, message),
+            },
+            None => self.store_for(sender, req, message),
+        }
+    }
+
+    fn store_for(&self, sender: &SessionHandle, req: u64, message: NewPending) {
+        let reply = StoreReply::Sender {
+            session: sender.clone(),
+            req,
+        };
+        let _ = self.store.send(StoreJob::Store { message, reply });
+    }
+
+    /// The recipient acknowledged the message with this token: answer its sender.
+    pub fn complete_flight(&self, token: u64) {
+        if let Some(entry) = self.inflight.take(token) {
+            let _ = entry.sender.send_frame(&ServerFrame::Ok {
+                req: entry.req,
+                result: Some(OkResult::Sent {
+                    id: entry.message.msg_id,
+                    sent_at: entry.message.sent_at,
+                    stored: false,
+                }),
+            });
+        }
+    }
+
+    /// The message with this token did not reach its recipient: store it, then answer
+    /// its sender.
+    pub fn fail_flight(&self, token: u64) {
+        if let Some(entry) = self.inflight.take(token) {
+            self.store_entry(entry);
+        }
+    }
+
+    /// Stores an in-flight message that will not be delivered live.
+    pub fn store_entry(&self, entry: InFlightEntry) {
+        self.store_for(&entry.sender, entry.req, entry.message);
+    }
+
+    /// Handles the acknowledgement of pushed messages by a local client.
+    pub fn on_acked(&self, origins: Vec<Origin>) {
+        for origin in origins {
+            match origin {
+                Origin::Local(token) => self.complete_flight(token),
+                Origin::Peer(server, token) => {
+                    if let Some(link) = self.router.peer(&server) {
+                        link.send(&PeerFrame::Delivered { token }, LINK_WAIT);
+                    }
+                }
+                Origin::Stored(seq) => {
+                    let _ = self.store.send(StoreJob::Delete(seq));
+                }
+            }
+        }
+    }
+
+    /// Handles a session's unacknowledged messages when it closes: live ones go back to
+    /// their origin to be stored; stored ones stay stored.
+    pub fn on_unacked(&self, origins: Vec<Origin>) {
+        for origin in origins {
+            match origin {
+                Origin::Local(token) => self.fail_flight(token),
+                Origin::Peer(server, token) => {
+                    if let Some(link) = self.router.peer(&server) {
+                        link.send(&PeerFrame::NotDelivered { token }, LINK_WAIT);
+                    }
+                }
+                Origin::Stored(_) => {}
+            }
+        }
+    }
+
+    /// Asks the server holding `user` to fetch its stored messages (they were stored
+    /// after its login began, or while we could not reach it).
+    pub fn hint_pending(&self, user: &str) {
+        match self.router.locate(user) {
+            Some(Location::Local(session)) => self.request_fetch(&session),
+            Some(Location::Remote(server)) => {
+                if let Some(link) = self.router.peer(&server) {
+                    link.send(
+                        &PeerFrame::PendingHint {
+                            user: user.to_string(),
+                        },
+                        LINK_WAIT,
+                    );
+                } else {
+                    self.orphaned.lock().insert(user.to_string());
+                }
+            }
+            None => {
+                self.orphaned.lock().insert(user.to_string());
+            }
+        }
+    }
+
+    /// Starts a fetch of stored messages for a local session unless one is running.
+    pub fn request_fetch(&self, session: &SessionHandle) {
+        if session.want_fetch() {
+            let _ = self.fetch.send(session.clone());
+        }
+    }
+
+    /// A user appeared on `server`: if we stored messages for it while it was
+    /// unreachable, tell that server to fetch them.
+    pub fn user_appeared(&self, user: &str) {
+        if self.orphaned.lock().remove(user) {
+            self.hint_pending(user);
+        }
+    }
+}
+
+/// The push form of a message.
+pub fn delivery_of(message: &NewPending) -> Delivery {
+    Delivery {
+        id: message.msg_id.clone(),
+        from: message.sender.clone(),
+        body: Blob::from_base64(message.body.clone()),
+        sent_at: message.sent_at,
+    }
+}

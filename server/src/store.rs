@@ -1,0 +1,177 @@
+//! The pending store: one thread that writes undelivered messages to PostgreSQL in
+//! batches (group commit: one transaction for everything queued), and fetcher threads
+//! that push stored messages to sessions that log in or are hinted.
+
+use crate::session_handle::{Delivery, PushError, SessionHandle};
+use crate::state::ServerState;
+use crossbeam_channel::Receiver;
+use fastchat_common::protocol::client::{OkResult, ServerFrame};
+use fastchat_common::{Blob, ErrorCode};
+use fastchat_sql::NewPending;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Most jobs taken into one transaction.
+const BATCH: usize = 1000;
+/// Stored messages read per query when fetching.
+const FETCH_PAGE: i64 = 1000;
+/// How long the fetcher waits for room in one session's queue.
+const FETCH_WAIT: Duration = Duration::from_secs(10);
+
+/// Who to answer once a store commits.
+pub enum StoreReply {
+    /// The sending client's request.
+    Sender {
+        /// The sender's session.
+        session: SessionHandle,
+        /// Its request number.
+        req: u64,
+    },
+}
+
+/// Work for the store thread.
+pub enum StoreJob {
+    /// Store this message, then answer.
+    Store {
+        /// The message.
+        message: NewPending,
+        /// Who waits for the commit.
+        reply: StoreReply,
+    },
+    /// The recipient acknowledged this stored message: delete it.
+    Delete(i64),
+    /// Answer once every job before this one is done (shutdown).
+    Flush(crossbeam_channel::Sender<()>),
+}
+
+/// Runs the store thread until every sender of `jobs` is gone.
+pub fn run_store(state: Weak<ServerState>, jobs: Receiver<StoreJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut stores = Vec::new();
+        let mut deletes = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                StoreJob::Store { message, reply } => stores.push((message, reply)),
+                StoreJob::Delete(seq) => deletes.push(seq),
+                StoreJob::Flush(done) => flushes.push(done),
+            }
+            if stores.len() + deletes.len() < BATCH {
+                next = jobs.try_recv().ok();
+            }
+        }
+        let Some(state) = state.upgrade() else { break };
+        commit_batch(&state, stores, deletes);
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, deletes: Vec<i64>) {
+    if !deletes.is_empty() {
+        // A failed delete only means a duplicate later, which receivers drop by id.
+        if let Err(e) = state
+            .pool
+            .get()
+            .map_err(fastchat_sql::StoreError::from)
+            .and_then(|mut c| fastchat_sql::delete_pending(&mut c, &deletes))
+        {
+            log::warn!(
+                "could not delete {} acknowledged messages: {e}",
+                deletes.len()
+            );
+        }
+    }
+    if stores.is_empty() {
+        return;
+    }
+    let messages: Vec<NewPending> = stores.iter().map(|(m, _)| m.clone()).collect();
+    let result = state
+        .pool
+        .get()
+        .map_err(fastchat_sql::StoreError::from)
+        .and_then(|mut c| fastchat_sql::store_pending(&mut c, &messages));
+    match result {
+        Ok(_) => {
+            let mut recipients: Vec<&str> = Vec::new();
+            for (message, reply) in &stores {
+                let StoreReply::Sender { session, req } = reply;
+                let _ = session.send_frame(&ServerFrame::Ok {
+                    req: *req,
+                    result: Some(OkResult::Sent {
+                        id: message.msg_id.clone(),
+                        sent_at: message.sent_at,
+                        stored: true,
+                    }),
+                });
+                if !recipients.contains(&message.recipient.as_str()) {
+                    recipients.push(&message.recipient);
+                }
+            }
+            // A recipient may have come online while we stored: make sure it fetches.
+            for user in recipients {
+                state.hint_pending(user);
+            }
+        }
+        Err(e) => {
+            log::error!("could not store {} messages: {e}", stores.len());
+            let code = if e.is_unavailable() {
+                ErrorCode::Unavailable
+            } else {
+                ErrorCode::Internal
+            };
+            for (_, StoreReply::Sender { session, req }) in stores {
+                let _ = session.send_frame(&ServerFrame::Error {
+                    req: Some(req),
+                    code,
+                    message: "the message could not be stored; send it again".into(),
+                });
+            }
+        }
+    }
+}
+
+/// Runs a fetcher thread: for each session it is given, pushes the stored messages it
+/// has not yet been given, in order, then releases the live messages held meanwhile.
+pub fn run_fetcher(state: Weak<ServerState>, sessions: Receiver<SessionHandle>) {
+    while let Ok(session) = sessions.recv() {
+        let Some(state) = state.upgrade() else { break };
+        loop {
+            if let Err(e) = fetch_once(&state, &session) {
+                log::warn!("fetching stored messages for {}: {e}", session.user());
+            }
+            if !session.fetch_done(FETCH_WAIT) {
+                break;
+            }
+        }
+    }
+}
+
+fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), String> {
+    loop {
+        let after = session.last_seq();
+        let rows = {
+            let mut client = state.pool.get().map_err(|e| e.to_string())?;
+            fastchat_sql::take_pending(&mut client, session.user(), after, FETCH_PAGE)
+                .map_err(|e| e.to_string())?
+        };
+        let full_page = rows.len() as i64 == FETCH_PAGE;
+        for row in rows {
+            let delivery = Delivery {
+                id: row.msg_id,
+                from: row.sender,
+                body: Blob::from_base64(row.body),
+                sent_at: row.sent_at,
+            };
+            match session.push_stored(&delivery, row.seq, FETCH_WAIT) {
+                Ok(()) => {}
+                Err(PushError::Closed | PushError::SlowConsumer) => return Ok(()),
+            }
+        }
+        if !full_page {
+            return Ok(());
+        }
+    }
+}

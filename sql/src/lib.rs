@@ -1,0 +1,26 @@
+//! FastChat's PostgreSQL layer: numbered migrations and the domain functions the server
+//! and balancer call. SQL text lives here and nowhere else.
+#![deny(missing_docs)]
+
+mod error;
+mod migrate;
+mod pending;
+mod pool;
+mod presence;
+mod servers;
+mod users;
+
+pub use error::StoreError;
+pub use migrate::{migrate, MIGRATIONS};
+pub use pending::{delete_pending, store_pending, take_pending, NewPending, PendingMessage};
+pub use pool::{connect, pool, Pool, PooledClient};
+pub use presence::{clear_presence, clear_server_presence, set_presence};
+pub use servers::{
+    heartbeat, live_servers, mark_draining, register_server, remove_server, stale_servers,
+    ServerRow,
+};
+pub use users::{create_user, password_hash, user_exists};
+
+/// A heartbeat older than this marks a server dead (the balancer stops assigning it, its
+/// peers mark its users offline).
+pub const HEARTBEAT_TIMEOUT_MS: i64 = 3000;

@@ -1,0 +1,92 @@
+//! Undelivered messages: stored in batches (one commit for many), taken in order, and
+//! deleted once the recipient's client has acknowledged them.
+
+use crate::error::StoreError;
+
+/// A message to store for a recipient who could not be reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPending {
+    /// The recipient.
+    pub recipient: String,
+    /// The sender.
+    pub sender: String,
+    /// The sender's message id.
+    pub msg_id: String,
+    /// Opaque body, base64 text.
+    pub body: String,
+    /// Server timestamp, Unix milliseconds.
+    pub sent_at: i64,
+}
+
+/// A stored message, as taken for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingMessage {
+    /// Storage order; delete by it after the acknowledgement.
+    pub seq: i64,
+    /// The recipient.
+    pub recipient: String,
+    /// The sender.
+    pub sender: String,
+    /// The sender's message id.
+    pub msg_id: String,
+    /// Opaque body, base64 text.
+    pub body: String,
+    /// Server timestamp, Unix milliseconds.
+    pub sent_at: i64,
+}
+
+/// Stores every message in one transaction (one commit, one fsync) and returns their
+/// sequence numbers in the same order. All or nothing.
+pub fn store_pending(
+    client: &mut postgres::Client,
+    messages: &[NewPending],
+) -> Result<Vec<i64>, StoreError> {
+    let mut tx = client.transaction()?;
+    let insert = tx.prepare(
+        "INSERT INTO pending (recipient, sender, msg_id, body, sent_at)
+         VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+    )?;
+    let mut seqs = Vec::with_capacity(messages.len());
+    for m in messages {
+        let row = tx.query_one(
+            &insert,
+            &[&m.recipient, &m.sender, &m.msg_id, &m.body, &m.sent_at],
+        )?;
+        seqs.push(row.get(0));
+    }
+    tx.commit()?;
+    Ok(seqs)
+}
+
+/// Up to `limit` stored messages for `recipient` with `seq > after`, oldest first.
+pub fn take_pending(
+    client: &mut postgres::Client,
+    recipient: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<PendingMessage>, StoreError> {
+    let rows = client.query(
+        "SELECT seq, recipient, sender, msg_id, body, sent_at FROM pending
+         WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        &[&recipient, &after, &limit],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| PendingMessage {
+            seq: r.get(0),
+            recipient: r.get(1),
+            sender: r.get(2),
+            msg_id: r.get(3),
+            body: r.get(4),
+            sent_at: r.get(5),
+        })
+        .collect())
+}
+
+/// Deletes acknowledged messages by sequence number.
+pub fn delete_pending(client: &mut postgres::Client, seqs: &[i64]) -> Result<u64, StoreError> {
+    if seqs.is_empty() {
+        return Ok(0);
+    }
+    Ok(client.execute("DELETE FROM pending WHERE seq = ANY($1)", &[&seqs])?)
+}

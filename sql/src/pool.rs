@@ -1,0 +1,31 @@
+//! Connections: a single client for one-off work, or an r2d2 pool for servers.
+
+use crate::error::StoreError;
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+use std::time::Duration;
+
+/// A pool of PostgreSQL connections shared by a process's threads.
+pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// A connection checked out of a [`Pool`]; derefs to `postgres::Client`.
+pub type PooledClient = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// Opens one connection.
+pub fn connect(url: &str) -> Result<postgres::Client, StoreError> {
+    Ok(postgres::Client::connect(url, NoTls)?)
+}
+
+/// Builds a pool of at most `size` connections. Connections are made lazily and a
+/// checkout waits at most `wait` (then the caller answers `unavailable`).
+pub fn pool(url: &str, size: u32, wait: Duration) -> Result<Pool, StoreError> {
+    let config: postgres::Config = url
+        .parse()
+        .map_err(|e: postgres::Error| StoreError::Unavailable(format!("bad database url: {e}")))?;
+    let manager = PostgresConnectionManager::new(config, NoTls);
+    Ok(r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .connection_timeout(wait)
+        .build_unchecked(manager))
+}

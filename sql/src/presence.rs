@@ -1,0 +1,39 @@
+//! Presence: which server each online user is on.
+
+use crate::error::StoreError;
+
+/// Records `user` as online on `server` (replacing any older record).
+pub fn set_presence(
+    client: &mut postgres::Client,
+    user: &str,
+    server: &str,
+) -> Result<(), StoreError> {
+    client.execute(
+        "INSERT INTO presence (user_name, server) VALUES ($1, $2)
+         ON CONFLICT (user_name) DO UPDATE SET server = EXCLUDED.server, since = now()",
+        &[&user, &server],
+    )?;
+    Ok(())
+}
+
+/// Records `user` as offline, unless it has meanwhile come online on another server.
+pub fn clear_presence(
+    client: &mut postgres::Client,
+    user: &str,
+    server: &str,
+) -> Result<(), StoreError> {
+    client.execute(
+        "DELETE FROM presence WHERE user_name = $1 AND server = $2",
+        &[&user, &server],
+    )?;
+    Ok(())
+}
+
+/// Marks every user of `server` offline (it started afresh, stopped, or died);
+/// returns how many there were.
+pub fn clear_server_presence(
+    client: &mut postgres::Client,
+    server: &str,
+) -> Result<u64, StoreError> {
+    Ok(client.execute("DELETE FROM presence WHERE server = $1", &[&server])?)
+}

@@ -1,0 +1,116 @@
+//! The server registry: who is up, where, how loaded, and whether it still beats.
+
+use crate::error::StoreError;
+use crate::HEARTBEAT_TIMEOUT_MS;
+
+/// A registered server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerRow {
+    /// Unique name, e.g. `server-1`.
+    pub name: String,
+    /// Address clients connect to.
+    pub client_addr: String,
+    /// Address peers connect to.
+    pub peer_addr: String,
+    /// Changes at every start; the later start has the larger one.
+    pub incarnation: i64,
+    /// Clients connected at the last heartbeat.
+    pub clients: i32,
+    /// Load figure at the last heartbeat.
+    pub load: f32,
+    /// Whether the server is shutting down and takes no new clients.
+    pub draining: bool,
+}
+
+fn row_to_server(row: &postgres::Row) -> ServerRow {
+    ServerRow {
+        name: row.get("name"),
+        client_addr: row.get("client_addr"),
+        peer_addr: row.get("peer_addr"),
+        incarnation: row.get("incarnation"),
+        clients: row.get("clients"),
+        load: row.get("load"),
+        draining: row.get("draining"),
+    }
+}
+
+/// Registers (or re-registers) a server at start; returns its new incarnation.
+pub fn register_server(
+    client: &mut postgres::Client,
+    name: &str,
+    client_addr: &str,
+    peer_addr: &str,
+) -> Result<i64, StoreError> {
+    let row = client.query_one(
+        "INSERT INTO servers (name, client_addr, peer_addr, incarnation)
+         VALUES ($1, $2, $3, nextval('server_incarnation'))
+         ON CONFLICT (name) DO UPDATE SET
+             client_addr = EXCLUDED.client_addr, peer_addr = EXCLUDED.peer_addr,
+             incarnation = EXCLUDED.incarnation, started_at = now(), heartbeat = now(),
+             clients = 0, load = 0, draining = false
+         RETURNING incarnation",
+        &[&name, &client_addr, &peer_addr],
+    )?;
+    Ok(row.get(0))
+}
+
+/// Records that the server is alive, with its current load. Returns `false` when the
+/// row is gone or belongs to a newer incarnation (someone else took the name).
+pub fn heartbeat(
+    client: &mut postgres::Client,
+    name: &str,
+    incarnation: i64,
+    clients: i32,
+    load: f32,
+) -> Result<bool, StoreError> {
+    let n = client.execute(
+        "UPDATE servers SET heartbeat = now(), clients = $3, load = $4
+         WHERE name = $1 AND incarnation = $2",
+        &[&name, &incarnation, &clients, &load],
+    )?;
+    Ok(n == 1)
+}
+
+/// Marks the server as draining: the balancer stops assigning it.
+pub fn mark_draining(client: &mut postgres::Client, name: &str) -> Result<(), StoreError> {
+    client.execute(
+        "UPDATE servers SET draining = true WHERE name = $1",
+        &[&name],
+    )?;
+    Ok(())
+}
+
+/// Removes the server's row (at a clean shutdown), if it is still this incarnation's.
+pub fn remove_server(
+    client: &mut postgres::Client,
+    name: &str,
+    incarnation: i64,
+) -> Result<(), StoreError> {
+    client.execute(
+        "DELETE FROM servers WHERE name = $1 AND incarnation = $2",
+        &[&name, &incarnation],
+    )?;
+    Ok(())
+}
+
+/// Servers whose heartbeat is fresh (draining ones included; callers filter).
+pub fn live_servers(client: &mut postgres::Client) -> Result<Vec<ServerRow>, StoreError> {
+    let rows = client.query(
+        "SELECT name, client_addr, peer_addr, incarnation, clients, load, draining
+         FROM servers
+         WHERE heartbeat > now() - make_interval(secs => $1::bigint / 1000.0)
+         ORDER BY name",
+        &[&HEARTBEAT_TIMEOUT_MS],
+    )?;
+    Ok(rows.iter().map(row_to_server).collect())
+}
+
+/// Names of servers whose heartbeat is stale: presumed dead.
+pub fn stale_servers(client: &mut postgres::Client) -> Result<Vec<String>, StoreError> {
+    let rows = client.query(
+        "SELECT name FROM servers
+         WHERE heartbeat <= now() - make_interval(secs => $1::bigint / 1000.0)",
+        &[&HEARTBEAT_TIMEOUT_MS],
+    )?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
