@@ -244,6 +244,7 @@ impl Balancer {
                     name: r.name.clone(),
                     addr: r.client_addr.clone(),
                     clients: r.clients,
+                    peers: r.peers,
                     load: r.load,
                 })
                 .collect(),

@@ -45,7 +45,15 @@ fn tick(state: &Arc<ServerState>, dialing: &Arc<Mutex<HashSet<String>>>) {
     };
     let clients = state.clients.load(Ordering::Relaxed) as i32;
     let load = clients as f32 + state.inflight.len() as f32 / 100.0;
-    match fastchat_sql::heartbeat(&mut db, state.name(), state.incarnation, clients, load) {
+    let peers = state.router.peers().len() as i32;
+    match fastchat_sql::heartbeat(
+        &mut db,
+        state.name(),
+        state.incarnation,
+        clients,
+        peers,
+        load,
+    ) {
         Ok(true) => {}
         Ok(false) => log::warn!("heartbeat: our servers row was taken over by another start"),
         Err(e) => {

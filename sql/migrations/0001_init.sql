@@ -18,6 +18,7 @@ CREATE TABLE servers (
     started_at  timestamptz NOT NULL DEFAULT now(),
     heartbeat   timestamptz NOT NULL DEFAULT now(),
     clients     integer NOT NULL DEFAULT 0,
+    peers       integer NOT NULL DEFAULT 0,
     load        real NOT NULL DEFAULT 0,
     draining    boolean NOT NULL DEFAULT false
 );

@@ -16,6 +16,8 @@ pub struct ServerRow {
     pub incarnation: i64,
     /// Clients connected at the last heartbeat.
     pub clients: i32,
+    /// Mesh links up at the last heartbeat.
+    pub peers: i32,
     /// Load figure at the last heartbeat.
     pub load: f32,
     /// Whether the server is shutting down and takes no new clients.
@@ -29,6 +31,7 @@ fn row_to_server(row: &postgres::Row) -> ServerRow {
         peer_addr: row.get("peer_addr"),
         incarnation: row.get("incarnation"),
         clients: row.get("clients"),
+        peers: row.get("peers"),
         load: row.get("load"),
         draining: row.get("draining"),
     }
@@ -61,12 +64,13 @@ pub fn heartbeat(
     name: &str,
     incarnation: i64,
     clients: i32,
+    peers: i32,
     load: f32,
 ) -> Result<bool, StoreError> {
     let n = client.execute(
-        "UPDATE servers SET heartbeat = now(), clients = $3, load = $4
+        "UPDATE servers SET heartbeat = now(), clients = $3, peers = $4, load = $5
          WHERE name = $1 AND incarnation = $2",
-        &[&name, &incarnation, &clients, &load],
+        &[&name, &incarnation, &clients, &peers, &load],
     )?;
     Ok(n == 1)
 }
@@ -96,7 +100,7 @@ pub fn remove_server(
 /// Servers whose heartbeat is fresh (draining ones included; callers filter).
 pub fn live_servers(client: &mut postgres::Client) -> Result<Vec<ServerRow>, StoreError> {
     let rows = client.query(
-        "SELECT name, client_addr, peer_addr, incarnation, clients, load, draining
+        "SELECT name, client_addr, peer_addr, incarnation, clients, peers, load, draining
          FROM servers
          WHERE heartbeat > now() - make_interval(secs => $1::bigint / 1000.0)
          ORDER BY name",

@@ -62,6 +62,8 @@ pub struct ServerStatus {
     pub addr: String,
     /// Connected clients at the last heartbeat.
     pub clients: i32,
+    /// Mesh links up at the last heartbeat.
+    pub peers: i32,
     /// Load figure at the last heartbeat.
     pub load: f32,
 }

@@ -1,0 +1,70 @@
+//! `RawConn`: a plain socket speaking frames by hand, to send what a real client never
+//! would (garbage, oversized frames, forged tickets).
+
+use fastchat_common::frame::{read_frame, write_frame, MAX_PEER_FRAME};
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A hand-driven connection.
+pub struct RawConn {
+    stream: TcpStream,
+}
+
+impl RawConn {
+    /// Connects to `addr`; reads time out after 10 s.
+    pub fn connect(addr: &str) -> RawConn {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("set timeout");
+        RawConn { stream }
+    }
+
+    /// Sends bytes as they are.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Sends one frame with this body.
+    pub fn send_frame(&mut self, body: &[u8]) {
+        let _ = write_frame(&mut self.stream, body);
+    }
+
+    /// Sends a JSON value as one frame.
+    pub fn send_json(&mut self, value: &serde_json::Value) {
+        self.send_frame(value.to_string().as_bytes());
+    }
+
+    /// The next frame as JSON; `None` when the connection closed (or broke). Panics if
+    /// nothing comes within the read timeout.
+    pub fn recv(&mut self) -> Option<serde_json::Value> {
+        match read_frame(&mut self.stream, MAX_PEER_FRAME) {
+            Ok(Some(body)) => Some(serde_json::from_slice(&body).expect("server sent JSON")),
+            Ok(None) => None,
+            Err(fastchat_common::frame::FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("no frame within the read timeout")
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Reads until the server closes the connection (bounded by the read timeout);
+    /// returns the frames seen.
+    pub fn recv_until_closed(&mut self) -> Vec<serde_json::Value> {
+        let mut frames = Vec::new();
+        while let Some(f) = self.recv() {
+            frames.push(f);
+            assert!(
+                frames.len() < 100,
+                "the server keeps talking instead of closing"
+            );
+        }
+        frames
+    }
+}

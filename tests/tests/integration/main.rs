@@ -1,0 +1,13 @@
+//! Integration tests: real processes (balancer, servers), real sockets, a real
+//! PostgreSQL. One binary, a module per area.
+
+mod accounts;
+mod bad_input;
+mod messages;
+mod shutdown;
+mod tickets;
+
+use std::time::Duration;
+
+/// How long a test waits for any one thing to happen.
+pub const WAIT: Duration = Duration::from_secs(15);

@@ -1,0 +1,128 @@
+//! Direct messages: same server, across servers, offline in order, deletion after ack.
+
+use crate::WAIT;
+use fastchat_client::OkResult;
+use fastchat_tests::{next_message, wait_until, Cluster};
+
+fn sent_stored(reply: fastchat_client::Reply) -> bool {
+    match reply.expect("send ok") {
+        Some(OkResult::Sent { stored, .. }) => stored,
+        other => panic!("unexpected ok payload {other:?}"),
+    }
+}
+
+#[test]
+fn direct_message_on_the_same_server() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-1"));
+    let (_, h) = alice.send_text("bob", "hello bob");
+    assert!(
+        !sent_stored(h.wait(WAIT)),
+        "bob is online: delivered, not stored"
+    );
+    assert_eq!(
+        next_message(&bob, WAIT),
+        ("alice".into(), "hello bob".into())
+    );
+    let (_, h) = bob.send_text("alice", "hi alice");
+    h.wait(WAIT).unwrap();
+    assert_eq!(
+        next_message(&alice, WAIT),
+        ("bob".into(), "hi alice".into())
+    );
+    assert_eq!(cluster.pending_count(), 0);
+}
+
+#[test]
+fn direct_message_across_servers_keeps_order() {
+    let cluster = Cluster::start(3);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-3"));
+    let handles: Vec<_> = (0..200)
+        .map(|i| alice.send_text("bob", &format!("message {i}")).1)
+        .collect();
+    for h in handles {
+        assert!(!sent_stored(h.wait(WAIT)));
+    }
+    for i in 0..200 {
+        assert_eq!(
+            next_message(&bob, WAIT),
+            ("alice".into(), format!("message {i}"))
+        );
+    }
+    // An idle client gets a push at once, with nothing sent from its side.
+    let (_, h) = bob.send_text("alice", "pong");
+    h.wait(WAIT).unwrap();
+    assert_eq!(next_message(&alice, WAIT), ("bob".into(), "pong".into()));
+}
+
+#[test]
+fn offline_messages_arrive_in_order_at_login_and_are_deleted_after_ack() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-2"));
+    bob.logout().unwrap();
+    drop(bob);
+    wait_until("bob offline everywhere", WAIT, || {
+        let mut db = cluster.db.connect();
+        db.query_one("SELECT count(*) FROM presence WHERE user_name = 'bob'", &[])
+            .map(|r| r.get::<_, i64>(0) == 0)
+            .unwrap_or(false)
+    });
+    for i in 0..50 {
+        let (_, h) = alice.send_text("bob", &format!("offline {i}"));
+        assert!(sent_stored(h.wait(WAIT)), "bob is offline: stored");
+    }
+    assert_eq!(cluster.pending_count(), 50);
+
+    let bob = cluster.client_on("server-1");
+    bob.login("bob", "bob-password").unwrap();
+    for i in 0..50 {
+        assert_eq!(
+            next_message(&bob, WAIT),
+            ("alice".into(), format!("offline {i}"))
+        );
+    }
+    wait_until("acknowledged messages deleted", WAIT, || {
+        cluster.pending_count() == 0
+    });
+
+    // Nothing is delivered twice at the next login.
+    bob.logout().unwrap();
+    let again = cluster.client();
+    again.login("bob", "bob-password").unwrap();
+    let (_, h) = alice.send_text("bob", "fresh");
+    h.wait(WAIT).unwrap();
+    assert_eq!(next_message(&again, WAIT), ("alice".into(), "fresh".into()));
+}
+
+#[test]
+fn messages_sent_while_the_recipient_logs_in_are_not_lost() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    {
+        let bob = cluster.user("bob", Some("server-2"));
+        bob.logout().unwrap();
+    }
+    let sender = std::thread::spawn(move || {
+        let handles: Vec<_> = (0..300)
+            .map(|i| {
+                let h = alice.send_text("bob", &format!("m{i}")).1;
+                std::thread::sleep(std::time::Duration::from_micros(300));
+                h
+            })
+            .collect();
+        for h in handles {
+            h.wait(WAIT).expect("every send is acknowledged");
+        }
+        alice
+    });
+    let bob = cluster.client_on("server-2");
+    bob.login("bob", "bob-password").unwrap();
+    let _alice = sender.join().unwrap();
+    let mut got: Vec<String> = (0..300).map(|_| next_message(&bob, WAIT).1).collect();
+    got.sort_by_key(|m| m[1..].parse::<u32>().unwrap());
+    got.dedup();
+    assert_eq!(got.len(), 300, "every acknowledged message arrives");
+}
