@@ -41,13 +41,16 @@ struct Cli {
 /// How long, after standard input ends, the program waits for replies it owes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Makes the text for people from a successful reply's result.
+type HumanText = Box<dyn Fn(&Option<OkResult>) -> String + Send>;
+
 /// A command whose reply is to be printed, in order.
 enum Pending {
     /// A reply from the server; `human` makes the text for people from the result.
     Remote {
         cmd: &'static str,
         handle: ReplyHandle,
-        human: Box<dyn Fn(&Option<OkResult>) -> String + Send>,
+        human: HumanText,
     },
     /// A reply known at once (local commands and parse errors).
     Local(Box<dyn FnOnce(&Output) + Send>),
