@@ -67,6 +67,8 @@ struct ClientConn {
     state: Arc<ServerState>,
     conn_id: u64,
     out: OutQueue,
+    /// A clone of the socket, to cut the connection when its queue is full.
+    socket: TcpStream,
     greeted: bool,
     session: Option<SessionHandle>,
 }
@@ -92,11 +94,22 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
     };
     state.clients.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+    let socket = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot clone the socket of {peer}: {e}");
+            let _ = out.send(Outgoing::Close);
+            let _ = writer.join();
+            state.clients.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+    };
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut conn = ClientConn {
         state: state.clone(),
         conn_id,
         out: out.clone(),
+        socket,
         greeted: false,
         session: None,
     };
@@ -142,9 +155,7 @@ impl ClientConn {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => {
                 log::warn!("connection {}: queue full; closing", self.conn_id);
-                let _ = self
-                    .out
-                    .send_timeout(Outgoing::Close, Duration::from_millis(100));
+                let _ = self.socket.shutdown(std::net::Shutdown::Both);
             }
         }
     }
@@ -305,7 +316,11 @@ impl ClientConn {
 
     fn start_session(&mut self, req: u64, user: &str) -> Result<(), Refusal> {
         let state = &self.state;
-        let session = SessionHandle::new(self.conn_id, user.to_string(), self.out.clone());
+        let socket = self.socket.try_clone().map_err(|e| {
+            log::error!("cannot clone a socket: {e}");
+            (ErrorCode::Internal, "internal error".to_string())
+        })?;
+        let session = SessionHandle::new(self.conn_id, user.to_string(), self.out.clone(), socket);
         if let Some(Location::Local(old)) = state.router.set_local(session.clone()) {
             log::info!("{user}: new login replaces connection {}", old.conn_id());
             old.replace();

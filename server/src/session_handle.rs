@@ -8,6 +8,7 @@ use fastchat_common::protocol::client::ServerFrame;
 use fastchat_common::Blob;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ struct Shared {
     conn_id: u64,
     user: String,
     out: OutQueue,
+    /// A clone of the connection's socket, to cut it when the queue cannot take `Close`.
+    socket: TcpStream,
     state: Mutex<DeliveryState>,
 }
 
@@ -72,11 +75,12 @@ pub enum PushError {
 impl SessionHandle {
     /// A new session for `user`, syncing: live messages wait until the first fetch of
     /// stored ones has been pushed.
-    pub fn new(conn_id: u64, user: String, out: OutQueue) -> SessionHandle {
+    pub fn new(conn_id: u64, user: String, out: OutQueue, socket: TcpStream) -> SessionHandle {
         SessionHandle(Arc::new(Shared {
             conn_id,
             user,
             out,
+            socket,
             state: Mutex::new(DeliveryState {
                 closed: false,
                 next_tag: 1,
@@ -120,15 +124,11 @@ impl SessionHandle {
         }
     }
 
+    /// Closes a session whose queue is full: the queue cannot take `Close`, so the
+    /// socket is shut down, which fails the writer's pending write and ends the reader.
     fn close_queue(&self) {
-        // A full queue cannot take `Close`; dropping our sender is not enough either
-        // (others hold clones), so the writer is told through a blocking-free path:
-        // mark closed, then ask with a bounded wait.
         self.0.state.lock().closed = true;
-        let _ = self
-            .0
-            .out
-            .send_timeout(Outgoing::Close, Duration::from_millis(100));
+        let _ = self.0.socket.shutdown(Shutdown::Both);
     }
 
     fn message_frame(tag: u64, user: &str, d: &Delivery) -> Vec<u8> {
