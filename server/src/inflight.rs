@@ -36,13 +36,22 @@ pub struct InFlightEntry {
 }
 
 /// The table of in-flight messages, keyed by token.
-#[derive(Default)]
 pub struct InFlight {
     next_token: AtomicU64,
     entries: Mutex<HashMap<u64, InFlightEntry>>,
 }
 
 impl InFlight {
+    /// An empty table whose tokens start at `incarnation << 32`, so that a late
+    /// `delivered` meant for an earlier start of this server never matches a token of
+    /// this one.
+    pub fn new(incarnation: i64) -> InFlight {
+        InFlight {
+            next_token: AtomicU64::new((incarnation as u64) << 32),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// A fresh token, for a message about to be inserted.
     pub fn new_token(&self) -> u64 {
         self.next_token.fetch_add(1, Ordering::Relaxed) + 1

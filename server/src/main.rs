@@ -90,7 +90,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         incarnation,
         pool,
         router: Default::default(),
-        inflight: Default::default(),
+        inflight: inflight::InFlight::new(incarnation),
         store: store_tx,
         fetch: fetch_tx,
         tickets,
@@ -181,7 +181,7 @@ fn shutdown(
         session.send_reconnect("server shutting down");
     }
     let deadline = Instant::now() + DRAIN_WAIT;
-    while state.clients.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    while !state.router.local_sessions().is_empty() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
     for entry in state.inflight.take_all() {

@@ -7,7 +7,7 @@ use crossbeam_channel::{SendTimeoutError, TrySendError};
 use fastchat_common::protocol::client::ServerFrame;
 use fastchat_common::Blob;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +46,10 @@ struct DeliveryState {
     held: Vec<Vec<u8>>,
     /// A fetch was asked for while one ran: run another after it.
     fetch_again: bool,
-    /// Highest pending sequence number pushed in this session.
-    last_seq: i64,
+    /// Stored messages pushed in this session (by sequence number). Rows can commit
+    /// out of sequence order when several servers store for one user, so a fetch pass
+    /// reads the whole queue and skips these rather than trusting a cursor.
+    pushed_seqs: HashSet<i64>,
 }
 
 struct Shared {
@@ -88,7 +90,7 @@ impl SessionHandle {
                 syncing: true,
                 held: Vec::new(),
                 fetch_again: false,
-                last_seq: 0,
+                pushed_seqs: HashSet::new(),
             }),
         }))
     }
@@ -175,8 +177,8 @@ impl SessionHandle {
         }
     }
 
-    /// Pushes a stored message, waiting up to `wait` for room (the fetcher may block on
-    /// one session; live traffic never does).
+    /// Pushes a stored message unless this session was given it already, waiting up to
+    /// `wait` for room (the fetcher may block on one session; live traffic never does).
     pub fn push_stored(
         &self,
         delivery: &Delivery,
@@ -188,10 +190,12 @@ impl SessionHandle {
             if st.closed {
                 return Err(PushError::Closed);
             }
+            if !st.pushed_seqs.insert(seq) {
+                return Ok(());
+            }
             let tag = st.next_tag;
             st.next_tag += 1;
             st.outstanding.insert(tag, Origin::Stored(seq));
-            st.last_seq = st.last_seq.max(seq);
             Self::message_frame(tag, &self.0.user, delivery)
         };
         self.queue_waiting(body, wait)
@@ -207,11 +211,6 @@ impl SessionHandle {
             }
             Err(SendTimeoutError::Disconnected(_)) => Err(PushError::Closed),
         }
-    }
-
-    /// The highest stored sequence number pushed so far.
-    pub fn last_seq(&self) -> i64 {
-        self.0.state.lock().last_seq
     }
 
     /// Asks for a fetch of stored messages. Returns `true` when the caller must start

@@ -175,7 +175,20 @@ impl ServerState {
     /// Asks the server holding `user` to fetch its stored messages (they were stored
     /// after its login began, or while we could not reach it).
     pub fn hint_pending(&self, user: &str) {
-        match self.router.locate(user) {
+        let location = match self.router.locate(user) {
+            Some(location) => Some(location),
+            None => {
+                // Re-check under the lock `user_appeared` takes: a presence applied
+                // after this check finds the user in `orphaned` and hints.
+                let mut orphaned = self.orphaned.lock();
+                let location = self.router.locate(user);
+                if location.is_none() {
+                    orphaned.insert(user.to_string());
+                }
+                location
+            }
+        };
+        match location {
             Some(Location::Local(session)) => self.request_fetch(&session),
             Some(Location::Remote(server)) => {
                 if let Some(link) = self.router.peer(&server) {
@@ -189,9 +202,7 @@ impl ServerState {
                     self.orphaned.lock().insert(user.to_string());
                 }
             }
-            None => {
-                self.orphaned.lock().insert(user.to_string());
-            }
+            None => {}
         }
     }
 

@@ -150,8 +150,8 @@ pub fn run_fetcher(state: Weak<ServerState>, sessions: Receiver<SessionHandle>) 
 }
 
 fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), String> {
+    let mut after = 0;
     loop {
-        let after = session.last_seq();
         let rows = {
             let mut client = state.pool.get().map_err(|e| e.to_string())?;
             fastchat_sql::take_pending(&mut client, session.user(), after, FETCH_PAGE)
@@ -159,6 +159,7 @@ fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), S
         };
         let full_page = rows.len() as i64 == FETCH_PAGE;
         for row in rows {
+            after = row.seq;
             let delivery = Delivery {
                 id: row.msg_id,
                 from: row.sender,
