@@ -83,24 +83,19 @@ impl InFlight {
 
     /// Takes every entry sent over the link to `peer` (the link went down).
     pub fn take_via(&self, peer: &str) -> Vec<InFlightEntry> {
-        let mut entries = self.entries.lock();
-        let tokens: Vec<u64> = entries
-            .iter()
-            .filter(|(_, e)| matches!(&e.via, Via::Peer(p) if p == peer))
-            .map(|(t, _)| *t)
-            .collect();
-        tokens
-            .into_iter()
-            .filter_map(|t| entries.remove(&t))
-            .collect()
+        self.take_where(|e| matches!(&e.via, Via::Peer(p) if p == peer))
     }
 
     /// Takes every entry whose deadline has passed.
     pub fn take_expired(&self, now: Instant) -> Vec<InFlightEntry> {
+        self.take_where(|e| e.deadline <= now)
+    }
+
+    fn take_where(&self, pick: impl Fn(&InFlightEntry) -> bool) -> Vec<InFlightEntry> {
         let mut entries = self.entries.lock();
         let tokens: Vec<u64> = entries
             .iter()
-            .filter(|(_, e)| e.deadline <= now)
+            .filter(|(_, e)| pick(e))
             .map(|(t, _)| *t)
             .collect();
         tokens

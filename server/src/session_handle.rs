@@ -112,6 +112,18 @@ impl SessionHandle {
     }
 
     fn try_queue(&self, body: Vec<u8>) -> Result<(), PushError> {
+        let result = self.queue_or_cut(body);
+        if result == Err(PushError::SlowConsumer) {
+            self.0.state.lock().closed = true;
+        }
+        result
+    }
+
+    /// Queues without waiting. A full queue means a slow consumer: it cannot take
+    /// `Close` either, so the socket is shut down, which fails the writer's pending
+    /// write and ends the reader (whose cleanup stores what was not acknowledged).
+    /// Takes no lock; the caller marks the session closed.
+    fn queue_or_cut(&self, body: Vec<u8>) -> Result<(), PushError> {
         match self.0.out.try_send(Outgoing::Frame(body)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
@@ -119,15 +131,14 @@ impl SessionHandle {
                     "{}: outgoing queue full, closing slow consumer",
                     self.0.user
                 );
-                self.close_queue();
+                let _ = self.0.socket.shutdown(Shutdown::Both);
                 Err(PushError::SlowConsumer)
             }
             Err(TrySendError::Disconnected(_)) => Err(PushError::Closed),
         }
     }
 
-    /// Closes a session whose queue is full: the queue cannot take `Close`, so the
-    /// socket is shut down, which fails the writer's pending write and ends the reader.
+    /// Marks the session closed and cuts its socket.
     fn close_queue(&self) {
         self.0.state.lock().closed = true;
         let _ = self.0.socket.shutdown(Shutdown::Both);
@@ -159,22 +170,16 @@ impl SessionHandle {
             st.held.push(body);
             return Ok(());
         }
-        match self.0.out.try_send(Outgoing::Frame(body)) {
+        // Queued under the lock, so frames keep the order of their tags.
+        let result = self.queue_or_cut(body);
+        match result {
             Ok(()) => {
                 st.outstanding.insert(tag, origin);
-                Ok(())
             }
-            Err(TrySendError::Full(_)) => {
-                drop(st);
-                log::warn!(
-                    "{}: outgoing queue full, closing slow consumer",
-                    self.0.user
-                );
-                self.close_queue();
-                Err(PushError::SlowConsumer)
-            }
-            Err(TrySendError::Disconnected(_)) => Err(PushError::Closed),
+            Err(PushError::SlowConsumer) => st.closed = true,
+            Err(PushError::Closed) => {}
         }
+        result
     }
 
     /// Pushes a stored message unless this session was given it already, waiting up to
