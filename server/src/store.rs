@@ -87,7 +87,7 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, dele
     if stores.is_empty() {
         return;
     }
-    let messages: Vec<NewPending> = stores.iter().map(|(m, _)| m.clone()).collect();
+    let (messages, replies): (Vec<NewPending>, Vec<StoreReply>) = stores.into_iter().unzip();
     let result = state
         .pool
         .get()
@@ -96,7 +96,7 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, dele
     match result {
         Ok(_) => {
             let mut recipients: Vec<&str> = Vec::new();
-            for (message, reply) in &stores {
+            for (message, reply) in messages.iter().zip(&replies) {
                 let StoreReply::Sender { session, req } = reply;
                 let _ = session.send_frame(&ServerFrame::Ok {
                     req: *req,
@@ -116,13 +116,13 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, dele
             }
         }
         Err(e) => {
-            log::error!("could not store {} messages: {e}", stores.len());
+            log::error!("could not store {} messages: {e}", messages.len());
             let code = if e.is_unavailable() {
                 ErrorCode::Unavailable
             } else {
                 ErrorCode::Internal
             };
-            for (_, StoreReply::Sender { session, req }) in stores {
+            for StoreReply::Sender { session, req } in replies {
                 let _ = session.send_frame(&ServerFrame::Error {
                     req: Some(req),
                     code,
