@@ -18,7 +18,10 @@
 # All other messages go to stderr. Ctrl-C or SIGTERM stops the cluster.
 #
 # Files in DIR: logs/{balancer,server-I,postgres}.log, run/*.pid,
-# run/database.url (mode 0600), tls/ticket.{key,pub} (made by `keygen`).
+# run/database.url (mode 0600), tls/ticket.{key,pub} (made by `keygen`), and the
+# cluster PKI made by `fastchat-balancer tls` on first start: tls/ca.{pem,key},
+# tls/NAME.{pem,key} for the balancer and each server (keys mode 0600), and a copy of
+# the CA at DIR/ca.pem for clients (`fastchat --ca DIR/ca.pem`).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -235,6 +238,7 @@ start_balancer() {
     launch balancer "$PORT" "$BIN_DIR/fastchat-balancer" \
         --listen "127.0.0.1:$PORT" \
         --ticket-key "$TLS_DIR/ticket.key" \
+        --tls-dir "$TLS_DIR" \
         --strategy "$STRATEGY"
 }
 
@@ -245,6 +249,7 @@ start_server() {
         --name "server-$i" \
         --listen "127.0.0.1:$port" \
         --peer-listen 127.0.0.1:0 \
+        --tls-dir "$TLS_DIR" \
         --ticket-pubkey "$TLS_DIR/ticket.pub"
 }
 
@@ -364,13 +369,21 @@ fi
 (umask 077 && printf '%s\n' "$DATABASE_URL" >"$RUN_DIR/database.url")
 chmod 0600 "$RUN_DIR/database.url"
 
-# 3. Keys (ticket signing key pair; later also the CA and certificates).
+# 3. Keys: the ticket signing key pair, the cluster CA and one certificate per process
+# (each made once; existing files are kept).
+mkdir -p "$TLS_DIR"
+chmod 0700 "$TLS_DIR"
 if [[ ! -f $TLS_DIR/ticket.key ]]; then
     log_info "generating keys in $TLS_DIR"
-    mkdir -p "$TLS_DIR"
-    chmod 0700 "$TLS_DIR"
     "$BIN_DIR/fastchat-balancer" keygen --dir "$TLS_DIR" >&2 9>&- || die "keygen failed"
 fi
+CERT_NAMES=(balancer)
+for ((i = 1; i <= SERVERS; i++)); do
+    CERT_NAMES+=("server-$i")
+done
+"$BIN_DIR/fastchat-balancer" tls --dir "$TLS_DIR" "${CERT_NAMES[@]}" >&2 9>&- ||
+    die "making the cluster certificates failed"
+cp "$TLS_DIR/ca.pem" "$DATA_DIR/ca.pem"
 
 # 4, 5. Balancer, then the servers.
 start_balancer

@@ -1,16 +1,13 @@
 //! Asking the balancer which server to use.
 
+use crate::connection::ClientConfig;
 use crate::error::ClientError;
+use crate::transport::{connect, TlsConn};
 use fastchat_common::frame::{read_frame, write_frame, MAX_CLIENT_FRAME};
 use fastchat_common::protocol::balancer::{BalancerReply, BalancerRequest, ServerStatus};
 use fastchat_common::protocol::PROTOCOL_VERSION;
 use fastchat_common::ticket::Ticket;
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
-
-/// Time allowed for connecting and for each answer.
-pub(crate) const NET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The balancer's choice.
 #[derive(Debug, Clone)]
@@ -23,37 +20,12 @@ pub struct Assignment {
     pub ticket: Ticket,
 }
 
-pub(crate) fn connect(addr: &str) -> Result<TcpStream, ClientError> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| ClientError::disconnected(format!("bad address {addr}: {e}")))?
-        .collect();
-    let mut last = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, NET_TIMEOUT) {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(ClientError::disconnected(format!(
-        "cannot connect to {addr}: {}",
-        last.map(|e| e.to_string())
-            .unwrap_or_else(|| "no address".into())
-    )))
-}
-
-fn exchange(
-    stream: &mut TcpStream,
-    request: &BalancerRequest,
-) -> Result<BalancerReply, ClientError> {
+fn exchange(conn: &mut TlsConn, request: &BalancerRequest) -> Result<BalancerReply, ClientError> {
     let body = serde_json::to_vec(request).expect("wire types serialize");
-    write_frame(stream, &body)
-        .and_then(|_| stream.flush())
+    write_frame(&mut conn.writer, &body)
+        .and_then(|_| conn.writer.flush())
         .map_err(ClientError::disconnected)?;
-    let reply = read_frame(stream, MAX_CLIENT_FRAME)
+    let reply = read_frame(&mut conn.reader, MAX_CLIENT_FRAME)
         .map_err(ClientError::disconnected)?
         .ok_or_else(|| ClientError::disconnected("the balancer closed the connection"))?;
     let reply: BalancerReply = serde_json::from_slice(&reply)
@@ -64,9 +36,8 @@ fn exchange(
     Ok(reply)
 }
 
-fn open(balancer: &str) -> Result<TcpStream, ClientError> {
-    let mut stream = connect(balancer)?;
-    let _ = stream.set_read_timeout(Some(NET_TIMEOUT));
+fn open(config: &ClientConfig) -> Result<TlsConn, ClientError> {
+    let mut stream = connect(&config.trust, &config.balancer)?;
     exchange(
         &mut stream,
         &BalancerRequest::Hello {
@@ -76,9 +47,9 @@ fn open(balancer: &str) -> Result<TcpStream, ClientError> {
     Ok(stream)
 }
 
-/// Asks the balancer at `balancer` (`HOST:PORT`) for a server.
-pub fn ask_balancer(balancer: &str) -> Result<Assignment, ClientError> {
-    let mut stream = open(balancer)?;
+/// Asks the configured balancer for a server.
+pub fn ask_balancer(config: &ClientConfig) -> Result<Assignment, ClientError> {
+    let mut stream = open(config)?;
     match exchange(&mut stream, &BalancerRequest::Assign)? {
         BalancerReply::Assigned {
             server,
@@ -96,8 +67,8 @@ pub fn ask_balancer(balancer: &str) -> Result<Assignment, ClientError> {
 }
 
 /// The balancer's list of live servers and its strategy.
-pub fn balancer_status(balancer: &str) -> Result<(Vec<ServerStatus>, String), ClientError> {
-    let mut stream = open(balancer)?;
+pub fn balancer_status(config: &ClientConfig) -> Result<(Vec<ServerStatus>, String), ClientError> {
+    let mut stream = open(config)?;
     match exchange(&mut stream, &BalancerRequest::Status)? {
         BalancerReply::Status { servers, strategy } => Ok((servers, strategy)),
         other => Err(ClientError::disconnected(format!(

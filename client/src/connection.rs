@@ -1,8 +1,9 @@
 //! `Client`: one connection to a FastChat server, with a reader thread that dispatches
 //! replies and events and a writer thread that batches frames and acknowledgements.
 
-use crate::balancer::{ask_balancer, connect, NET_TIMEOUT};
+use crate::balancer::ask_balancer;
 use crate::error::ClientError;
+use crate::transport::{connect, TlsConn, TlsRead, TlsWrite, Trust, NET_TIMEOUT};
 use crossbeam_channel::{Receiver, Sender};
 use fastchat_common::frame::{encode_frame, read_frame, write_frame, MAX_CLIENT_FRAME};
 use fastchat_common::ids::new_message_id;
@@ -18,11 +19,37 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-/// How to reach the cluster.
-#[derive(Debug, Clone)]
+/// How to reach the cluster, and whom to trust there.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// The balancer's `HOST:PORT`.
     pub balancer: String,
+    pub(crate) trust: Trust,
+}
+
+impl ClientConfig {
+    /// The balancer's address and the cluster CA certificate (PEM) that every server
+    /// and the balancer must present a certificate from.
+    pub fn new(balancer: impl Into<String>, ca_pem: &[u8]) -> Result<ClientConfig, ClientError> {
+        Ok(ClientConfig {
+            balancer: balancer.into(),
+            trust: Trust::from_ca_pem(ca_pem)?,
+        })
+    }
+
+    /// Like [`ClientConfig::new`], reading the CA from a PEM file.
+    pub fn with_ca_file(
+        balancer: impl Into<String>,
+        ca_file: &std::path::Path,
+    ) -> Result<ClientConfig, ClientError> {
+        let pem = std::fs::read(ca_file).map_err(|e| {
+            ClientError::new(
+                ErrorCode::LocalError,
+                format!("cannot read the cluster CA {}: {e}", ca_file.display()),
+            )
+        })?;
+        ClientConfig::new(balancer, &pem)
+    }
 }
 
 /// What the server pushes, decoded.
@@ -116,9 +143,8 @@ const DEDUP_MEMORY: usize = 1 << 20;
 impl Client {
     /// Asks the balancer for a server, connects and says hello.
     pub fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
-        let assignment = ask_balancer(&config.balancer)?;
-        let mut stream = connect(&assignment.addr)?;
-        let _ = stream.set_read_timeout(Some(NET_TIMEOUT));
+        let assignment = ask_balancer(config)?;
+        let mut conn = connect(&config.trust, &assignment.addr)?;
         let hello = Request {
             req: 0,
             body: RequestBody::Hello {
@@ -127,12 +153,12 @@ impl Client {
             },
         };
         write_frame(
-            &mut stream,
+            &mut conn.writer,
             &serde_json::to_vec(&hello).expect("serializes"),
         )
-        .and_then(|_| stream.flush())
+        .and_then(|_| conn.writer.flush())
         .map_err(ClientError::disconnected)?;
-        let reply = read_frame(&mut stream, MAX_CLIENT_FRAME)
+        let reply = read_frame(&mut conn.reader, MAX_CLIENT_FRAME)
             .map_err(ClientError::disconnected)?
             .ok_or_else(|| ClientError::disconnected("the server closed the connection"))?;
         match serde_json::from_slice::<ServerFrame>(&reply) {
@@ -146,11 +172,16 @@ impl Client {
                 )))
             }
         }
-        let _ = stream.set_read_timeout(None);
-        Self::start(stream, assignment.server)
+        let _ = conn.socket.set_read_timeout(None);
+        Self::start(conn, assignment.server)
     }
 
-    fn start(stream: TcpStream, server: String) -> Result<Client, ClientError> {
+    fn start(conn: TlsConn, server: String) -> Result<Client, ClientError> {
+        let TlsConn {
+            socket,
+            reader,
+            writer,
+        } = conn;
         let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let inner = Arc::new(Inner {
@@ -158,19 +189,18 @@ impl Client {
             waiting: Mutex::new(HashMap::new()),
             out: out_tx,
             closed: AtomicBool::new(false),
-            stream: stream.try_clone().map_err(ClientError::disconnected)?,
+            stream: socket.try_clone().map_err(ClientError::disconnected)?,
         });
-        let write_half = stream.try_clone().map_err(ClientError::disconnected)?;
         thread::Builder::new()
             .name("fastchat-writer".into())
             .stack_size(128 * 1024)
-            .spawn(move || write_loop(write_half, out_rx))
+            .spawn(move || write_loop(writer, socket, out_rx))
             .map_err(ClientError::disconnected)?;
         let reader_inner = inner.clone();
         thread::Builder::new()
             .name("fastchat-reader".into())
             .stack_size(256 * 1024)
-            .spawn(move || read_loop(stream, reader_inner, events_tx))
+            .spawn(move || read_loop(reader, reader_inner, events_tx))
             .map_err(ClientError::disconnected)?;
         Ok(Client {
             inner,
@@ -279,7 +309,7 @@ impl Drop for Client {
     }
 }
 
-fn write_loop(mut stream: TcpStream, rx: Receiver<Out>) {
+fn write_loop(mut stream: TlsWrite, socket: TcpStream, rx: Receiver<Out>) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut acks = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -302,7 +332,7 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Out>) {
             break;
         }
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = socket.shutdown(Shutdown::Both);
 }
 
 fn flush_acks(acks: &mut Vec<u64>, buf: &mut Vec<u8>) {
@@ -341,7 +371,7 @@ impl Dedup {
     }
 }
 
-fn read_loop(stream: TcpStream, inner: Arc<Inner>, events: Sender<Event>) {
+fn read_loop(stream: TlsRead, inner: Arc<Inner>, events: Sender<Event>) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut dedup = Dedup {
         seen: HashSet::new(),

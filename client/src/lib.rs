@@ -6,6 +6,7 @@
 mod balancer;
 mod connection;
 mod error;
+mod transport;
 
 pub use balancer::{ask_balancer, balancer_status, Assignment};
 pub use connection::{Client, ClientConfig, Event, Reply, ReplyHandle};

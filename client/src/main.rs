@@ -30,8 +30,9 @@ struct Cli {
     /// Print one JSON object per line instead of text for people.
     #[arg(long)]
     json: bool,
-    /// The cluster's CA certificate (default: $FASTCHAT_CA, else .fastchat/ca.pem).
-    #[arg(long)]
+    /// The cluster's CA certificate (default: $FASTCHAT_CA, else .fastchat/ca.pem
+    /// when present).
+    #[arg(long, env = "FASTCHAT_CA")]
     ca: Option<PathBuf>,
     /// Log level for diagnostics on standard error.
     #[arg(long, default_value = "warn")]
@@ -56,6 +57,21 @@ enum Pending {
     Local(Box<dyn FnOnce(&Output) + Send>),
 }
 
+/// The CA to trust: `--ca` or `$FASTCHAT_CA`, else `.fastchat/ca.pem` when present.
+fn cluster_ca(cli: &Cli) -> Result<PathBuf, ClientError> {
+    if let Some(ca) = &cli.ca {
+        return Ok(ca.clone());
+    }
+    let fallback = PathBuf::from(".fastchat/ca.pem");
+    if fallback.is_file() {
+        return Ok(fallback);
+    }
+    Err(ClientError::new(
+        ErrorCode::LocalError,
+        "no cluster CA: pass --ca FILE or set FASTCHAT_CA (run_cluster.sh writes DIR/ca.pem)",
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = simplelog::TermLogger::init(
@@ -74,9 +90,16 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let client = match Client::connect(&ClientConfig {
-        balancer: cli.balancer.clone(),
-    }) {
+    let config = match cluster_ca(&cli)
+        .and_then(|ca| ClientConfig::with_ca_file(cli.balancer.clone(), &ca))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            output.error("connect", &e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = match Client::connect(&config) {
         Ok(c) => c,
         Err(e) => {
             output.error("connect", &e);

@@ -51,6 +51,12 @@ pub enum ErrorCode {
     GroupFull,
     /// A message that fails to decrypt or verify (reported by the client).
     Undecryptable,
+    /// The server's TLS certificate is not signed by the cluster CA the client trusts,
+    /// or does not name the address (reported by the client).
+    UntrustedServer,
+    /// A user's public key differs from the one this client saw for them before
+    /// (reported by the client; it refuses to encrypt to or accept from the new key).
+    KeyChanged,
     /// The connection to the cluster was lost and the request's outcome is unknown
     /// (reported by the client).
     Disconnected,
@@ -89,6 +95,8 @@ impl ErrorCode {
             ErrorCode::AlreadyMember => "already_member",
             ErrorCode::GroupFull => "group_full",
             ErrorCode::Undecryptable => "undecryptable",
+            ErrorCode::UntrustedServer => "untrusted_server",
+            ErrorCode::KeyChanged => "key_changed",
             ErrorCode::Disconnected => "disconnected",
             ErrorCode::Timeout => "timeout",
             ErrorCode::UnknownCommand => "unknown_command",

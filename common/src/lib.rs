@@ -11,6 +11,7 @@ pub mod names;
 pub mod password;
 pub mod protocol;
 pub mod ticket;
+pub mod tls;
 
 pub use blob::Blob;
 pub use error::ErrorCode;

@@ -1,5 +1,5 @@
 //! `fastchat-balancer`: tells each client which live server to use, with a signed
-//! ticket; `fastchat-balancer keygen` makes the cluster's keys.
+//! ticket; `fastchat-balancer keygen` and `tls` make the cluster's keys and certificates.
 
 mod keygen;
 mod strategy;
@@ -9,7 +9,9 @@ use fastchat_common::frame::{read_frame, write_frame, FrameError, MAX_CLIENT_FRA
 use fastchat_common::protocol::balancer::{BalancerReply, BalancerRequest, ServerStatus};
 use fastchat_common::protocol::PROTOCOL_VERSION;
 use fastchat_common::ticket::TicketSigner;
+use fastchat_common::tls::{self, TlsIdentity};
 use fastchat_common::ErrorCode;
+use openssl::ssl::SslAcceptor;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Write};
@@ -33,6 +35,10 @@ struct Cli {
     /// PostgreSQL URL.
     #[arg(long, env = "FASTCHAT_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Folder with the cluster CA and the balancer's certificate (`ca.pem`,
+    /// `balancer.pem`, `balancer.key`), as the `tls` subcommand writes them.
+    #[arg(long, env = "FASTCHAT_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
     /// The ticket signing key (PEM), made by `keygen`.
     #[arg(long)]
     ticket_key: Option<PathBuf>,
@@ -53,6 +59,15 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Make the cluster CA in DIR (kept when present) and a certificate for each NAME
+    /// that has none (`balancer`, `server-1`, ...).
+    Tls {
+        /// Where to write the CA and the certificates.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Process names to certify.
+        names: Vec<String>,
+    },
 }
 
 /// How often the balancer re-reads the live servers.
@@ -63,6 +78,7 @@ const RECENT: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Balancer {
+    tls: SslAcceptor,
     strategy: Box<dyn Strategy>,
     signer: TicketSigner,
     servers: RwLock<Vec<fastchat_sql::ServerRow>>,
@@ -82,6 +98,7 @@ fn main() -> ExitCode {
     );
     let result = match &cli.command {
         Some(Command::Keygen { dir }) => keygen::run(dir),
+        Some(Command::Tls { dir, names }) => keygen::tls(dir, names),
         None => serve(&cli),
     };
     match result {
@@ -108,7 +125,21 @@ fn serve(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             strategy::STRATEGIES.join(", ")
         )
     })?;
+    let tls_dir = cli
+        .tls_dir
+        .as_ref()
+        .ok_or("--tls-dir or FASTCHAT_TLS_DIR is required")?;
+    let read = |file: &str| {
+        let path = tls_dir.join(file);
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let identity = TlsIdentity::from_pem(
+        &read("balancer.pem")?,
+        &read("balancer.key")?,
+        &read("ca.pem")?,
+    )?;
     let balancer = Arc::new(Balancer {
+        tls: tls::acceptor(&identity, false)?,
         strategy,
         signer: TicketSigner::from_pem(&pem)?,
         servers: RwLock::new(Vec::new()),
@@ -260,7 +291,7 @@ fn error(code: ErrorCode, message: &str) -> BalancerReply {
     }
 }
 
-fn send(stream: &mut TcpStream, reply: &BalancerReply) -> std::io::Result<()> {
+fn send(stream: &mut impl Write, reply: &BalancerReply) -> std::io::Result<()> {
     write_frame(
         stream,
         &serde_json::to_vec(reply).expect("wire types serialize"),
@@ -275,10 +306,17 @@ fn serve_client(balancer: &Balancer, stream: TcpStream) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let Ok(mut writer) = stream.try_clone() else {
+    let (Ok(raw), Ok(sink)) = (stream.try_clone(), stream.try_clone()) else {
         return;
     };
-    let mut reader = BufReader::new(stream);
+    let (reader, mut writer) = match tls::accept(&balancer.tls, raw, sink) {
+        Ok(halves) => halves,
+        Err(e) => {
+            log::info!("{peer}: {e}");
+            return;
+        }
+    };
+    let mut reader = BufReader::new(reader);
     let mut greeted = false;
     loop {
         let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {

@@ -19,6 +19,10 @@ pub struct Config {
     /// PostgreSQL URL.
     #[arg(long, env = "FASTCHAT_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    /// Folder with the cluster CA (`ca.pem`) and this server's certificate and key
+    /// (`NAME.pem`, `NAME.key`), as `fastchat-balancer tls` writes them.
+    #[arg(long, env = "FASTCHAT_TLS_DIR")]
+    pub tls_dir: PathBuf,
     /// The balancer's ticket public key (PEM).
     #[arg(long)]
     pub ticket_pubkey: PathBuf,

@@ -24,12 +24,13 @@ pub fn to_body<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// Bytes the writer gathers before it writes, so one syscall carries many frames.
 const WRITE_BATCH: usize = 256 * 1024;
 
-/// Starts the writer thread for `stream`: it drains `rx`, writes frames in batches, and
-/// shuts the socket down (waking the reader) on `Close`, on a write error, or when every
+/// Starts the writer thread for `stream` (the TLS writing half of `socket`): it drains
+/// `rx`, writes frames in batches (sealed as one), and shuts the socket down (waking the reader) on `Close`, on a write error, or when every
 /// sender is gone.
-pub fn spawn_writer(
+pub fn spawn_writer<W: Write + Send + 'static>(
     name: String,
-    mut stream: TcpStream,
+    mut stream: W,
+    socket: TcpStream,
     rx: Receiver<Outgoing>,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new().name(name).spawn(move || {
@@ -60,7 +61,7 @@ pub fn spawn_writer(
                 break;
             }
         }
-        let _ = stream.shutdown(Shutdown::Both);
+        let _ = socket.shutdown(Shutdown::Both);
     })
 }
 

@@ -11,6 +11,7 @@ mod session;
 mod session_handle;
 mod state;
 mod store;
+mod tls;
 
 use clap::Parser;
 use config::Config;
@@ -58,6 +59,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let pem = std::fs::read(&config.ticket_pubkey)
         .map_err(|e| format!("cannot read {}: {e}", config.ticket_pubkey.display()))?;
     let tickets = TicketVerifier::from_pem(&pem)?;
+    let tls = tls::ServerTls::load(&config.tls_dir, &name)?;
 
     let pool = fastchat_sql::pool(&config.database_url, config.db_pool, Duration::from_secs(5))?;
     migrate_when_ready(&config.database_url)?;
@@ -94,6 +96,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         store: store_tx,
         fetch: fetch_tx,
         tickets,
+        tls,
         stopping: AtomicBool::new(false),
         next_conn_id: AtomicU64::new(0),
         clients: AtomicU64::new(0),

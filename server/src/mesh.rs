@@ -4,11 +4,12 @@
 use crate::conn::{spawn_writer, to_body, Outgoing};
 use crate::router::PeerLink;
 use crate::state::{delivery_of, ServerState, LINK_WAIT};
+use crate::tls::{TlsRead, TlsWrite};
 use fastchat_common::frame::{read_frame, write_frame, MAX_PEER_FRAME};
 use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::protocol::PROTOCOL_VERSION;
 use fastchat_sql::{NewPending, ServerRow};
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ const LINK_QUEUE: usize = 65536;
 /// Time allowed for connecting and for the hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn read_hello(stream: &mut TcpStream) -> Result<(String, i64), String> {
+fn read_hello(stream: &mut impl Read) -> Result<(String, i64), String> {
     let body = read_frame(stream, MAX_PEER_FRAME)
         .map_err(|e| e.to_string())?
         .ok_or("closed before hello")?;
@@ -33,7 +34,7 @@ fn read_hello(stream: &mut TcpStream) -> Result<(String, i64), String> {
     }
 }
 
-fn write_hello(state: &ServerState, stream: &mut TcpStream) -> std::io::Result<()> {
+fn write_hello(state: &ServerState, stream: &mut impl Write) -> std::io::Result<()> {
     let hello = PeerFrame::Hello {
         version: PROTOCOL_VERSION,
         server: state.name().to_string(),
@@ -43,10 +44,22 @@ fn write_hello(state: &ServerState, stream: &mut TcpStream) -> std::io::Result<(
     stream.flush()
 }
 
-/// Handles a connection on the peer listener: hello both ways, then the link.
-pub fn accept_peer(state: Arc<ServerState>, mut stream: TcpStream) {
+/// Handles a connection on the peer listener: mutual TLS, hello both ways, then the link.
+/// The peer's certificate must name the server its hello claims to be.
+pub fn accept_peer(state: Arc<ServerState>, stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let (name, incarnation) = match read_hello(&mut stream) {
+    let from = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (mut reader, mut writer) = match state.tls.accept_peer(&stream) {
+        Ok(halves) => halves,
+        Err(e) => {
+            log::warn!("peer connection from {from} refused: {e}");
+            return;
+        }
+    };
+    let (name, incarnation) = match read_hello(&mut reader) {
         Ok(h) => h,
         Err(e) => {
             log::warn!("peer connection refused: {e}");
@@ -57,14 +70,18 @@ pub fn accept_peer(state: Arc<ServerState>, mut stream: TcpStream) {
         log::warn!("refusing a link from a server that calls itself {name}");
         return;
     }
-    if let Err(e) = write_hello(&state, &mut stream) {
+    if !reader.peer_names().contains(&name) {
+        log::warn!("refusing {from}: it says it is {name} but its certificate does not");
+        return;
+    }
+    if let Err(e) = write_hello(&state, &mut writer) {
         log::warn!("hello to {name} failed: {e}");
         return;
     }
-    run_link(state, stream, name, incarnation);
+    run_link(state, stream, reader, writer, name, incarnation);
 }
 
-/// Dials a peer (we started after it) and runs the link.
+/// Dials a peer (we started after it) and runs the link; its certificate must name it.
 pub fn dial_peer(state: Arc<ServerState>, row: ServerRow) {
     let addr: SocketAddr = match row.peer_addr.parse() {
         Ok(a) => a,
@@ -73,7 +90,7 @@ pub fn dial_peer(state: Arc<ServerState>, row: ServerRow) {
             return;
         }
     };
-    let mut stream = match TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT) {
+    let stream = match TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT) {
         Ok(s) => s,
         Err(e) => {
             log::info!("cannot reach {} at {addr}: {e}", row.name);
@@ -81,25 +98,41 @@ pub fn dial_peer(state: Arc<ServerState>, row: ServerRow) {
         }
     };
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    if let Err(e) = write_hello(&state, &mut stream) {
+    let (mut reader, mut writer) = match state.tls.connect_peer(&stream, &row.name) {
+        Ok(halves) => halves,
+        Err(e) => {
+            log::warn!("TLS to {} at {addr} failed: {e}", row.name);
+            return;
+        }
+    };
+    if let Err(e) = write_hello(&state, &mut writer) {
         log::info!("hello to {} failed: {e}", row.name);
         return;
     }
-    match read_hello(&mut stream) {
-        Ok((name, incarnation)) if name == row.name => run_link(state, stream, name, incarnation),
+    match read_hello(&mut reader) {
+        Ok((name, incarnation)) if name == row.name => {
+            run_link(state, stream, reader, writer, name, incarnation)
+        }
         Ok((name, _)) => log::warn!("{addr} answered as {name}, expected {}", row.name),
         Err(e) => log::info!("hello from {} failed: {e}", row.name),
     }
 }
 
-fn run_link(state: Arc<ServerState>, stream: TcpStream, peer: String, incarnation: i64) {
+fn run_link(
+    state: Arc<ServerState>,
+    stream: TcpStream,
+    tls_read: TlsRead,
+    tls_write: TlsWrite,
+    peer: String,
+    incarnation: i64,
+) {
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_nodelay(true);
     let link_id = state.conn_id();
     let (out, rx) = crossbeam_channel::bounded(LINK_QUEUE);
     let writer = match stream
         .try_clone()
-        .and_then(|s| spawn_writer(format!("peer-{peer}-w"), s, rx))
+        .and_then(|s| spawn_writer(format!("peer-{peer}-w"), tls_write, s, rx))
     {
         Ok(w) => w,
         Err(e) => {
@@ -122,7 +155,7 @@ fn run_link(state: Arc<ServerState>, stream: TcpStream, peer: String, incarnatio
     let _ = out.send(Outgoing::Frame(to_body(&snapshot)));
     log::info!("mesh link up: {peer} (incarnation {incarnation})");
 
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut reader = BufReader::with_capacity(64 * 1024, tls_read);
     loop {
         match read_frame(&mut reader, MAX_PEER_FRAME) {
             Ok(Some(body)) => match serde_json::from_slice::<PeerFrame>(&body) {

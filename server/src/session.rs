@@ -81,10 +81,19 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
+    // The handshake and the hello share one deadline.
+    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+    let (tls_read, tls_write) = match state.tls.accept_client(&stream) {
+        Ok(halves) => halves,
+        Err(e) => {
+            log::info!("client {peer}: {e}");
+            return;
+        }
+    };
     let (out, rx) = crossbeam_channel::bounded(CLIENT_QUEUE);
     let writer = match stream
         .try_clone()
-        .and_then(|s| spawn_writer(format!("client-{conn_id}-w"), s, rx))
+        .and_then(|s| spawn_writer(format!("client-{conn_id}-w"), tls_write, s, rx))
     {
         Ok(w) => w,
         Err(e) => {
@@ -93,18 +102,8 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         }
     };
     state.clients.fetch_add(1, Ordering::Relaxed);
-    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
-    let socket = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot clone the socket of {peer}: {e}");
-            let _ = out.send(Outgoing::Close);
-            let _ = writer.join();
-            state.clients.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-    };
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let socket = stream;
+    let mut reader = BufReader::with_capacity(64 * 1024, tls_read);
     let mut conn = ClientConn {
         state: state.clone(),
         conn_id,
@@ -119,7 +118,7 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
                 let was_greeted = conn.greeted;
                 let next = conn.handle_frame(&body);
                 if !was_greeted && conn.greeted {
-                    let _ = reader.get_ref().set_read_timeout(None);
+                    let _ = reader.get_ref().get_ref().set_read_timeout(None);
                 }
                 if let Next::Close = next {
                     break;

@@ -5,6 +5,7 @@ use crate::inflight::{InFlight, InFlightEntry, Via};
 use crate::router::{Location, Router};
 use crate::session_handle::{Delivery, Origin, SessionHandle};
 use crate::store::{StoreJob, StoreReply};
+use crate::tls::ServerTls;
 use crossbeam_channel::Sender;
 use fastchat_common::protocol::client::{OkResult, ServerFrame};
 use fastchat_common::protocol::peer::PeerFrame;
@@ -34,6 +35,8 @@ pub struct ServerState {
     pub fetch: Sender<SessionHandle>,
     /// Checks balancer tickets.
     pub tickets: TicketVerifier,
+    /// TLS contexts for clients, peers and dialling.
+    pub tls: ServerTls,
     /// Set when the server is stopping.
     pub stopping: AtomicBool,
     /// Connection ids.

@@ -3,6 +3,7 @@
 //! test failed) when dropped.
 
 use crate::database::TestDb;
+use crate::raw::RawConn;
 use crate::wait::wait_for;
 use fastchat_client::{balancer_status, Client, ClientConfig};
 use fastchat_common::ticket::{generate_ticket_keys, TicketSigner};
@@ -90,6 +91,25 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Makes the cluster CA in `DIR/tls` (once) and a certificate for `name`, with the
+/// same command `run_cluster.sh` uses.
+fn make_certificates(dir: &Path, name: &str) {
+    make_pki(&dir.join("tls"), &[name]);
+}
+
+/// Makes a CA in `tls_dir` (once) and certificates for `names`, with
+/// `fastchat-balancer tls` (what `run_cluster.sh` runs).
+pub fn make_pki(tls_dir: &Path, names: &[&str]) {
+    let status = Command::new(bin("fastchat-balancer"))
+        .args(["--log-level", "warn", "tls", "--dir"])
+        .arg(tls_dir)
+        .args(names)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run fastchat-balancer tls");
+    assert!(status.success(), "fastchat-balancer tls failed");
+}
+
 impl Cluster {
     /// Starts `servers` servers with the default options.
     pub fn start(servers: usize) -> Cluster {
@@ -103,6 +123,7 @@ impl Cluster {
     pub fn start_with(options: ClusterOptions) -> Cluster {
         let db = TestDb::create();
         let dir = tempfile::tempdir().expect("temp dir");
+        make_certificates(dir.path(), "balancer");
         let (private, public) = generate_ticket_keys().expect("ticket keys");
         std::fs::write(dir.path().join("ticket.key"), private).expect("write key");
         std::fs::write(dir.path().join("ticket.pub"), public).expect("write key");
@@ -123,6 +144,8 @@ impl Cluster {
                 &balancer,
                 "--ticket-key",
                 &cluster.path("ticket.key"),
+                "--tls-dir",
+                &cluster.path("tls"),
                 "--strategy",
                 &options.strategy,
             ],
@@ -152,10 +175,21 @@ impl Cluster {
 
     fn add_server_process(&mut self) -> String {
         let name = format!("server-{}", self.servers.len() + 1);
+        make_certificates(self.dir.path(), &name);
+        let tls = self.dir.path().join("tls");
+        self.spawn_server(&name, &tls)
+    }
+
+    /// Starts a server named `name` whose certificates come from `tls_dir` (which may
+    /// hold another CA's: a process that is not a cluster member). It is stopped with
+    /// the cluster; nothing waits for it to join.
+    pub fn spawn_server(&mut self, name: &str, tls_dir: &Path) -> String {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
-            "--name".to_string(),
-            name.clone(),
+            "--tls-dir".to_string(),
+            tls_dir.display().to_string(),
+            "--name".into(),
+            name.to_string(),
             "--listen".into(),
             addr.clone(),
             "--ticket-pubkey".into(),
@@ -163,13 +197,13 @@ impl Cluster {
         ];
         args.extend(self.options.server_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = self.spawn(&name, "fastchat-server", &args);
+        let child = self.spawn(name, "fastchat-server", &args);
         self.servers.push(ServerProcess {
-            name: name.clone(),
+            name: name.to_string(),
             addr,
             child: Some(child),
         });
-        name
+        name.to_string()
     }
 
     /// Starts one more server into the running cluster and waits until it is meshed.
@@ -182,18 +216,31 @@ impl Cluster {
 
     /// Waits until the balancer lists `n` live servers, each with `n - 1` mesh links.
     pub fn wait_meshed(&self, n: usize) {
-        let balancer = self.balancer.clone();
+        let config = self.config();
         wait_for(&format!("{n} meshed servers"), START_TIMEOUT, || {
-            let (servers, _) = balancer_status(&balancer).ok()?;
+            let (servers, _) = balancer_status(&config).ok()?;
             (servers.len() == n && servers.iter().all(|s| s.peers as usize == n - 1)).then_some(())
         });
     }
 
+    /// The cluster CA's certificate file.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.pem")
+    }
+
+    /// How a client reaches this cluster (its balancer, trusting its CA).
+    pub fn config(&self) -> ClientConfig {
+        ClientConfig::with_ca_file(self.balancer.clone(), &self.ca()).expect("cluster CA")
+    }
+
+    /// A hand-driven TLS connection to `addr` (the balancer or a server).
+    pub fn raw(&self, addr: &str) -> RawConn {
+        RawConn::connect(addr, &self.ca())
+    }
+
     /// A client connected through the balancer (not logged in).
     pub fn client(&self) -> Client {
-        let config = ClientConfig {
-            balancer: self.balancer.clone(),
-        };
+        let config = self.config();
         wait_for("a connection through the balancer", START_TIMEOUT, || {
             Client::connect(&config).ok()
         })

@@ -1,34 +1,46 @@
-//! `RawConn`: a plain socket speaking frames by hand, to send what a real client never
-//! would (garbage, oversized frames, forged tickets).
+//! `RawConn`: a TLS connection speaking frames by hand, to send what a real client never
+//! would (garbage, oversized frames, forged tickets) inside a proper TLS session.
 
 use fastchat_common::frame::{read_frame, write_frame, MAX_PEER_FRAME};
+use fastchat_common::tls::{self, TlsReader, TlsWriter};
 use std::io::Write;
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 /// A hand-driven connection.
 pub struct RawConn {
-    stream: TcpStream,
+    reader: TlsReader<TcpStream, TcpStream>,
+    writer: TlsWriter<TcpStream>,
 }
 
 impl RawConn {
-    /// Connects to `addr`; reads time out after 10 s.
-    pub fn connect(addr: &str) -> RawConn {
+    /// Connects to `addr` over TLS, trusting the CA in `ca`; reads time out after 10 s.
+    pub fn connect(addr: &str, ca: &Path) -> RawConn {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("set timeout");
-        RawConn { stream }
+        let ca = std::fs::read(ca).expect("cluster CA");
+        let connector = tls::connector(&ca, None).expect("TLS connector");
+        let (reader, writer) = tls::connect(
+            &connector,
+            "127.0.0.1",
+            stream.try_clone().expect("clone"),
+            stream,
+        )
+        .unwrap_or_else(|e| panic!("TLS to {addr}: {e}"));
+        RawConn { reader, writer }
     }
 
-    /// Sends bytes as they are.
+    /// Sends bytes as they are (inside TLS).
     pub fn send_bytes(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes);
+        let _ = self.writer.write_all(bytes);
     }
 
     /// Sends one frame with this body.
     pub fn send_frame(&mut self, body: &[u8]) {
-        let _ = write_frame(&mut self.stream, body);
+        let _ = write_frame(&mut self.writer, body);
     }
 
     /// Sends a JSON value as one frame.
@@ -39,7 +51,7 @@ impl RawConn {
     /// The next frame as JSON; `None` when the connection closed (or broke). Panics if
     /// nothing comes within the read timeout.
     pub fn recv(&mut self) -> Option<serde_json::Value> {
-        match read_frame(&mut self.stream, MAX_PEER_FRAME) {
+        match read_frame(&mut self.reader, MAX_PEER_FRAME) {
             Ok(Some(body)) => Some(serde_json::from_slice(&body).expect("server sent JSON")),
             Ok(None) => None,
             Err(fastchat_common::frame::FrameError::Io(e))

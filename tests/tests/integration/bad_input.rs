@@ -22,27 +22,27 @@ fn garbage_to_a_server_leaves_the_cluster_serving() {
     let ticket = cluster.ticket_signer().sign("server-1").unwrap();
 
     // A frame header announcing 4 GiB: refused before any allocation.
-    let mut c = RawConn::connect(&addr);
+    let mut c = cluster.raw(&addr);
     c.send_bytes(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
     assert_error_then_close(&mut c, "bad_frame");
 
     // Bytes that are not a frame at all (an HTTP request).
-    let mut c = RawConn::connect(&addr);
+    let mut c = cluster.raw(&addr);
     c.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_error_then_close(&mut c, "bad_frame");
 
     // A frame that is not JSON, before the hello.
-    let mut c = RawConn::connect(&addr);
+    let mut c = cluster.raw(&addr);
     c.send_frame(b"\x00\x01not json");
     assert_error_then_close(&mut c, "bad_json");
 
     // A request before the hello.
-    let mut c = RawConn::connect(&addr);
+    let mut c = cluster.raw(&addr);
     c.send_json(&json!({"req": 5, "type": "login", "user": "alice", "password": "x"}));
     assert_error_then_close(&mut c, "bad_request");
 
     // After a good hello: bad JSON and unknown types get errors, the connection lives.
-    let mut c = RawConn::connect(&addr);
+    let mut c = cluster.raw(&addr);
     c.send_json(&json!({"req": 1, "type": "hello", "version": 1, "ticket": ticket}));
     assert_eq!(c.recv().unwrap()["type"], "ok");
     c.send_frame(b"{{{{");
@@ -66,7 +66,7 @@ fn garbage_to_a_server_leaves_the_cluster_serving() {
     assert_error_then_close(&mut c, "bad_frame");
 
     // A frame cut short, then silence: only that connection is affected.
-    let mut c = RawConn::connect(&addr);
+    let mut c = cluster.raw(&addr);
     c.send_bytes(&[0, 0, 0, 100, b'{']);
     drop(c);
 
@@ -82,27 +82,27 @@ fn garbage_to_a_server_leaves_the_cluster_serving() {
 #[test]
 fn garbage_to_the_balancer_leaves_it_serving() {
     let cluster = Cluster::start(1);
-    let mut c = RawConn::connect(&cluster.balancer);
+    let mut c = cluster.raw(&cluster.balancer);
     c.send_bytes(&[0x7f, 0xff, 0xff, 0xff]);
     assert_error_then_close(&mut c, "bad_frame");
 
-    let mut c = RawConn::connect(&cluster.balancer);
+    let mut c = cluster.raw(&cluster.balancer);
     c.send_bytes(b"GET / HTTP/1.1\r\n\r\n");
     assert_error_then_close(&mut c, "bad_frame");
 
-    let mut c = RawConn::connect(&cluster.balancer);
+    let mut c = cluster.raw(&cluster.balancer);
     c.send_frame(b"nonsense");
     assert_error_then_close(&mut c, "bad_json");
 
-    let mut c = RawConn::connect(&cluster.balancer);
+    let mut c = cluster.raw(&cluster.balancer);
     c.send_json(&json!({"type": "assign"}));
     assert_error_then_close(&mut c, "bad_request");
 
-    let mut c = RawConn::connect(&cluster.balancer);
+    let mut c = cluster.raw(&cluster.balancer);
     c.send_json(&json!({"type": "hello", "version": 99}));
     assert_error_then_close(&mut c, "bad_version");
 
-    let mut c = RawConn::connect(&cluster.balancer);
+    let mut c = cluster.raw(&cluster.balancer);
     c.send_json(&json!({"type": "hello", "version": 1}));
     assert_eq!(c.recv().unwrap()["type"], "hello");
     c.send_json(&json!({"type": "juggle"}));

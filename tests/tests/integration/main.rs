@@ -6,6 +6,7 @@ mod bad_input;
 mod messages;
 mod shutdown;
 mod tickets;
+mod tls;
 
 use std::time::Duration;
 

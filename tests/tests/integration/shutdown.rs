@@ -93,10 +93,13 @@ fn run_cluster_script_starts_everything_and_stops_on_sigterm() {
     assert!(dir.path().join("logs/server-1.log").exists());
 
     // A client can use the cluster it started.
-    let client = fastchat_client::Client::connect(&fastchat_client::ClientConfig {
-        balancer: format!("127.0.0.1:{port}"),
-    })
-    .expect("connect through the script's balancer");
+    let config = fastchat_client::ClientConfig::with_ca_file(
+        format!("127.0.0.1:{port}"),
+        &dir.path().join("ca.pem"),
+    )
+    .expect("run_cluster.sh wrote DIR/ca.pem");
+    let client =
+        fastchat_client::Client::connect(&config).expect("connect through the script's balancer");
     client.signup("zoe", "pw").expect("signup");
     drop(client);
 

@@ -2,12 +2,12 @@
 
 use fastchat_common::protocol::now_millis;
 use fastchat_common::ticket::{generate_ticket_keys, Ticket, TicketSigner};
-use fastchat_tests::{Cluster, RawConn};
+use fastchat_tests::Cluster;
 use serde_json::json;
 
 /// Says hello with `ticket` to `addr`; returns the frames until the server closes.
-fn hello_refused(addr: &str, ticket: &Ticket) -> Vec<serde_json::Value> {
-    let mut conn = RawConn::connect(addr);
+fn hello_refused(cluster: &Cluster, addr: &str, ticket: &Ticket) -> Vec<serde_json::Value> {
+    let mut conn = cluster.raw(addr);
     conn.send_json(&json!({"req": 1, "type": "hello", "version": 1, "ticket": ticket}));
     conn.recv_until_closed()
 }
@@ -30,7 +30,7 @@ fn forged_expired_and_misdirected_tickets_are_refused() {
     let signer = cluster.ticket_signer();
 
     // A good ticket is accepted (the control case).
-    let mut conn = RawConn::connect(addr);
+    let mut conn = cluster.raw(addr);
     let good = signer.sign("server-1").unwrap();
     conn.send_json(&json!({"req": 1, "type": "hello", "version": 1, "ticket": good}));
     let reply = conn.recv().expect("hello answered");
@@ -39,24 +39,32 @@ fn forged_expired_and_misdirected_tickets_are_refused() {
     // Tampered: the server name changed after signing.
     let mut forged = signer.sign("server-2").unwrap();
     forged.server = "server-1".into();
-    assert_bad_ticket(&hello_refused(addr, &forged));
+    assert_bad_ticket(&hello_refused(&cluster, addr, &forged));
 
     // Signed with a key that is not the balancer's.
     let (other_key, _) = generate_ticket_keys().unwrap();
     let stranger = TicketSigner::from_pem(&other_key).unwrap();
-    assert_bad_ticket(&hello_refused(addr, &stranger.sign("server-1").unwrap()));
+    assert_bad_ticket(&hello_refused(
+        &cluster,
+        addr,
+        &stranger.sign("server-1").unwrap(),
+    ));
 
     // Expired.
     let expired = signer
         .sign_with_expiry("server-1", now_millis() - 1000)
         .unwrap();
-    assert_bad_ticket(&hello_refused(addr, &expired));
+    assert_bad_ticket(&hello_refused(&cluster, addr, &expired));
 
     // Another server's ticket.
-    assert_bad_ticket(&hello_refused(addr, &signer.sign("server-2").unwrap()));
+    assert_bad_ticket(&hello_refused(
+        &cluster,
+        addr,
+        &signer.sign("server-2").unwrap(),
+    ));
 
     // Garbage signature.
     let mut garbage = signer.sign("server-1").unwrap();
     garbage.sig = "not base64 at all!".into();
-    assert_bad_ticket(&hello_refused(addr, &garbage));
+    assert_bad_ticket(&hello_refused(&cluster, addr, &garbage));
 }

@@ -1,0 +1,98 @@
+//! TLS connections to the balancer and the servers, verified against the cluster CA.
+
+use crate::error::ClientError;
+use fastchat_common::tls::{self, TlsError, TlsReader, TlsWriter};
+use fastchat_common::ErrorCode;
+use openssl::ssl::SslConnector;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Time allowed for connecting, the handshake, and each answer of a set-up exchange.
+pub(crate) const NET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Plaintext in from the server.
+pub(crate) type TlsRead = TlsReader<TcpStream, TcpStream>;
+/// Plaintext out to the server.
+pub(crate) type TlsWrite = TlsWriter<TcpStream>;
+
+/// An open TLS connection: the socket (to set timeouts and shut it down) and its halves.
+pub(crate) struct TlsConn {
+    pub socket: TcpStream,
+    pub reader: TlsRead,
+    pub writer: TlsWrite,
+}
+
+/// What a connection trusts: the cluster CA, loaded once.
+#[derive(Clone)]
+pub(crate) struct Trust {
+    connector: SslConnector,
+}
+
+impl Trust {
+    pub fn from_ca_pem(ca_pem: &[u8]) -> Result<Trust, ClientError> {
+        let connector = tls::connector(ca_pem, None)
+            .map_err(|e| ClientError::new(ErrorCode::LocalError, format!("cluster CA: {e}")))?;
+        Ok(Trust { connector })
+    }
+}
+
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn tcp_connect(addr: &str) -> Result<TcpStream, ClientError> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| ClientError::disconnected(format!("bad address {addr}: {e}")))?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, NET_TIMEOUT) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(ClientError::disconnected(format!(
+        "cannot connect to {addr}: {}",
+        last.map(|e| e.to_string())
+            .unwrap_or_else(|| "no address".into())
+    )))
+}
+
+/// Connects to `addr` (`HOST:PORT`) and runs the TLS handshake; the server's certificate
+/// must be signed by the cluster CA and name `HOST`. Reads time out after
+/// [`NET_TIMEOUT`] until the caller clears it.
+pub(crate) fn connect(trust: &Trust, addr: &str) -> Result<TlsConn, ClientError> {
+    let socket = tcp_connect(addr)?;
+    let _ = socket.set_read_timeout(Some(NET_TIMEOUT));
+    let raw = socket.try_clone().map_err(ClientError::disconnected)?;
+    let sink = socket.try_clone().map_err(ClientError::disconnected)?;
+    match tls::connect(&trust.connector, host_of(addr), raw, sink) {
+        Ok((reader, writer)) => Ok(TlsConn {
+            socket,
+            reader,
+            writer,
+        }),
+        Err(TlsError::Untrusted(why)) => Err(ClientError::new(
+            ErrorCode::UntrustedServer,
+            format!("{addr} is not a server of the cluster we trust: {why}"),
+        )),
+        Err(e) => Err(ClientError::disconnected(format!("{addr}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_is_the_address_without_its_port() {
+        assert_eq!(host_of("127.0.0.1:7001"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7001"), "::1");
+        assert_eq!(host_of("localhost:1"), "localhost");
+    }
+}
