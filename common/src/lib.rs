@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod blob;
+pub mod e2e;
 pub mod error;
 pub mod frame;
 pub mod ids;

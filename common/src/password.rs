@@ -8,12 +8,14 @@ use base64::Engine;
 
 /// log2 of scrypt's cost N for new hashes (N = 16384: 16 MiB of memory per hash).
 pub const LOG2_N: u8 = 14;
-const R: u32 = 8;
-const P: u32 = 1;
+pub(crate) const R: u32 = 8;
+pub(crate) const P: u32 = 1;
 const HASH_LEN: usize = 32;
 const SALT_LEN: usize = 16;
 
-fn scrypt(password: &str, salt: &[u8], log2n: u8, r: u32, p: u32) -> Option<Vec<u8>> {
+/// scrypt into 32 bytes; `None` for parameters outside sane bounds (a stored string may be
+/// hostile) or if OpenSSL fails. Also derives the key of an end-to-end key backup.
+pub(crate) fn scrypt(password: &str, salt: &[u8], log2n: u8, r: u32, p: u32) -> Option<Vec<u8>> {
     if !(10..=20).contains(&log2n) || !(1..=32).contains(&r) || !(1..=16).contains(&p) {
         return None;
     }
