@@ -56,6 +56,8 @@ ensure_build_deps() {
     ensure_cargo
     local missing=()
     command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    # The tests check that every key we write loads with the openssl tool.
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if ! command -v pkg-config >/dev/null 2>&1; then
         missing+=(pkg-config libssl-dev)
     elif ! pkg-config --exists openssl; then

@@ -3,15 +3,20 @@
 
 use crate::balancer::ask_balancer;
 use crate::error::ClientError;
+use crate::inbox::{run_inbox, Incoming};
+use crate::keyring::{Identity, Keyring};
+use crate::payload::Payload;
 use crate::transport::{connect, TlsConn, TlsRead, TlsWrite, Trust, NET_TIMEOUT};
 use crossbeam_channel::{Receiver, Sender};
+use fastchat_common::e2e::{open_key_backup, seal_direct, seal_key_backup, PublicKey, UserKeys};
 use fastchat_common::frame::{encode_frame, read_frame, write_frame, MAX_CLIENT_FRAME};
 use fastchat_common::ids::new_message_id;
+use fastchat_common::password::login_secret;
 use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
 use fastchat_common::protocol::{UnixMillis, MAX_TEXT_BYTES, PROTOCOL_VERSION};
 use fastchat_common::{Blob, ErrorCode};
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +29,9 @@ use std::time::Duration;
 pub struct ClientConfig {
     /// The balancer's `HOST:PORT`.
     pub balancer: String,
+    /// Where this user's private key is cached (`HOME/keys/USER.key`, mode 0600) and
+    /// other users' key fingerprints are pinned; `None` keeps them in memory only.
+    pub home: Option<std::path::PathBuf>,
     pub(crate) trust: Trust,
 }
 
@@ -33,8 +41,15 @@ impl ClientConfig {
     pub fn new(balancer: impl Into<String>, ca_pem: &[u8]) -> Result<ClientConfig, ClientError> {
         Ok(ClientConfig {
             balancer: balancer.into(),
+            home: None,
             trust: Trust::from_ca_pem(ca_pem)?,
         })
+    }
+
+    /// Keeps keys in `home` (see [`ClientConfig::home`]).
+    pub fn with_home(mut self, home: impl Into<std::path::PathBuf>) -> ClientConfig {
+        self.home = Some(home.into());
+        self
     }
 
     /// Like [`ClientConfig::new`], reading the CA from a PEM file.
@@ -55,7 +70,7 @@ impl ClientConfig {
 /// What the server pushes, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A direct message (each `(from, id)` is reported once).
+    /// A direct message, opened (each `(from, id)` is reported once).
     Message {
         /// Sender's message id.
         id: String,
@@ -63,10 +78,20 @@ pub enum Event {
         from: String,
         /// Recipient (us).
         to: String,
-        /// The body's bytes.
-        body: Vec<u8>,
+        /// The text.
+        text: String,
         /// Server timestamp.
         sent_at: UnixMillis,
+    },
+    /// A message that does not open (tampered, wrong key, addressed to someone else):
+    /// never shown as a message. `error.code` is `undecryptable` (or `key_changed`).
+    Undecryptable {
+        /// The message id the server gave.
+        id: String,
+        /// The sender the server named.
+        from: String,
+        /// Why.
+        error: ClientError,
     },
     /// Our session was replaced by a login elsewhere.
     SessionReplaced,
@@ -117,17 +142,65 @@ impl ReplyHandle {
     }
 }
 
-enum Out {
+/// What the writer thread sends.
+pub(crate) enum Out {
     Frame(Vec<u8>),
     Ack(u64),
 }
 
-struct Inner {
+/// What the threads of one connection share.
+pub(crate) struct Inner {
     next_req: AtomicU64,
     waiting: Mutex<HashMap<u64, Sender<Reply>>>,
-    out: Sender<Out>,
+    pub(crate) out: Sender<Out>,
     closed: AtomicBool,
     stream: TcpStream,
+    pub(crate) keyring: Keyring,
+    /// Counts the sessions begun on this connection (each `ok {kind: session}` the
+    /// reader sees). Pushed messages carry the count they arrived under; the inbox
+    /// drops, unacknowledged, those of an earlier session, whose tags mean nothing now.
+    pub(crate) session: AtomicU64,
+}
+
+/// Longest password accepted, in bytes (the server's limit on what it is sent).
+const MAX_PASSWORD: usize = 1024;
+
+/// Refuses an empty or over-long new password before any work is done.
+fn check_password(password: &str) -> Result<(), ClientError> {
+    if password.is_empty() || password.len() > MAX_PASSWORD {
+        return Err(ClientError::new(
+            ErrorCode::BadPassword,
+            "a password is 1-1024 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Sends a request on the connection; the reply arrives on the handle.
+fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
+    let req = inner.next_req.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if inner.closed.load(Ordering::Acquire) {
+        return ReplyHandle::ready(Err(ClientError::disconnected("connection closed")));
+    }
+    inner.waiting.lock().insert(req, tx);
+    let frame = serde_json::to_vec(&Request { req, body }).expect("serializes");
+    if inner.out.send(Out::Frame(frame)).is_err() {
+        inner.waiting.lock().remove(&req);
+        return ReplyHandle::ready(Err(ClientError::disconnected("connection closed")));
+    }
+    // The reader may have failed every waiter just before we registered.
+    if inner.closed.load(Ordering::Acquire) {
+        if let Some(tx) = inner.waiting.lock().remove(&req) {
+            let _ = tx.send(Err(ClientError::disconnected("connection closed")));
+        }
+    }
+    ReplyHandle { rx }
+}
+
+/// Sends a request and waits for its reply, at most `timeout`.
+pub(crate) fn call(inner: &Inner, body: RequestBody, timeout: Duration) -> Reply {
+    send_request(inner, body).wait(timeout)
 }
 
 /// A connection to one server of the cluster.
@@ -137,13 +210,11 @@ pub struct Client {
     server: String,
 }
 
-/// How many message ids the reader remembers to drop duplicates.
-const DEDUP_MEMORY: usize = 1 << 20;
-
 impl Client {
     /// Asks the balancer for a server, connects and says hello.
     pub fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
         let assignment = ask_balancer(config)?;
+        let keyring = Keyring::new(config.home.clone());
         let mut conn = connect(&config.trust, &assignment.addr)?;
         let hello = Request {
             req: 0,
@@ -173,10 +244,10 @@ impl Client {
             }
         }
         let _ = conn.socket.set_read_timeout(None);
-        Self::start(conn, assignment.server)
+        Self::start(conn, assignment.server, keyring)
     }
 
-    fn start(conn: TlsConn, server: String) -> Result<Client, ClientError> {
+    fn start(conn: TlsConn, server: String, keyring: Keyring) -> Result<Client, ClientError> {
         let TlsConn {
             socket,
             reader,
@@ -190,7 +261,17 @@ impl Client {
             out: out_tx,
             closed: AtomicBool::new(false),
             stream: socket.try_clone().map_err(ClientError::disconnected)?,
+            keyring,
+            session: AtomicU64::new(0),
         });
+        let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
+        let inbox_inner = inner.clone();
+        let inbox_events = events_tx.clone();
+        thread::Builder::new()
+            .name("fastchat-inbox".into())
+            .stack_size(256 * 1024)
+            .spawn(move || run_inbox(inbox_inner, inbox_rx, inbox_events))
+            .map_err(ClientError::disconnected)?;
         thread::Builder::new()
             .name("fastchat-writer".into())
             .stack_size(128 * 1024)
@@ -200,7 +281,7 @@ impl Client {
         thread::Builder::new()
             .name("fastchat-reader".into())
             .stack_size(256 * 1024)
-            .spawn(move || read_loop(reader, reader_inner, events_tx))
+            .spawn(move || read_loop(reader, reader_inner, inbox_tx, events_tx))
             .map_err(ClientError::disconnected)?;
         Ok(Client {
             inner,
@@ -221,50 +302,150 @@ impl Client {
 
     /// Sends a request; the reply arrives on the returned handle.
     pub fn request(&self, body: RequestBody) -> ReplyHandle {
-        let req = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.inner.closed.load(Ordering::Acquire) {
-            return ReplyHandle::ready(Err(ClientError::disconnected("connection closed")));
+        send_request(&self.inner, body)
+    }
+
+    /// Creates an account and logs in (blocking). Makes the user's RSA key pair here;
+    /// the server gets the public key and the private key sealed under the password.
+    /// The server never gets the password itself: it gets a login secret derived from
+    /// it ([`login_secret`]), from which the backup's key cannot be derived.
+    pub fn signup(&self, user: &str, password: &str) -> Reply {
+        self.not_logged_in()?;
+        check_password(password)?;
+        let keys = UserKeys::generate()
+            .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))?;
+        let key_backup = seal_key_backup(&keys, password);
+        self.inner.keyring.begin_login();
+        let reply = self
+            .request(RequestBody::Signup {
+                user: user.into(),
+                password: login_secret(user, password),
+                public_key: keys.public_pem(),
+                key_backup,
+            })
+            .wait(NET_TIMEOUT * 3);
+        self.after_login(user, reply, |_| Ok(keys))
+    }
+
+    /// Logs in (blocking). The private key comes from `HOME` when cached there and it
+    /// matches the account's public key, else from the backup the server returns,
+    /// opened with the password.
+    pub fn login(&self, user: &str, password: &str) -> Reply {
+        self.not_logged_in()?;
+        self.inner.keyring.begin_login();
+        let reply = self
+            .request(RequestBody::Login {
+                user: user.into(),
+                password: login_secret(user, password),
+            })
+            .wait(NET_TIMEOUT * 3);
+        let keyring = &self.inner.keyring;
+        self.after_login(user, reply, |result| {
+            let Some(OkResult::Session {
+                key_backup: Some(backup),
+                public_key,
+                ..
+            }) = result
+            else {
+                return Err(ClientError::new(
+                    ErrorCode::Undecryptable,
+                    "the server sent no key backup",
+                ));
+            };
+            let registered = public_key
+                .as_deref()
+                .and_then(|pem| PublicKey::from_pem(pem).ok());
+            if let Some(keys) = keyring.cached_keys(user) {
+                if registered.as_ref() == Some(&keys.public()) {
+                    return Ok(keys);
+                }
+                log::warn!("the key cached for {user} is not the account's; using the backup");
+            }
+            let keys = open_key_backup(backup, password).map_err(|e| {
+                ClientError::new(
+                    ErrorCode::Undecryptable,
+                    format!("the key backup does not open: {e}"),
+                )
+            })?;
+            if registered.is_some_and(|r| r != keys.public()) {
+                return Err(ClientError::new(
+                    ErrorCode::Undecryptable,
+                    "the key backup does not hold the account's key",
+                ));
+            }
+            Ok(keys)
+        })
+    }
+
+    /// Refuses a signup or login on a connection that is logged in already (the
+    /// server would too, but the keys in use must stay untouched).
+    fn not_logged_in(&self) -> Result<(), ClientError> {
+        match self.inner.keyring.identity() {
+            Some(me) => Err(ClientError::new(
+                ErrorCode::AlreadyLoggedIn,
+                format!("logged in as {} already; log out first", me.user),
+            )),
+            None => Ok(()),
         }
-        self.inner.waiting.lock().insert(req, tx);
-        let frame = serde_json::to_vec(&Request { req, body }).expect("serializes");
-        if self.inner.out.send(Out::Frame(frame)).is_err() {
-            self.inner.waiting.lock().remove(&req);
-            return ReplyHandle::ready(Err(ClientError::disconnected("connection closed")));
-        }
-        // The reader may have failed every waiter just before we registered.
-        if self.inner.closed.load(Ordering::Acquire) {
-            if let Some(tx) = self.inner.waiting.lock().remove(&req) {
-                let _ = tx.send(Err(ClientError::disconnected("connection closed")));
+    }
+
+    /// Installs the keys after a successful signup or login. If the server accepted
+    /// the login but the keys cannot be installed, the session is ended again: a
+    /// session whose messages cannot be opened would only hold them back.
+    fn after_login(
+        &self,
+        user: &str,
+        reply: Reply,
+        keys: impl FnOnce(&Option<OkResult>) -> Result<UserKeys, ClientError>,
+    ) -> Reply {
+        let keyring = &self.inner.keyring;
+        let result = match reply {
+            Ok(result) => result,
+            Err(e) => {
+                keyring.clear();
+                return Err(e);
+            }
+        };
+        match keys(&result).and_then(|k| keyring.set_identity(user, k)) {
+            Ok(()) => Ok(result),
+            Err(e) => {
+                keyring.clear();
+                let _ = self.request(RequestBody::Logout).wait(NET_TIMEOUT);
+                Err(e)
             }
         }
-        ReplyHandle { rx }
-    }
-
-    /// Creates an account and logs in (blocking).
-    pub fn signup(&self, user: &str, password: &str) -> Reply {
-        self.request(RequestBody::Signup {
-            user: user.into(),
-            password: password.into(),
-        })
-        .wait(NET_TIMEOUT * 3)
-    }
-
-    /// Logs in (blocking).
-    pub fn login(&self, user: &str, password: &str) -> Reply {
-        self.request(RequestBody::Login {
-            user: user.into(),
-            password: password.into(),
-        })
-        .wait(NET_TIMEOUT * 3)
     }
 
     /// Logs out (blocking).
     pub fn logout(&self) -> Reply {
-        self.request(RequestBody::Logout).wait(NET_TIMEOUT)
+        let reply = self.request(RequestBody::Logout).wait(NET_TIMEOUT);
+        self.inner.keyring.clear();
+        reply
     }
 
-    /// Sends a direct text message with a fresh id; returns the id and the reply handle.
+    /// Changes the password (blocking): the private key is re-sealed under the new one,
+    /// so the old password opens nothing afterwards.
+    pub fn passwd(&self, old: &str, new: &str) -> Reply {
+        let me = self.identity()?;
+        check_password(new)?;
+        self.request(RequestBody::Passwd {
+            old: login_secret(&me.user, old),
+            new: login_secret(&me.user, new),
+            key_backup: seal_key_backup(&me.keys, new),
+        })
+        .wait(NET_TIMEOUT * 3)
+    }
+
+    fn identity(&self) -> Result<Identity, ClientError> {
+        self.inner
+            .keyring
+            .identity()
+            .ok_or_else(|| ClientError::new(ErrorCode::NotLoggedIn, "log in first"))
+    }
+
+    /// Sends a direct text message with a fresh id, sealed end to end; returns the id
+    /// and the reply handle. The first message to a user fetches (or makes) the
+    /// conversation key, which blocks for a round trip or two.
     pub fn send_text(&self, to: &str, text: &str) -> (String, ReplyHandle) {
         let id = new_message_id();
         if text.len() > MAX_TEXT_BYTES {
@@ -274,11 +455,26 @@ impl Client {
             );
             return (id, ReplyHandle::ready(Err(err)));
         }
-        let handle = self.send_body(&id, to, text.as_bytes());
+        let payload = Payload::Text { text: text.into() };
+        let handle = match self.seal_direct(&id, to, &payload) {
+            Ok(body) => self.send_body(&id, to, &body),
+            Err(e) => ReplyHandle::ready(Err(e)),
+        };
         (id, handle)
     }
 
-    /// Sends a direct message with the given id and raw body.
+    fn seal_direct(&self, id: &str, to: &str, payload: &Payload) -> Result<Vec<u8>, ClientError> {
+        let me = self.identity()?;
+        let inner = &self.inner;
+        let fetch = |body: RequestBody| call(inner, body, NET_TIMEOUT);
+        let (key_id, key) = inner.keyring.sending_key(&fetch, &me, to)?;
+        let plaintext = serde_json::to_vec(payload).expect("payloads serialize");
+        seal_direct(&key, &key_id, &me.user, to, id, &plaintext)
+            .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
+    }
+
+    /// Sends a direct message whose body is exactly `body` (already sealed; tests use
+    /// it to send what a real client never would).
     pub fn send_body(&self, id: &str, to: &str, body: &[u8]) -> ReplyHandle {
         self.request(RequestBody::Send {
             id: id.into(),
@@ -348,35 +544,8 @@ fn flush_acks(acks: &mut Vec<u64>, buf: &mut Vec<u8>) {
     encode_frame(&serde_json::to_vec(&ack).expect("serializes"), buf);
 }
 
-/// Remembers recently seen `(sender, id)` pairs, forgetting the oldest beyond a bound.
-struct Dedup {
-    seen: HashSet<(String, String)>,
-    order: VecDeque<(String, String)>,
-}
-
-impl Dedup {
-    fn first_time(&mut self, from: &str, id: &str) -> bool {
-        let key = (from.to_string(), id.to_string());
-        if self.seen.contains(&key) {
-            return false;
-        }
-        if self.order.len() >= DEDUP_MEMORY {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        self.seen.insert(key.clone());
-        self.order.push_back(key);
-        true
-    }
-}
-
-fn read_loop(stream: TlsRead, inner: Arc<Inner>, events: Sender<Event>) {
+fn read_loop(stream: TlsRead, inner: Arc<Inner>, inbox: Sender<Incoming>, events: Sender<Event>) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    let mut dedup = Dedup {
-        seen: HashSet::new(),
-        order: VecDeque::new(),
-    };
     let reason = loop {
         let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
             Ok(Some(body)) => body,
@@ -391,7 +560,12 @@ fn read_loop(stream: TlsRead, inner: Arc<Inner>, events: Sender<Event>) {
             }
         };
         match frame {
-            ServerFrame::Ok { req, result } => reply(&inner, req, Ok(result)),
+            ServerFrame::Ok { req, result } => {
+                if matches!(result, Some(OkResult::Session { .. })) {
+                    inner.session.fetch_add(1, Ordering::AcqRel);
+                }
+                reply(&inner, req, Ok(result))
+            }
             ServerFrame::Error {
                 req: Some(req),
                 code,
@@ -410,17 +584,15 @@ fn read_loop(stream: TlsRead, inner: Arc<Inner>, events: Sender<Event>) {
                 body,
                 sent_at,
             } => {
-                if dedup.first_time(&from, &id) {
-                    let body = body.to_bytes().unwrap_or_default();
-                    let _ = events.send(Event::Message {
-                        id,
-                        from,
-                        to,
-                        body,
-                        sent_at,
-                    });
-                }
-                let _ = inner.out.send(Out::Ack(tag));
+                let _ = inbox.send(Incoming {
+                    session: inner.session.load(Ordering::Acquire),
+                    tag,
+                    id,
+                    from,
+                    to,
+                    body,
+                    sent_at,
+                });
             }
             ServerFrame::SessionReplaced => {
                 let _ = events.send(Event::SessionReplaced);

@@ -6,6 +6,9 @@
 mod balancer;
 mod connection;
 mod error;
+mod inbox;
+mod keyring;
+mod payload;
 mod transport;
 
 pub use balancer::{ask_balancer, balancer_status, Assignment};

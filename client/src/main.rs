@@ -92,6 +92,7 @@ fn main() -> ExitCode {
     }
     let config = match cluster_ca(&cli)
         .and_then(|ca| ClientConfig::with_ca_file(cli.balancer.clone(), &ca))
+        .map(|config| config.with_home(home.clone()))
     {
         Ok(c) => c,
         Err(e) => {
@@ -150,9 +151,9 @@ fn main() -> ExitCode {
                 logged_in = true;
                 Pending::Remote {
                     cmd: "signup",
-                    handle: client.request(RequestBody::Signup { user, password }),
+                    handle: ReplyHandle::ready(client.signup(&user, &password)),
                     human: Box::new(|r| match r {
-                        Some(OkResult::Session { user }) => {
+                        Some(OkResult::Session { user, .. }) => {
                             format!("signed up; logged in as {user}")
                         }
                         _ => "signed up".into(),
@@ -163,9 +164,9 @@ fn main() -> ExitCode {
                 logged_in = true;
                 Pending::Remote {
                     cmd: "login",
-                    handle: client.request(RequestBody::Login { user, password }),
+                    handle: ReplyHandle::ready(client.login(&user, &password)),
                     human: Box::new(|r| match r {
-                        Some(OkResult::Session { user }) => format!("logged in as {user}"),
+                        Some(OkResult::Session { user, .. }) => format!("logged in as {user}"),
                         _ => "logged in".into(),
                     }),
                 }
@@ -178,6 +179,11 @@ fn main() -> ExitCode {
                     human: Box::new(|_| "logged out".into()),
                 }
             }
+            Command::Passwd { old, new } => Pending::Remote {
+                cmd: "passwd",
+                handle: ReplyHandle::ready(client.passwd(&old, &new)),
+                human: Box::new(|_| "password changed; the key backup is re-sealed".into()),
+            },
             Command::Msg { to, text } => {
                 let (_, handle) = client.send_text(&to, &text);
                 Pending::Remote {

@@ -49,6 +49,8 @@ pub enum ErrorCode {
     AlreadyMember,
     /// The group has reached its maximum size.
     GroupFull,
+    /// The key asked for (a conversation key, a group epoch) is not stored.
+    UnknownKey,
     /// A message that fails to decrypt or verify (reported by the client).
     Undecryptable,
     /// The server's TLS certificate is not signed by the cluster CA the client trusts,
@@ -94,6 +96,7 @@ impl ErrorCode {
             ErrorCode::UnknownGroup => "unknown_group",
             ErrorCode::AlreadyMember => "already_member",
             ErrorCode::GroupFull => "group_full",
+            ErrorCode::UnknownKey => "unknown_key",
             ErrorCode::Undecryptable => "undecryptable",
             ErrorCode::UntrustedServer => "untrusted_server",
             ErrorCode::KeyChanged => "key_changed",

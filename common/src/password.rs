@@ -47,6 +47,17 @@ pub fn hash_password(password: &str) -> String {
     )
 }
 
+/// What a client sends the server instead of the password: scrypt(password) salted with
+/// the user name, base64. The server hashes it again (salted scrypt) to store it. The
+/// server never learns the password, so it cannot derive the key that seals the user's
+/// private key backup, which comes from the password under another salt.
+pub fn login_secret(user: &str, password: &str) -> String {
+    let salt = format!("fastchat-login/1\n{user}");
+    let secret =
+        scrypt(password, salt.as_bytes(), LOG2_N, R, P).expect("scrypt with fixed parameters");
+    STANDARD_NO_PAD.encode(secret)
+}
+
 /// Checks a password against a stored hash, in constant time over the hash bytes.
 /// A malformed stored string never verifies.
 pub fn verify_password(password: &str, stored: &str) -> bool {
@@ -73,6 +84,15 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_secrets_hide_the_password_and_depend_on_the_user() {
+        let a = login_secret("alice", "correct horse");
+        assert_eq!(a, login_secret("alice", "correct horse"));
+        assert_ne!(a, login_secret("bob", "correct horse"));
+        assert_ne!(a, login_secret("alice", "correct horsf"));
+        assert!(!a.contains("correct"));
+    }
 
     #[test]
     fn hash_and_verify() {

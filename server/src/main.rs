@@ -5,6 +5,7 @@ mod config;
 mod conn;
 mod heartbeat;
 mod inflight;
+mod keys;
 mod mesh;
 mod router;
 mod session;

@@ -5,6 +5,7 @@
 //! framed, a closed connection) and never reaches anything beyond this connection.
 
 use crate::conn::{spawn_writer, to_body, OutQueue, Outgoing};
+use crate::keys;
 use crate::router::Location;
 use crate::session_handle::SessionHandle;
 use crate::state::{ServerState, LINK_WAIT};
@@ -28,20 +29,23 @@ pub const CLIENT_QUEUE: usize = 8192;
 /// Time allowed for the hello after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest password accepted, in bytes.
-const MAX_PASSWORD: usize = 1024;
+pub const MAX_PASSWORD: usize = 1024;
 /// Longest message id accepted.
 const MAX_ID: usize = 64;
 /// How long a login waits for the peers to confirm they saw its presence.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An error reply: a stable code and a message for people.
-type Refusal = (ErrorCode, String);
+/// A refusal: the code and message of an `error` reply.
+pub type Refusal = (ErrorCode, String);
 
-fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Refusal> {
+/// Refuses with `code`.
+pub fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Refusal> {
     Err((code, message.into()))
 }
 
-fn store_refusal(e: StoreError) -> Refusal {
+/// The refusal for a database failure (details go to the log, not the wire).
+pub fn store_refusal(e: StoreError) -> Refusal {
     match e {
         StoreError::Unavailable(_) => {
             log::warn!("database unavailable: {e}");
@@ -197,9 +201,43 @@ impl ClientConn {
         }
         let outcome = match request.body {
             RequestBody::Hello { version, ticket } => self.hello(req, version, &ticket),
-            RequestBody::Signup { user, password } => self.signup(req, &user, &password),
+            RequestBody::Signup {
+                user,
+                password,
+                public_key,
+                key_backup,
+            } => self.signup(req, &user, &password, &public_key, &key_backup),
             RequestBody::Login { user, password } => self.login(req, &user, &password),
             RequestBody::Logout => self.logout(req),
+            RequestBody::Passwd {
+                old,
+                new,
+                key_backup,
+            } => self.logged_in().and_then(|me| {
+                keys::change_password(&self.state, &me, &old, &new, &key_backup)?;
+                self.ok(req, None);
+                Ok(())
+            }),
+            RequestBody::PublicKey { user } => self.logged_in().and_then(|_| {
+                let result = keys::public_key(&self.state, &user)?;
+                self.ok(req, Some(result));
+                Ok(())
+            }),
+            RequestBody::ConversationKey {
+                peer,
+                key_id,
+                offer,
+            } => self.logged_in().and_then(|me| {
+                let result = keys::conversation_key(
+                    &self.state,
+                    &me,
+                    &peer,
+                    key_id.as_deref(),
+                    offer.as_ref(),
+                )?;
+                self.ok(req, Some(result));
+                Ok(())
+            }),
             RequestBody::Send { id, to, body } => self.send(req, id, to, body),
             RequestBody::Ack { tags } => {
                 if let Some(session) = &self.session {
@@ -263,7 +301,22 @@ impl ClientConn {
         Ok(())
     }
 
-    fn signup(&mut self, req: u64, user: &str, password: &str) -> Result<(), Refusal> {
+    /// The logged-in user's name, or `not_logged_in`.
+    fn logged_in(&self) -> Result<String, Refusal> {
+        match &self.session {
+            Some(s) => Ok(s.user().to_string()),
+            None => refuse(ErrorCode::NotLoggedIn, "log in first"),
+        }
+    }
+
+    fn signup(
+        &mut self,
+        req: u64,
+        user: &str,
+        password: &str,
+        public_key: &str,
+        key_backup: &str,
+    ) -> Result<(), Refusal> {
         if self.session.is_some() {
             return refuse(ErrorCode::AlreadyLoggedIn, "log out first");
         }
@@ -276,9 +329,17 @@ impl ClientConn {
         if password.is_empty() || password.len() > MAX_PASSWORD {
             return refuse(ErrorCode::BadPassword, "a password is 1-1024 bytes");
         }
+        keys::check_public_key(public_key)?;
+        keys::check_backup(key_backup)?;
         let hash = hash_password(password);
         let mut db = self.state.pool.get().map_err(|e| store_refusal(e.into()))?;
-        match fastchat_sql::create_user(&mut db, user, &hash) {
+        let new_user = fastchat_sql::NewUser {
+            name: user,
+            password_hash: &hash,
+            public_key,
+            key_backup,
+        };
+        match fastchat_sql::create_user(&mut db, &new_user) {
             Ok(()) => {}
             Err(StoreError::NameTaken) => {
                 return refuse(ErrorCode::NameTaken, format!("the name {user:?} is taken"))
@@ -286,7 +347,7 @@ impl ClientConn {
             Err(e) => return Err(store_refusal(e)),
         }
         drop(db);
-        self.start_session(req, user)
+        self.start_session(req, user, None)
     }
 
     fn login(&mut self, req: u64, user: &str, password: &str) -> Result<(), Refusal> {
@@ -299,10 +360,12 @@ impl ClientConn {
         }
         let stored = {
             let mut db = self.state.pool.get().map_err(|e| store_refusal(e.into()))?;
-            fastchat_sql::password_hash(&mut db, user).map_err(store_refusal)?
+            fastchat_sql::account(&mut db, user).map_err(store_refusal)?
         };
         match stored {
-            Some(hash) if verify_password(password, &hash) => self.start_session(req, user),
+            Some(a) if verify_password(password, &a.credentials.password_hash) => {
+                self.start_session(req, user, Some((a.credentials.key_backup, a.public_key)))
+            }
             Some(_) => wrong(),
             None => {
                 // Spend the same time as a real check, so timing does not tell
@@ -313,7 +376,14 @@ impl ClientConn {
         }
     }
 
-    fn start_session(&mut self, req: u64, user: &str) -> Result<(), Refusal> {
+    /// Starts the session; after a login the `ok` carries the key backup and the public
+    /// key (the client that signed up has its keys already).
+    fn start_session(
+        &mut self,
+        req: u64,
+        user: &str,
+        keys: Option<(String, String)>,
+    ) -> Result<(), Refusal> {
         let state = &self.state;
         let socket = self.socket.try_clone().map_err(|e| {
             log::error!("cannot clone a socket: {e}");
@@ -345,6 +415,8 @@ impl ClientConn {
             req,
             Some(OkResult::Session {
                 user: user.to_string(),
+                key_backup: keys.as_ref().map(|k| k.0.clone()),
+                public_key: keys.map(|k| k.1),
             }),
         );
         // The new session is syncing: the fetcher pushes stored messages, then the live

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod keys;
 mod migrate;
 mod pending;
 mod pool;
@@ -11,6 +12,7 @@ mod servers;
 mod users;
 
 pub use error::StoreError;
+pub use keys::{conversation_key, offer_conversation_key, ConversationKeyRow};
 pub use migrate::{migrate, MIGRATIONS};
 pub use pending::{delete_pending, store_pending, take_pending, NewPending, PendingMessage};
 pub use pool::{connect, pool, Pool, PooledClient};
@@ -19,7 +21,9 @@ pub use servers::{
     heartbeat, live_servers, mark_draining, register_server, remove_server, stale_servers,
     ServerRow,
 };
-pub use users::{create_user, password_hash, user_exists};
+pub use users::{
+    account, change_password, create_user, public_key, user_exists, Account, Credentials, NewUser,
+};
 
 /// A heartbeat older than this marks a server dead (the balancer stops assigning it, its
 /// peers mark its users offline).

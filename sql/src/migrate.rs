@@ -4,8 +4,10 @@
 use crate::error::StoreError;
 
 /// The migrations, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "keys", include_str!("../migrations/0002_keys.sql")),
+];
 
 /// Arbitrary constant naming FastChat's migration lock among advisory locks.
 const MIGRATION_LOCK: i64 = 0x4641_5354_4348_4154; // "FASTCHAT"

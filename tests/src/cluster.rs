@@ -223,6 +223,11 @@ impl Cluster {
         });
     }
 
+    /// The balancer's ticket signing key file.
+    pub fn ticket_key_path(&self) -> PathBuf {
+        self.dir.path().join("ticket.key")
+    }
+
     /// The cluster CA's certificate file.
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("tls/ca.pem")

@@ -52,9 +52,7 @@ pub fn wait_event<T>(
 /// The next direct message: (from, text).
 pub fn next_message(client: &Client, timeout: Duration) -> (String, String) {
     wait_event(client, timeout, "a message", |e| match e {
-        Event::Message { from, body, .. } => {
-            Some((from, String::from_utf8_lossy(&body).into_owned()))
-        }
+        Event::Message { from, text, .. } => Some((from, text)),
         _ => None,
     })
 }

@@ -9,6 +9,8 @@ pub enum Command {
     Login { user: String, password: String },
     /// `/logout`
     Logout,
+    /// `/passwd OLD NEW`
+    Passwd { old: String, new: String },
     /// `/msg USER TEXT`
     Msg { to: String, text: String },
     /// `/help`
@@ -22,6 +24,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("/signup USER PASSWORD", "create an account and log in"),
     ("/login USER PASSWORD", "log in"),
     ("/logout", "log out"),
+    (
+        "/passwd OLD NEW",
+        "change the password (re-seals the private key backup)",
+    ),
     ("/msg USER TEXT", "send a direct message"),
     ("/help", "list the commands"),
     ("/quit", "leave"),
@@ -98,6 +104,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             }
         }
         "logout" => Command::Logout,
+        "passwd" => {
+            let (old, new) = two(rest).ok_or_else(|| usage(cmd))?;
+            Command::Passwd { old, new }
+        }
         "msg" => {
             let (to, text) = word(rest);
             if to.is_empty() || text.is_empty() {

@@ -58,7 +58,7 @@ impl Output {
             (Mode::Json, Ok(result)) => {
                 let mut v = json!({"event": "ok", "cmd": cmd});
                 match result {
-                    Some(OkResult::Session { user }) => v["user"] = json!(user),
+                    Some(OkResult::Session { user, .. }) => v["user"] = json!(user),
                     Some(OkResult::Sent {
                         id,
                         sent_at,
@@ -69,7 +69,8 @@ impl Output {
                         v["stored"] = json!(stored);
                     }
                     Some(OkResult::Hello { server, .. }) => v["server"] = json!(server),
-                    None => {}
+                    // Key records are the library's business, never a command's reply.
+                    Some(OkResult::PublicKey { .. } | OkResult::ConversationKey { .. }) | None => {}
                 }
                 self.json(v);
             }
@@ -117,26 +118,30 @@ impl Output {
                 Event::Message {
                     id,
                     from,
-                    body,
+                    text,
                     sent_at,
                     ..
                 },
             ) => self.json(json!({
-                "event": "message", "from": from, "text": String::from_utf8_lossy(body),
+                "event": "message", "from": from, "text": text,
                 "id": id, "sent_at": rfc3339(*sent_at)
             })),
             (
                 Mode::Human,
                 Event::Message {
                     from,
-                    body,
+                    text,
                     sent_at,
                     ..
                 },
-            ) => self.line(&format!(
-                "[{}] {from}: {}",
-                clock(*sent_at),
-                String::from_utf8_lossy(body)
+            ) => self.line(&format!("[{}] {from}: {text}", clock(*sent_at))),
+            (Mode::Json, Event::Undecryptable { id, from, error }) => self.json(json!({
+                "event": "error", "code": error.code.as_str(), "message": error.message,
+                "id": id, "from": from
+            })),
+            (Mode::Human, Event::Undecryptable { from, error, .. }) => self.line(&format!(
+                "! a message from {from} does not open ({}): {}",
+                error.code, error.message
             )),
             (Mode::Json, Event::SessionReplaced) => self.json(json!({"event": "session_replaced"})),
             (Mode::Human, Event::SessionReplaced) => {

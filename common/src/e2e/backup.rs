@@ -14,6 +14,9 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 
 const SCHEME: &str = "fcbackup1";
+/// Highest scrypt cost a backup may name (4x what `seal_key_backup` uses today, room for
+/// one raise of the parameters).
+const MAX_LOG2_N: u8 = LOG2_N + 2;
 const SALT_BYTES: usize = 16;
 const NONCE_BYTES: usize = 12;
 
@@ -57,9 +60,15 @@ pub fn open_key_backup(backup: &str, password: &str) -> Result<UserKeys, E2eErro
     if *scheme != SCHEME {
         return Err(E2eError::Malformed);
     }
-    let (Ok(log2n), Ok(r), Ok(p)) = (log2n.parse(), r.parse(), p.parse()) else {
+    let (Ok(log2n), Ok(r), Ok(p)) = (log2n.parse::<u8>(), r.parse::<u32>(), p.parse::<u32>())
+    else {
         return Err(E2eError::Malformed);
     };
+    // The backup comes from the server: refuse a cost far above what we seal with, or a
+    // hostile server could make the client spend gigabytes and minutes on one login.
+    if log2n > MAX_LOG2_N || r > R || p > P {
+        return Err(E2eError::Malformed);
+    }
     let decode = |text: &str| {
         STANDARD_NO_PAD
             .decode(text)

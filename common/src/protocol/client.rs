@@ -1,6 +1,7 @@
 //! Client <-> server frames: requests from the client, replies and pushed events back.
 
 use crate::blob::Blob;
+use crate::e2e::ConversationKeyRecord;
 use crate::error::ErrorCode;
 use crate::protocol::UnixMillis;
 use crate::ticket::Ticket;
@@ -34,6 +35,11 @@ pub enum RequestBody {
         user: String,
         /// The password (sent over the link; stored only as a salted scrypt hash).
         password: String,
+        /// The user's RSA public key (SubjectPublicKeyInfo PEM), made by the client.
+        public_key: String,
+        /// The private key sealed under the password (`fcbackup1$...`), opaque to the
+        /// server; returned at login so that a new machine can restore it.
+        key_backup: String,
     },
     /// Log in to an existing account.
     Login {
@@ -44,6 +50,35 @@ pub enum RequestBody {
     },
     /// End the session (the connection stays open for another login).
     Logout,
+    /// Change the password: `old` must be right; `key_backup` is the private key
+    /// re-sealed under `new`, replacing the old backup in the same transaction.
+    Passwd {
+        /// The current password.
+        old: String,
+        /// The new password.
+        new: String,
+        /// The private key sealed under the new password.
+        key_backup: String,
+    },
+    /// Fetch a user's public key.
+    PublicKey {
+        /// Whose key.
+        user: String,
+    },
+    /// Fetch the conversation key record shared with `peer`: the one with `key_id`, or
+    /// the conversation's current one. With `offer` (made by us, when we write first),
+    /// the offer is stored unless the conversation already has a key, and the reply is
+    /// whichever record is now current, so two first writers agree on one key.
+    ConversationKey {
+        /// The other user.
+        peer: String,
+        /// A specific key (as named by a message envelope).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
+        /// A new key record to store if there is none yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offer: Option<ConversationKeyRecord>,
+    },
     /// A direct message. Answered `ok` only once it is delivered or durably stored.
     Send {
         /// Client-made message id (unique per sender); receivers drop duplicates by it.
@@ -125,6 +160,25 @@ pub enum OkResult {
     Session {
         /// The logged-in user.
         user: String,
+        /// The user's sealed private key, as stored at signup or the last `passwd`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_backup: Option<String>,
+        /// The user's registered public key (login only), so that a client can tell a
+        /// stale cached private key from the account's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public_key: Option<String>,
+    },
+    /// A user's public key.
+    PublicKey {
+        /// Whose key.
+        user: String,
+        /// SubjectPublicKeyInfo PEM.
+        public_key: String,
+    },
+    /// A conversation key record (wrapped copies for both users, signed by its maker).
+    ConversationKey {
+        /// The record.
+        record: ConversationKeyRecord,
     },
     /// Answer to `send`.
     Sent {

@@ -82,6 +82,7 @@ fn restrict_versions(builder: &mut openssl::ssl::SslContextBuilder) -> Result<()
     // Session tickets would be written to us after the handshake for nothing: every
     // connection is long-lived and resumption is not used.
     builder.set_options(openssl::ssl::SslOptions::NO_TICKET);
+    builder.set_num_tickets(0).map_err(config_err)?;
     builder.set_mode(SslMode::RELEASE_BUFFERS);
     Ok(())
 }

@@ -234,7 +234,7 @@ mod tests {
         sock.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let result = connect(&conn, "127.0.0.1", sock.try_clone().unwrap(), sock);
-        assert!(matches!(result, Err(TlsError::Handshake(_))));
+        assert!(matches!(result, Err(TlsError::Untrusted(_))));
         assert!(server.join().unwrap());
     }
 

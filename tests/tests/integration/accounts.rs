@@ -23,7 +23,7 @@ fn signup_and_login_refusals_have_stable_codes() {
 
     assert!(matches!(
         c.signup("carol", "secret"),
-        Ok(Some(OkResult::Session { user })) if user == "carol"
+        Ok(Some(OkResult::Session { user, .. })) if user == "carol"
     ));
     assert_eq!(code(c.signup("dave", "pw")), ErrorCode::AlreadyLoggedIn);
     c.logout().expect("logout");

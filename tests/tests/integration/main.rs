@@ -3,6 +3,7 @@
 
 mod accounts;
 mod bad_input;
+mod e2e;
 mod messages;
 mod shutdown;
 mod tickets;

@@ -1,0 +1,180 @@
+//! The inbox thread: opens each pushed message (fetching keys as needed), drops
+//! duplicates, turns it into an event and acknowledges it. It runs apart from the
+//! reader so that waiting on a key fetch never stops replies from being read.
+
+use crate::connection::{call, Event, Inner, Out};
+use crate::error::ClientError;
+use crate::keyring::Identity;
+use crate::payload::Payload;
+use crossbeam_channel::{Receiver, Sender};
+use fastchat_common::e2e::{Envelope, EnvelopeKind};
+use fastchat_common::protocol::client::RequestBody;
+use fastchat_common::protocol::UnixMillis;
+use fastchat_common::{Blob, ErrorCode};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How many message ids the inbox remembers to drop duplicates.
+const DEDUP_MEMORY: usize = 1 << 20;
+/// How long a pushed message waits for a login to restore the keys.
+const IDENTITY_WAIT: Duration = Duration::from_secs(30);
+/// How long a key fetch may take.
+const KEY_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A pushed message, as the server sent it.
+pub(crate) struct Incoming {
+    /// The session it was pushed to (see `Inner::session`).
+    pub session: u64,
+    pub tag: u64,
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub body: Blob,
+    pub sent_at: UnixMillis,
+}
+
+/// Remembers recently seen `(sender, id)` pairs, forgetting the oldest beyond a bound.
+#[derive(Default)]
+struct Dedup {
+    seen: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
+}
+
+impl Dedup {
+    fn contains(&self, from: &str, id: &str) -> bool {
+        self.seen.contains(&(from.to_string(), id.to_string()))
+    }
+
+    fn insert(&mut self, from: &str, id: &str) {
+        let key = (from.to_string(), id.to_string());
+        if self.order.len() >= DEDUP_MEMORY {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+    }
+}
+
+/// What became of one message.
+enum Outcome {
+    /// Show it.
+    Opened(String),
+    /// It can never be opened: report it, and acknowledge it so it is not sent again.
+    Refused(ClientError),
+    /// It could not be opened now (connection trouble, keys not restored): leave it
+    /// unacknowledged, so the server stores it and delivers it again later.
+    Retry(ClientError),
+}
+
+/// Whether a failure to get a key says the message can never open. Anything else
+/// (connection trouble, a logout meanwhile, a local disk problem) may pass.
+fn is_final(e: &ClientError) -> bool {
+    matches!(
+        e.code,
+        ErrorCode::Undecryptable
+            | ErrorCode::KeyChanged
+            | ErrorCode::UnknownKey
+            | ErrorCode::UnknownUser
+    )
+}
+
+fn open(inner: &Inner, me: &Identity, m: &Incoming) -> Outcome {
+    let refused =
+        |why: &str| Outcome::Refused(ClientError::new(ErrorCode::Undecryptable, why.to_string()));
+    if m.to != me.user {
+        return refused("the message is addressed to someone else");
+    }
+    let Some(bytes) = m.body.to_bytes() else {
+        return refused("the body is not base64");
+    };
+    let envelope = match Envelope::parse(&bytes) {
+        Ok(e) => e,
+        Err(e) => return refused(&e.to_string()),
+    };
+    let fetch = |body: RequestBody| call(inner, body, KEY_FETCH_TIMEOUT);
+    let plaintext = match envelope.kind() {
+        EnvelopeKind::Direct { key_id } => {
+            let peer = if m.from == me.user { &m.to } else { &m.from };
+            let key = match inner.keyring.key_by_id(&fetch, me, peer, key_id) {
+                Ok(k) => k,
+                Err(e) if is_final(&e) => return Outcome::Refused(undecryptable(e)),
+                Err(e) => return Outcome::Retry(e),
+            };
+            envelope.open_direct(&key, &m.from, &m.to, &m.id)
+        }
+        EnvelopeKind::Group { .. } => {
+            return refused("a group envelope in a direct message");
+        }
+    };
+    let plaintext = match plaintext {
+        Ok(p) => p,
+        Err(e) => return refused(&e.to_string()),
+    };
+    match serde_json::from_slice::<Payload>(&plaintext) {
+        Ok(Payload::Text { text }) => Outcome::Opened(text),
+        Err(e) => refused(&format!("unknown content: {e}")),
+    }
+}
+
+/// A failure to get a key, reported as `undecryptable` unless it has a code of its own
+/// that says more (`key_changed`).
+fn undecryptable(e: ClientError) -> ClientError {
+    if e.code == ErrorCode::KeyChanged {
+        e
+    } else {
+        ClientError::new(ErrorCode::Undecryptable, e.message)
+    }
+}
+
+/// Runs until the reader stops sending (the connection ended).
+pub(crate) fn run_inbox(inner: Arc<Inner>, rx: Receiver<Incoming>, events: Sender<Event>) {
+    let mut dedup = Dedup::default();
+    for m in rx {
+        if m.session != inner.session.load(std::sync::atomic::Ordering::Acquire) {
+            // Pushed to an earlier session: the server stored it again when that session
+            // ended, and will push it to a later one.
+            continue;
+        }
+        if dedup.contains(&m.from, &m.id) {
+            let _ = inner.out.send(Out::Ack(m.tag));
+            continue;
+        }
+        let Some(me) = inner.keyring.wait_identity(IDENTITY_WAIT) else {
+            log::warn!(
+                "message {} from {} left for later: no keys loaded",
+                m.id,
+                m.from
+            );
+            continue;
+        };
+        match open(&inner, &me, &m) {
+            Outcome::Opened(text) => {
+                dedup.insert(&m.from, &m.id);
+                let _ = events.send(Event::Message {
+                    id: m.id,
+                    from: m.from,
+                    to: m.to,
+                    text,
+                    sent_at: m.sent_at,
+                });
+                let _ = inner.out.send(Out::Ack(m.tag));
+            }
+            Outcome::Refused(error) => {
+                dedup.insert(&m.from, &m.id);
+                let _ = events.send(Event::Undecryptable {
+                    id: m.id,
+                    from: m.from,
+                    error,
+                });
+                let _ = inner.out.send(Out::Ack(m.tag));
+            }
+            Outcome::Retry(e) => {
+                log::warn!("message {} from {} left for later: {e}", m.id, m.from);
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! What a sealed direct message holds once opened: a small JSON object whose `t` says
+//! what it is. Only clients ever see it.
+
+use serde::{Deserialize, Serialize};
+
+/// The plaintext inside a message envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Payload {
+    /// A text message.
+    Text {
+        /// The text.
+        text: String,
+    },
+}
