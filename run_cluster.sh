@@ -3,11 +3,17 @@
 # one load balancer and N chat servers, backed by PostgreSQL.
 #
 # Usage: ./run_cluster.sh [--servers N] [--port P] [--data-dir DIR] [--strategy NAME]
+#        ./run_cluster.sh --add-server [--data-dir DIR]
 #
 #   --servers N      number of chat servers (default 3)
 #   --port P         balancer on 127.0.0.1:P, servers' client ports P+1..P+N (default 7000)
 #   --data-dir DIR   state directory (default .fastchat next to this script)
 #   --strategy NAME  balancer assignment strategy (default round-robin)
+#   --add-server     ask the cluster already running in DIR to start one more
+#                    server (server-K on port P+K); prints
+#                    `ADDED server=server-K addr=127.0.0.1:PORT` once it accepts
+#                    connections. The running script owns it and stops it with
+#                    the rest.
 #   -h, --help       show this help
 #
 # Database: $FASTCHAT_DATABASE_URL if set, otherwise a private PostgreSQL
@@ -45,6 +51,7 @@ SERVERS=3
 PORT=7000
 DATA_DIR=$REPO/.fastchat
 STRATEGY=round-robin
+ADD_SERVER=0
 
 # need_value FLAG ARGC: the flag must be followed by a value.
 need_value() {
@@ -61,8 +68,7 @@ while [[ $# -gt 0 ]]; do
         --data-dir=*) DATA_DIR=${1#*=}; shift ;;
         --strategy) need_value "$1" $#; STRATEGY=$2; shift 2 ;;
         --strategy=*) STRATEGY=${1#*=}; shift ;;
-        # Room for later flags such as --add-server (attach one more server
-        # to a running cluster, reusing start_server below).
+        --add-server) ADD_SERVER=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) log_error "unknown argument: $1 (see --help)"; exit 2 ;;
     esac
@@ -90,6 +96,30 @@ LOG_DIR=$DATA_DIR/logs
 TLS_DIR=$DATA_DIR/tls
 BIN_DIR=$REPO/target/release
 mkdir -p "$RUN_DIR" "$LOG_DIR"
+
+# --add-server: hand the request to the running script (its pid is in
+# run/run_cluster.pid) with SIGUSR1, and wait for its answer in run/add-server.result.
+if ((ADD_SERVER == 1)); then
+    owner=$(head -n1 "$RUN_DIR/run_cluster.pid" 2>/dev/null || true)
+    # Only signal a live run_cluster.sh: a stale pid may belong to anything now.
+    is_uint "$owner" && kill -0 "$owner" 2>/dev/null &&
+        tr '\0' ' ' <"/proc/$owner/cmdline" 2>/dev/null | grep -q run_cluster.sh ||
+        die "no run_cluster.sh is running for $DATA_DIR"
+    rm -f "$RUN_DIR/add-server.result"
+    kill -USR1 "$owner"
+    for ((t = 0; t < (READY_TIMEOUT + 10) * 4; t++)); do
+        if [[ -s $RUN_DIR/add-server.result ]]; then
+            result=$(cat "$RUN_DIR/add-server.result")
+            rm -f "$RUN_DIR/add-server.result"
+            case $result in
+                ADDED*) echo "$result"; exit 0 ;;
+                *) die "$result" ;;
+            esac
+        fi
+        sleep 0.25
+    done
+    die "the running cluster did not answer within $((READY_TIMEOUT + 10))s"
+fi
 
 # ---------------------------------------------------------------------------
 # Process bookkeeping and shutdown
@@ -155,6 +185,7 @@ cleanup() {
     for name in "${PROC_NAMES[@]}"; do
         rm -f "$RUN_DIR/$name.pid"
     done
+    rm -f "$RUN_DIR/run_cluster.pid"
     if ((STARTED_PG == 1)); then
         if "$REPO/scripts/postgres.sh" stop "$DATA_DIR" 9>&-; then
             rm -f "$RUN_DIR/postgres.owner"
@@ -287,9 +318,42 @@ wait_ready() {
     done
 }
 
+# add_server: start server-(N+1) into the running cluster (on SIGUSR1 from
+# `run_cluster.sh --add-server`), and write the outcome to run/add-server.result.
+add_server() {
+    local i=$((SERVERS + 1)) port idx result
+    port=$((PORT + i))
+    if ((i >= PG_PORT_OFFSET)); then
+        result="error: no port left for server-$i"
+    elif tcp_port_open "$port"; then
+        result="error: port $port on 127.0.0.1 is already in use"
+    elif ! "$BIN_DIR/fastchat-balancer" tls --dir "$TLS_DIR" "server-$i" >&2 9>&-; then
+        result="error: could not issue a certificate for server-$i"
+    else
+        start_server "$i"
+        SERVERS=$i
+        idx=$((${#PROC_PIDS[@]} - 1))
+        result="error: server-$i did not accept connections within ${READY_TIMEOUT}s (see $LOG_DIR/server-$i.log)"
+        for ((t = 0; t < READY_TIMEOUT * 4; t++)); do
+            if ! kill -0 "${PROC_PIDS[idx]}" 2>/dev/null; then
+                result="error: server-$i exited during startup (see $LOG_DIR/server-$i.log)"
+                break
+            fi
+            if tcp_port_open "$port"; then
+                result="ADDED server=server-$i addr=127.0.0.1:$port"
+                log_info "added server-$i on 127.0.0.1:$port"
+                break
+            fi
+            sleep 0.25
+        done
+    fi
+    printf '%s\n' "$result" >"$RUN_DIR/add-server.result.tmp"
+    mv "$RUN_DIR/add-server.result.tmp" "$RUN_DIR/add-server.result"
+}
+
 # supervise: stay in the foreground; report children that die (servers may
-# come and go, so this is not fatal). The short sleep in the background keeps
-# the INT/TERM traps responsive.
+# come and go, so this is not fatal); start a server when asked (SIGUSR1). The
+# short sleep in the background keeps the signal traps responsive.
 supervise() {
     local i status
     while :; do
@@ -297,6 +361,10 @@ supervise() {
         SLEEP_PID=$!
         wait "$SLEEP_PID" 2>/dev/null || true
         SLEEP_PID=
+        if ((ADD_REQUESTED == 1)); then
+            ADD_REQUESTED=0
+            add_server
+        fi
         for i in "${!PROC_PIDS[@]}"; do
             ((PROC_ALIVE[i] == 1)) || continue
             kill -0 "${PROC_PIDS[i]}" 2>/dev/null && continue
@@ -396,5 +464,8 @@ wait_ready
 log_info "cluster ready: balancer 127.0.0.1:$PORT, servers 127.0.0.1:$((PORT + 1))..$((PORT + SERVERS)); Ctrl-C to stop"
 echo "READY balancer=127.0.0.1:$PORT servers=$SERVERS"
 
-# 8. Foreground until SIGINT/SIGTERM.
+# 8. Foreground until SIGINT/SIGTERM; SIGUSR1 asks for one more server.
+printf '%s\n' "$$" >"$RUN_DIR/run_cluster.pid"
+ADD_REQUESTED=0
+trap 'ADD_REQUESTED=1' USR1
 supervise

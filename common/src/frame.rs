@@ -92,10 +92,17 @@ pub fn encode_frame(body: &[u8], out: &mut Vec<u8>) {
 
 /// Writes one frame. The caller flushes (so that several frames can share a flush).
 pub fn write_frame(writer: &mut impl Write, body: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(body.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame body too large"))?;
-    writer.write_all(&len.to_be_bytes())?;
-    writer.write_all(body)
+    if u32::try_from(body.len()).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame body too large",
+        ));
+    }
+    // One write: over TLS, two writes would be two records and two TCP segments, and
+    // the second can wait on a delayed ACK.
+    let mut frame = Vec::with_capacity(4 + body.len());
+    encode_frame(body, &mut frame);
+    writer.write_all(&frame)
 }
 
 #[cfg(test)]

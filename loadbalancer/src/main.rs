@@ -7,7 +7,7 @@ mod strategy;
 use clap::{Parser, Subcommand};
 use fastchat_common::frame::{read_frame, write_frame, FrameError, MAX_CLIENT_FRAME};
 use fastchat_common::protocol::balancer::{BalancerReply, BalancerRequest, ServerStatus};
-use fastchat_common::protocol::PROTOCOL_VERSION;
+use fastchat_common::protocol::{now_millis, PROTOCOL_VERSION};
 use fastchat_common::ticket::TicketSigner;
 use fastchat_common::tls::{self, TlsIdentity};
 use fastchat_common::ErrorCode;
@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strategy::{Candidate, Strategy};
 
 /// The FastChat load balancer.
@@ -73,7 +73,8 @@ enum Command {
 /// How often the balancer re-reads the live servers.
 const REFRESH: Duration = Duration::from_millis(250);
 /// Assignments younger than this are added to a server's reported client count.
-const RECENT: Duration = Duration::from_secs(1);
+/// Assignments are forgotten after this long (a heartbeat has long included them).
+const RECENT_MS: i64 = 5_000;
 /// Time a client has for each request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,7 +83,9 @@ struct Balancer {
     strategy: Box<dyn Strategy>,
     signer: TicketSigner,
     servers: RwLock<Vec<fastchat_sql::ServerRow>>,
-    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Per server, when (Unix ms) we sent clients to it lately: those made after its
+    /// last heartbeat are added to the counts it reported.
+    recent: Mutex<HashMap<String, VecDeque<i64>>>,
 }
 
 fn main() -> ExitCode {
@@ -220,7 +223,7 @@ fn refresh_loop(balancer: &Balancer, pool: &fastchat_sql::Pool) {
 
 impl Balancer {
     fn assign(&self) -> BalancerReply {
-        let now = Instant::now();
+        let now = now_millis();
         let candidates: Vec<Candidate> = {
             let servers = self.servers.read();
             let mut recent = self.recent.lock();
@@ -228,17 +231,16 @@ impl Balancer {
                 .iter()
                 .map(|row| {
                     let fresh = recent.entry(row.name.clone()).or_default();
-                    while fresh
-                        .front()
-                        .is_some_and(|t| now.duration_since(*t) > RECENT)
-                    {
+                    while fresh.front().is_some_and(|t| now - t > RECENT_MS) {
                         fresh.pop_front();
                     }
+                    // The heartbeat counted the clients that had connected by then.
+                    let unseen = fresh.iter().filter(|&&t| t > row.heartbeat_ms).count() as f64;
                     Candidate {
                         name: row.name.clone(),
                         addr: row.client_addr.clone(),
-                        clients: f64::from(row.clients) + fresh.len() as f64,
-                        load: f64::from(row.load) + fresh.len() as f64,
+                        clients: f64::from(row.clients) + unseen,
+                        load: f64::from(row.load) + unseen,
                     }
                 })
                 .collect()
@@ -306,6 +308,7 @@ fn serve_client(balancer: &Balancer, stream: TcpStream) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let _ = stream.set_nodelay(true);
     let (Ok(raw), Ok(sink)) = (stream.try_clone(), stream.try_clone()) else {
         return;
     };

@@ -99,9 +99,14 @@ impl Strategy for PowerOfTwo {
         "power-of-two"
     }
     fn pick(&self, candidates: &[Candidate]) -> usize {
+        let n = candidates.len();
+        if n == 1 {
+            return 0;
+        }
+        // Two different servers, so a loaded one is never compared with itself.
         let mut rng = rand::thread_rng();
-        let a = rng.gen_range(0..candidates.len());
-        let b = rng.gen_range(0..candidates.len());
+        let a = rng.gen_range(0..n);
+        let b = (a + 1 + rng.gen_range(0..n - 1)) % n;
         if candidates[b].load < candidates[a].load {
             b
         } else {

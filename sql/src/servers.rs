@@ -22,6 +22,8 @@ pub struct ServerRow {
     pub load: f32,
     /// Whether the server is shutting down and takes no new clients.
     pub draining: bool,
+    /// When the last heartbeat was written (Unix milliseconds, database clock).
+    pub heartbeat_ms: i64,
 }
 
 fn row_to_server(row: &postgres::Row) -> ServerRow {
@@ -34,6 +36,7 @@ fn row_to_server(row: &postgres::Row) -> ServerRow {
         peers: row.get("peers"),
         load: row.get("load"),
         draining: row.get("draining"),
+        heartbeat_ms: row.get("heartbeat_ms"),
     }
 }
 
@@ -100,7 +103,8 @@ pub fn remove_server(
 /// Servers whose heartbeat is fresh (draining ones included; callers filter).
 pub fn live_servers(client: &mut postgres::Client) -> Result<Vec<ServerRow>, StoreError> {
     let rows = client.query(
-        "SELECT name, client_addr, peer_addr, incarnation, clients, peers, load, draining
+        "SELECT name, client_addr, peer_addr, incarnation, clients, peers, load, draining,
+                (extract(epoch FROM heartbeat) * 1000)::bigint AS heartbeat_ms
          FROM servers
          WHERE heartbeat > now() - make_interval(secs => $1::bigint / 1000.0)
          ORDER BY name",

@@ -3,7 +3,9 @@
 
 mod accounts;
 mod bad_input;
+mod balancing;
 mod e2e;
+mod membership;
 mod messages;
 mod shutdown;
 mod tickets;

@@ -37,16 +37,16 @@ fn alive(pid: i32) -> bool {
 }
 
 fn free_base_port() -> u16 {
-    // Three consecutive free ports (balancer and two servers).
+    // Four consecutive free ports (balancer, two servers, one added later).
     for _ in 0..100 {
         let base = fastchat_tests::free_port();
         if base < 60000
-            && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+            && (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
         {
             return base;
         }
     }
-    panic!("no three consecutive free ports");
+    panic!("no four consecutive free ports");
 }
 
 #[test]
@@ -78,16 +78,17 @@ fn run_cluster_script_starts_everything_and_stops_on_sigterm() {
         .expect("a READY line in time");
     assert_eq!(ready, format!("READY balancer=127.0.0.1:{port} servers=2"));
 
-    let pids: Vec<i32> = ["balancer", "server-1", "server-2"]
+    let pid_of = |name: &str| -> i32 {
+        let path = dir.path().join("run").join(format!("{name}.pid"));
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .parse()
+            .expect("pid")
+    };
+    let mut pids: Vec<i32> = ["balancer", "server-1", "server-2"]
         .iter()
-        .map(|name| {
-            let path = dir.path().join("run").join(format!("{name}.pid"));
-            std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-                .trim()
-                .parse()
-                .expect("pid")
-        })
+        .map(|name| pid_of(name))
         .collect();
     assert!(pids.iter().all(|&p| alive(p)));
     assert!(dir.path().join("logs/server-1.log").exists());
@@ -102,6 +103,28 @@ fn run_cluster_script_starts_everything_and_stops_on_sigterm() {
         fastchat_client::Client::connect(&config).expect("connect through the script's balancer");
     client.signup("zoe", "pw").expect("signup");
     drop(client);
+
+    // --add-server asks the running script for one more server, which joins the mesh.
+    let added = Command::new("bash")
+        .arg(script)
+        .arg("--add-server")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("run_cluster.sh --add-server runs");
+    assert!(added.status.success(), "--add-server failed");
+    assert_eq!(
+        String::from_utf8_lossy(&added.stdout).trim(),
+        format!("ADDED server=server-3 addr=127.0.0.1:{}", port + 3)
+    );
+    pids.push(pid_of("server-3"));
+    fastchat_tests::wait_until("three meshed servers", Duration::from_secs(15), || {
+        fastchat_client::balancer_status(&config)
+            .map(|(servers, _)| servers.len() == 3 && servers.iter().all(|s| s.peers == 2))
+            .unwrap_or(false)
+    });
 
     // SAFETY: the pid of the child we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
