@@ -1,11 +1,15 @@
-//! Connection plumbing shared by client sessions and peer links: the outgoing queue and
-//! the writer thread that drains it, batching every queued frame into one write.
+//! Connection plumbing shared by client sessions and peer links: the outgoing queue,
+//! bounded in frames and in bytes, and the writer thread that drains it, batching every
+//! queued frame into one write.
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use fastchat_common::frame::encode_frame;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// What a connection's writer thread is asked to do.
 #[derive(Debug)]
@@ -31,17 +35,22 @@ pub fn spawn_writer<W: Write + Send + 'static>(
     name: String,
     mut stream: W,
     socket: TcpStream,
-    rx: Receiver<Outgoing>,
+    queue: OutReceiver,
 ) -> std::io::Result<thread::JoinHandle<()>> {
+    let OutReceiver { rx, bytes } = queue;
     thread::Builder::new().name(name).spawn(move || {
         let mut buf = Vec::with_capacity(64 * 1024);
         'outer: while let Ok(first) = rx.recv() {
             buf.clear();
             let mut closing = false;
+            let mut taken = 0;
             let mut next = Some(first);
             while let Some(item) = next.take() {
                 match item {
-                    Outgoing::Frame(body) => encode_frame(&body, &mut buf),
+                    Outgoing::Frame(body) => {
+                        taken += body.len();
+                        encode_frame(&body, &mut buf);
+                    }
                     Outgoing::Close => {
                         closing = true;
                         break;
@@ -57,6 +66,7 @@ pub fn spawn_writer<W: Write + Send + 'static>(
                     break 'outer;
                 }
             }
+            bytes.fetch_sub(taken, Ordering::AcqRel);
             if closing {
                 break;
             }
@@ -65,5 +75,89 @@ pub fn spawn_writer<W: Write + Send + 'static>(
     })
 }
 
-/// A queue towards one connection's writer.
-pub type OutQueue = Sender<Outgoing>;
+/// A queue towards one connection's writer, bounded both in frames (the channel) and in
+/// the bytes of the frames not yet written, so a peer that stops reading pins a known
+/// amount of memory whatever the frame sizes.
+#[derive(Clone)]
+pub struct OutQueue {
+    tx: Sender<Outgoing>,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The writer's end of an [`OutQueue`].
+pub struct OutReceiver {
+    rx: Receiver<Outgoing>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// A queue of at most `frames` frames and `max_bytes` bytes of frame bodies.
+pub fn out_queue(frames: usize, max_bytes: usize) -> (OutQueue, OutReceiver) {
+    let (tx, rx) = crossbeam_channel::bounded(frames);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    (
+        OutQueue {
+            tx,
+            bytes: bytes.clone(),
+            max_bytes,
+        },
+        OutReceiver { rx, bytes },
+    )
+}
+
+fn size_of(item: &Outgoing) -> usize {
+    match item {
+        Outgoing::Frame(body) => body.len(),
+        Outgoing::Close => 0,
+    }
+}
+
+impl OutQueue {
+    /// Reserves room for `n` bytes; `false` when the byte bound would be passed. A frame
+    /// larger than the whole bound still goes into an empty queue.
+    fn reserve(&self, n: usize) -> bool {
+        let before = self.bytes.fetch_add(n, Ordering::AcqRel);
+        if before > 0 && before + n > self.max_bytes {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Queues without waiting.
+    pub fn try_send(&self, item: Outgoing) -> Result<(), TrySendError<Outgoing>> {
+        let n = size_of(&item);
+        if !self.reserve(n) {
+            return Err(TrySendError::Full(item));
+        }
+        self.tx.try_send(item).inspect_err(|_| {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+        })
+    }
+
+    /// Queues, waiting at most `wait` for room (in frames and in bytes).
+    pub fn send_timeout(
+        &self,
+        item: Outgoing,
+        wait: Duration,
+    ) -> Result<(), SendTimeoutError<Outgoing>> {
+        let n = size_of(&item);
+        let deadline = Instant::now() + wait;
+        while !self.reserve(n) {
+            if Instant::now() >= deadline {
+                return Err(SendTimeoutError::Timeout(item));
+            }
+            // Room in bytes comes back only as the writer writes: poll briefly.
+            thread::sleep(Duration::from_millis(1));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.tx.send_timeout(item, left).inspect_err(|_| {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+        })
+    }
+
+    /// Queues, waiting as long as it takes (small control frames only).
+    pub fn send(&self, item: Outgoing) -> Result<(), SendTimeoutError<Outgoing>> {
+        self.send_timeout(item, Duration::from_secs(3600))
+    }
+}

@@ -1,14 +1,14 @@
 //! The server mesh: one link per pair of servers (the later-started one dials), the
 //! hello exchange, and the link reader that applies what peers tell us.
 
-use crate::conn::{spawn_writer, to_body, Outgoing};
+use crate::conn::{out_queue, spawn_writer, to_body, Outgoing};
 use crate::router::PeerLink;
-use crate::state::{delivery_of, ServerState, LINK_WAIT};
+use crate::state::{ServerState, LINK_WAIT};
 use crate::tls::{TlsRead, TlsWrite};
 use fastchat_common::frame::{read_frame, write_frame, MAX_PEER_FRAME};
 use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::protocol::PROTOCOL_VERSION;
-use fastchat_sql::{NewPending, ServerRow};
+use fastchat_sql::ServerRow;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// Frames a link's writer queue holds.
 const LINK_QUEUE: usize = 65536;
+/// Bytes of unwritten frames a link's queue holds.
+const LINK_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Time allowed for connecting and for the hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -129,7 +131,7 @@ fn run_link(
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_nodelay(true);
     let link_id = state.conn_id();
-    let (out, rx) = crossbeam_channel::bounded(LINK_QUEUE);
+    let (out, rx) = out_queue(LINK_QUEUE, LINK_QUEUE_BYTES);
     let writer = match stream
         .try_clone()
         .and_then(|s| spawn_writer(format!("peer-{peer}-w"), tls_write, s, rx))
@@ -224,15 +226,14 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
         } => {
             let delivered = match state.router.locate(&to) {
                 Some(crate::router::Location::Local(session)) => {
-                    let message = NewPending {
-                        recipient: to,
-                        sender: from,
-                        msg_id: id,
-                        body: body.into_base64(),
+                    let delivery = crate::session_handle::Delivery {
+                        id,
+                        from,
+                        body,
                         sent_at,
                     };
                     let origin = crate::session_handle::Origin::Peer(peer.to_string(), token);
-                    session.push_live(&delivery_of(&message), origin).is_ok()
+                    session.push_live(&delivery, origin).is_ok()
                 }
                 _ => false,
             };

@@ -4,7 +4,7 @@
 //! connection's writer queue. Bad input gets an error reply (or, where no reply can be
 //! framed, a closed connection) and never reaches anything beyond this connection.
 
-use crate::conn::{spawn_writer, to_body, OutQueue, Outgoing};
+use crate::conn::{out_queue, spawn_writer, to_body, OutQueue, Outgoing};
 use crate::keys;
 use crate::router::Location;
 use crate::session_handle::SessionHandle;
@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 
 /// Frames a client's writer queue holds before the client counts as a slow consumer.
 pub const CLIENT_QUEUE: usize = 8192;
+/// Bytes of unwritten frames a client's queue holds before the client counts as a slow
+/// consumer (about 120 of the largest messages).
+pub const CLIENT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Time allowed for the hello after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest password accepted, in bytes.
@@ -94,7 +97,7 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
             return;
         }
     };
-    let (out, rx) = crossbeam_channel::bounded(CLIENT_QUEUE);
+    let (out, rx) = out_queue(CLIENT_QUEUE, CLIENT_QUEUE_BYTES);
     let writer = match stream
         .try_clone()
         .and_then(|s| spawn_writer(format!("client-{conn_id}-w"), tls_write, s, rx))
@@ -479,6 +482,7 @@ impl ClientConn {
             msg_id: id,
             body: body.into_base64(),
             sent_at: now_millis(),
+            order_key: self.state.next_order_key(),
         };
         self.state.route_message(&session, req, message);
         Ok(())

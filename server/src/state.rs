@@ -61,6 +61,12 @@ impl ServerState {
         &self.config.name
     }
 
+    /// The acceptance order of a new message: monotonic in this incarnation and above
+    /// every earlier incarnation's (it shares the in-flight token counter).
+    pub fn next_order_key(&self) -> i64 {
+        self.inflight.new_token() as i64
+    }
+
     /// A fresh connection id.
     pub fn conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1

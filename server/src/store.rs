@@ -150,7 +150,7 @@ pub fn run_fetcher(state: Weak<ServerState>, sessions: Receiver<SessionHandle>) 
 }
 
 fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), String> {
-    let mut after = 0;
+    let mut after = None;
     loop {
         let rows = {
             let mut client = state.pool.get().map_err(|e| e.to_string())?;
@@ -159,7 +159,7 @@ fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), S
         };
         let full_page = rows.len() as i64 == FETCH_PAGE;
         for row in rows {
-            after = row.seq;
+            after = Some((row.sent_at, row.order_key));
             let delivery = Delivery {
                 id: row.msg_id,
                 from: row.sender,

@@ -14,7 +14,9 @@ mod users;
 pub use error::StoreError;
 pub use keys::{conversation_key, offer_conversation_key, ConversationKeyRow};
 pub use migrate::{migrate, MIGRATIONS};
-pub use pending::{delete_pending, store_pending, take_pending, NewPending, PendingMessage};
+pub use pending::{
+    delete_pending, store_pending, take_pending, NewPending, PendingCursor, PendingMessage,
+};
 pub use pool::{connect, pool, Pool, PooledClient};
 pub use presence::{clear_presence, clear_server_presence, set_presence};
 pub use servers::{

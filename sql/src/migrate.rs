@@ -7,6 +7,11 @@ use crate::error::StoreError;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "keys", include_str!("../migrations/0002_keys.sql")),
+    (
+        3,
+        "pending_order",
+        include_str!("../migrations/0003_pending_order.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming FastChat's migration lock among advisory locks.

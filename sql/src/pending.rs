@@ -16,6 +16,9 @@ pub struct NewPending {
     pub body: String,
     /// Server timestamp, Unix milliseconds.
     pub sent_at: i64,
+    /// The accepting server's monotonic acceptance counter: with `sent_at`, the
+    /// delivery order.
+    pub order_key: i64,
 }
 
 /// A stored message, as taken for delivery.
@@ -33,7 +36,12 @@ pub struct PendingMessage {
     pub body: String,
     /// Server timestamp, Unix milliseconds.
     pub sent_at: i64,
+    /// See [`NewPending::order_key`].
+    pub order_key: i64,
 }
+
+/// Where a fetch has got to: the delivery order key of the last message taken.
+pub type PendingCursor = (i64, i64);
 
 /// Stores every message in one transaction (one commit, one fsync) and returns their
 /// sequence numbers in the same order. All or nothing.
@@ -43,14 +51,21 @@ pub fn store_pending(
 ) -> Result<Vec<i64>, StoreError> {
     let mut tx = client.transaction()?;
     let insert = tx.prepare(
-        "INSERT INTO pending (recipient, sender, msg_id, body, sent_at)
-         VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+        "INSERT INTO pending (recipient, sender, msg_id, body, sent_at, order_key)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
     )?;
     let mut seqs = Vec::with_capacity(messages.len());
     for m in messages {
         let row = tx.query_one(
             &insert,
-            &[&m.recipient, &m.sender, &m.msg_id, &m.body, &m.sent_at],
+            &[
+                &m.recipient,
+                &m.sender,
+                &m.msg_id,
+                &m.body,
+                &m.sent_at,
+                &m.order_key,
+            ],
         )?;
         seqs.push(row.get(0));
     }
@@ -58,17 +73,20 @@ pub fn store_pending(
     Ok(seqs)
 }
 
-/// Up to `limit` stored messages for `recipient` with `seq > after`, oldest first.
+/// Up to `limit` stored messages for `recipient` after `after` (`None`: from the
+/// start), in delivery order: acceptance time, then the accepting server's counter.
 pub fn take_pending(
     client: &mut postgres::Client,
     recipient: &str,
-    after: i64,
+    after: Option<PendingCursor>,
     limit: i64,
 ) -> Result<Vec<PendingMessage>, StoreError> {
+    let (sent_at, order_key) = after.unwrap_or((i64::MIN, i64::MIN));
     let rows = client.query(
-        "SELECT seq, recipient, sender, msg_id, body, sent_at FROM pending
-         WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        &[&recipient, &after, &limit],
+        "SELECT seq, recipient, sender, msg_id, body, sent_at, order_key FROM pending
+         WHERE recipient = $1 AND (sent_at, order_key) > ($2, $3)
+         ORDER BY sent_at, order_key LIMIT $4",
+        &[&recipient, &sent_at, &order_key, &limit],
     )?;
     Ok(rows
         .iter()
@@ -79,6 +97,7 @@ pub fn take_pending(
             msg_id: r.get(3),
             body: r.get(4),
             sent_at: r.get(5),
+            order_key: r.get(6),
         })
         .collect())
 }

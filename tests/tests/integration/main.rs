@@ -8,6 +8,7 @@ mod e2e;
 mod membership;
 mod messages;
 mod shutdown;
+mod slow_consumer;
 mod tickets;
 mod tls;
 

@@ -1,0 +1,85 @@
+//! A client that stops reading: it is cut off once its bounded queue is full, nobody
+//! else waits for it, and what it missed is stored for its return.
+
+use crate::WAIT;
+use fastchat_client::OkResult;
+use fastchat_common::e2e::{seal_key_backup, UserKeys};
+use fastchat_common::password::login_secret;
+use fastchat_tests::{next_message, wait_until, Cluster};
+use serde_json::json;
+
+/// Messages of about 60 KB: 400 of them are far more than the socket buffers and the
+/// server's 8 MiB per-client queue together.
+const FLOOD: usize = 400;
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_without_delaying_anyone_and_loses_nothing() {
+    let cluster = Cluster::start(2);
+    // sloth logs in by hand on server-1, then never reads again.
+    let keys = UserKeys::generate().unwrap();
+    let mut sloth = cluster.raw(&cluster.servers[0].addr);
+    let ticket = cluster.ticket_signer().sign("server-1").unwrap();
+    sloth.send_json(&json!({"req": 0, "type": "hello", "version": 1, "ticket": ticket}));
+    assert_eq!(sloth.recv().unwrap()["type"], "ok");
+    sloth.send_json(&json!({
+        "req": 1, "type": "signup", "user": "sloth",
+        "password": login_secret("sloth", "sloth-password"),
+        "public_key": keys.public_pem(),
+        "key_backup": seal_key_backup(&keys, "sloth-password"),
+    }));
+    assert_eq!(sloth.recv().unwrap()["type"], "ok");
+
+    let alice = cluster.user("alice", Some("server-2"));
+    let bob = cluster.user("bob", Some("server-1"));
+    let carol = cluster.user("carol", Some("server-2"));
+
+    let flood = std::thread::spawn(move || {
+        let handles: Vec<_> = (0..FLOOD)
+            .map(|i| {
+                alice
+                    .send_text("sloth", &format!("{i:05} {}", "z".repeat(60_000)))
+                    .1
+            })
+            .collect();
+        let mut stored = 0;
+        for h in handles {
+            match h.wait(WAIT * 4) {
+                Ok(Some(OkResult::Sent { stored: s, .. })) => stored += usize::from(s),
+                other => panic!("a message to sloth was not accepted: {other:?}"),
+            }
+        }
+        (alice, stored)
+    });
+
+    // While sloth's queue fills and it is cut off, bob (on sloth's server) keeps
+    // getting carol's messages, each within the usual bounded wait.
+    for i in 0..20 {
+        carol
+            .send_text("bob", &format!("note {i}"))
+            .1
+            .wait(WAIT)
+            .unwrap();
+        assert_eq!(
+            next_message(&bob, WAIT),
+            ("carol".into(), format!("note {i}"))
+        );
+    }
+
+    let (_alice, stored) = flood.join().unwrap();
+    assert!(stored > 0, "sloth never read, so messages were stored");
+    wait_until("server-1 to cut the slow consumer", WAIT, || {
+        cluster.log("server-1").contains("closing slow consumer")
+    });
+
+    // sloth comes back with a real client: everything arrives, in order, once.
+    let sloth = cluster.client_on("server-2");
+    sloth.login("sloth", "sloth-password").unwrap();
+    for i in 0..FLOOD {
+        let (from, text) = next_message(&sloth, WAIT);
+        assert_eq!(from, "alice");
+        assert_eq!(&text[..5], format!("{i:05}"), "message {i} out of order");
+    }
+    wait_until("every stored message to be acknowledged", WAIT, || {
+        cluster.pending_count() == 0
+    });
+}
