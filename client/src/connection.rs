@@ -1,28 +1,27 @@
-//! `Client`: one connection to a FastChat server, with a reader thread that dispatches
-//! replies and events and a writer thread that batches frames and acknowledgements.
+//! `Client`: a logged-in presence in the cluster that survives its connections. Each
+//! connection is a `Link` (`link.rs`); when the installed link ends, the client asks the
+//! balancer for a server again, resumes the session with its resumption token, and
+//! re-sends what was not answered, in order. Requests made meanwhile wait for it.
 
-use crate::balancer::ask_balancer;
 use crate::error::ClientError;
 use crate::inbox::{run_inbox, Incoming};
 use crate::keyring::{Identity, Keyring};
+use crate::link::{self, Link};
 use crate::payload::Payload;
-use crate::transport::{connect, TlsConn, TlsRead, TlsWrite, Trust, NET_TIMEOUT};
+use crate::transport::{Trust, NET_TIMEOUT};
 use crossbeam_channel::{Receiver, Sender};
 use fastchat_common::e2e::{open_key_backup, seal_direct, seal_key_backup, PublicKey, UserKeys};
-use fastchat_common::frame::{encode_frame, read_frame, write_frame, MAX_CLIENT_FRAME};
 use fastchat_common::ids::new_message_id;
 use fastchat_common::password::login_secret;
-use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
-use fastchat_common::protocol::{UnixMillis, MAX_TEXT_BYTES, PROTOCOL_VERSION};
+use fastchat_common::protocol::client::{OkResult, Request, RequestBody};
+use fastchat_common::protocol::{UnixMillis, MAX_TEXT_BYTES};
 use fastchat_common::{Blob, ErrorCode};
 use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::io::{BufReader, Write};
-use std::net::{Shutdown, TcpStream};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How to reach the cluster, and whom to trust there.
 #[derive(Clone)]
@@ -100,7 +99,19 @@ pub enum Event {
         /// The server's reason.
         reason: String,
     },
-    /// The connection ended.
+    /// The connection to the server was lost; the client is reconnecting and will
+    /// resume the session (requests wait meanwhile).
+    Reconnecting {
+        /// Why the connection ended.
+        reason: String,
+    },
+    /// The session resumed on `server`; what was not answered has been sent again.
+    Reconnected {
+        /// The server now in use.
+        server: String,
+    },
+    /// The connection ended for good (not logged in, the session was replaced, the
+    /// resumption was refused, or reconnecting failed for too long).
     Disconnected {
         /// Why.
         reason: String,
@@ -142,24 +153,254 @@ impl ReplyHandle {
     }
 }
 
-/// What the writer thread sends.
+/// What a link's writer thread sends.
 pub(crate) enum Out {
     Frame(Vec<u8>),
     Ack(u64),
 }
 
-/// What the threads of one connection share.
+/// A request waiting for its reply.
+struct Waiter {
+    tx: Sender<Reply>,
+    /// The frame, kept to send again after a reconnect (`None`: a request whose outcome
+    /// would be ambiguous after a lost connection, such as `login`; it fails instead).
+    resend: Option<Vec<u8>>,
+    /// The link it was sent on (0: not sent yet).
+    sent_on: u64,
+}
+
+/// How long the client keeps trying to reconnect before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// What the client's threads share, across links.
 pub(crate) struct Inner {
+    pub(crate) config: ClientConfig,
     next_req: AtomicU64,
-    waiting: Mutex<HashMap<u64, Sender<Reply>>>,
-    pub(crate) out: Sender<Out>,
+    waiting: Mutex<BTreeMap<u64, Waiter>>,
+    /// The installed link; `None` while reconnecting or closed.
+    link: Mutex<Option<Link>>,
+    next_link: AtomicU64,
+    /// The server last connected to.
+    server: Mutex<String>,
+    /// Set when the client is closed or has given up: no more reconnects.
     closed: AtomicBool,
-    stream: TcpStream,
     pub(crate) keyring: Keyring,
-    /// Counts the sessions begun on this connection (each `ok {kind: session}` the
-    /// reader sees). Pushed messages carry the count they arrived under; the inbox
-    /// drops, unacknowledged, those of an earlier session, whose tags mean nothing now.
+    /// Counts the sessions begun (each `ok {kind: session}` a reader sees). Pushed
+    /// messages carry the count they arrived under; the inbox drops, unacknowledged,
+    /// those of an earlier session, whose tags mean nothing now.
     pub(crate) session: AtomicU64,
+    /// (user, token) to resume the session with after losing the link.
+    pub(crate) resume: Mutex<Option<(String, String)>>,
+    pub(crate) events: Sender<Event>,
+    pub(crate) inbox: Sender<Incoming>,
+}
+
+impl Inner {
+    /// Hands a reply to its waiter.
+    pub(crate) fn reply(&self, req: u64, reply: Reply) {
+        if let Some(w) = self.waiting.lock().remove(&req) {
+            let _ = w.tx.send(reply);
+        }
+    }
+
+    /// Acknowledges a pushed message, if the session it came in is still the current
+    /// one (otherwise its tag would name another message).
+    pub(crate) fn ack(&self, session: u64, tag: u64) {
+        let link = self.link.lock();
+        if let Some(link) = link.as_ref() {
+            if self.session.load(Ordering::Acquire) == session {
+                let _ = link.out.send(Out::Ack(tag));
+            }
+        }
+    }
+
+    /// Fails every waiter, and stops reconnecting.
+    fn give_up(&self, reason: &str) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(link) = self.link.lock().take() {
+            link.cut();
+        }
+        let waiting = std::mem::take(&mut *self.waiting.lock());
+        for (_, w) in waiting {
+            let _ = w.tx.send(Err(ClientError::disconnected(reason)));
+        }
+    }
+}
+
+/// Whether a request can be sent again after a lost connection without changing its
+/// meaning: messages (the recipient drops duplicates by id) and reads.
+fn resendable(body: &RequestBody) -> bool {
+    matches!(
+        body,
+        RequestBody::Send { .. }
+            | RequestBody::PublicKey { .. }
+            | RequestBody::ConversationKey { .. }
+            | RequestBody::Ping
+    )
+}
+
+/// Sends a request on the installed link, or keeps it for the next one while
+/// reconnecting; the reply arrives on the handle.
+fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
+    if inner.closed.load(Ordering::Acquire) {
+        return ReplyHandle::ready(Err(ClientError::disconnected("connection closed")));
+    }
+    let req = inner.next_req.fetch_add(1, Ordering::Relaxed);
+    let resend = resendable(&body);
+    let frame = serde_json::to_vec(&Request { req, body }).expect("serializes");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let link = inner.link.lock();
+    match link.as_ref() {
+        Some(link) => {
+            let waiter = Waiter {
+                tx,
+                resend: resend.then(|| frame.clone()),
+                sent_on: link.id,
+            };
+            inner.waiting.lock().insert(req, waiter);
+            let _ = link.out.send(Out::Frame(frame));
+        }
+        None if resend => {
+            let waiter = Waiter {
+                tx,
+                resend: Some(frame),
+                sent_on: 0,
+            };
+            inner.waiting.lock().insert(req, waiter);
+        }
+        None => {
+            return ReplyHandle::ready(Err(ClientError::disconnected(
+                "reconnecting; try again shortly",
+            )))
+        }
+    }
+    drop(link);
+    // The client may have given up just before we registered.
+    if inner.closed.load(Ordering::Acquire) {
+        inner.reply(req, Err(ClientError::disconnected("connection closed")));
+    }
+    ReplyHandle { rx }
+}
+
+/// Sends a request and waits for its reply, at most `timeout`.
+pub(crate) fn call(inner: &Inner, body: RequestBody, timeout: Duration) -> Reply {
+    send_request(inner, body).wait(timeout)
+}
+
+/// Called by a link's reader when the link ends. Requests sent on it that cannot be
+/// re-sent fail. If it was the installed link, the client reconnects (on this thread)
+/// when it has a session to resume, and otherwise reports `Disconnected`.
+pub(crate) fn link_ended(inner: &Arc<Inner>, link_id: u64, reason: String) {
+    {
+        let mut waiting = inner.waiting.lock();
+        let failed: Vec<u64> = waiting
+            .iter()
+            .filter(|(_, w)| w.sent_on == link_id && w.resend.is_none())
+            .map(|(req, _)| *req)
+            .collect();
+        for req in failed {
+            if let Some(w) = waiting.remove(&req) {
+                let _ = w.tx.send(Err(ClientError::disconnected(&reason)));
+            }
+        }
+    }
+    {
+        let mut link = inner.link.lock();
+        if link.as_ref().map(|l| l.id) != Some(link_id) {
+            return; // a link that was never installed, or already replaced
+        }
+        if let Some(old) = link.take() {
+            old.cut();
+        }
+    }
+    if inner.closed.load(Ordering::Acquire) || inner.resume.lock().is_none() {
+        inner.give_up(&reason);
+        let _ = inner.events.send(Event::Disconnected { reason });
+        return;
+    }
+    let _ = inner.events.send(Event::Reconnecting {
+        reason: reason.clone(),
+    });
+    reconnect(inner);
+}
+
+/// Reconnects and resumes, retrying with backoff for up to [`RECONNECT_FOR`].
+fn reconnect(inner: &Arc<Inner>) {
+    let deadline = Instant::now() + RECONNECT_FOR;
+    let mut delay = Duration::from_millis(100);
+    let reason = loop {
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        match resume_on_new_link(inner) {
+            Ok(server) => {
+                let _ = inner.events.send(Event::Reconnected { server });
+                return;
+            }
+            Err(e)
+                if e.code == ErrorCode::ResumeRefused || e.code == ErrorCode::UntrustedServer =>
+            {
+                break e.to_string();
+            }
+            Err(e) => {
+                log::info!("reconnect failed: {e}");
+                if Instant::now() + delay > deadline {
+                    break e.to_string();
+                }
+            }
+        }
+        thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(1));
+    };
+    inner.give_up(&reason);
+    let _ = inner.events.send(Event::Disconnected { reason });
+}
+
+/// One attempt: a new link, `resume` on it, then install it and send again, in order,
+/// every request still waiting.
+fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
+    let (user, token) = inner
+        .resume
+        .lock()
+        .clone()
+        .ok_or_else(|| ClientError::new(ErrorCode::ResumeRefused, "no session to resume"))?;
+    let id = inner.next_link.fetch_add(1, Ordering::Relaxed) + 1;
+    let link = link::start(inner, id)?;
+    let req = inner.next_req.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    inner.waiting.lock().insert(
+        req,
+        Waiter {
+            tx,
+            resend: None,
+            sent_on: id,
+        },
+    );
+    let frame = serde_json::to_vec(&Request {
+        req,
+        body: RequestBody::Resume { user, token },
+    })
+    .expect("serializes");
+    let _ = link.out.send(Out::Frame(frame));
+    let resumed = ReplyHandle { rx }.wait(NET_TIMEOUT);
+    if let Err(e) = resumed {
+        inner.waiting.lock().remove(&req);
+        link.cut();
+        return Err(e);
+    }
+    let server = link.server.clone();
+    let mut installed = inner.link.lock();
+    let mut waiting = inner.waiting.lock();
+    for w in waiting.values_mut() {
+        if let Some(frame) = &w.resend {
+            w.sent_on = id;
+            let _ = link.out.send(Out::Frame(frame.clone()));
+        }
+    }
+    drop(waiting);
+    *installed = Some(link);
+    *inner.server.lock() = server.clone();
+    Ok(server)
 }
 
 /// Longest password accepted, in bytes (the server's limit on what it is sent).
@@ -176,123 +417,49 @@ fn check_password(password: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Sends a request on the connection; the reply arrives on the handle.
-fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
-    let req = inner.next_req.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    if inner.closed.load(Ordering::Acquire) {
-        return ReplyHandle::ready(Err(ClientError::disconnected("connection closed")));
-    }
-    inner.waiting.lock().insert(req, tx);
-    let frame = serde_json::to_vec(&Request { req, body }).expect("serializes");
-    if inner.out.send(Out::Frame(frame)).is_err() {
-        inner.waiting.lock().remove(&req);
-        return ReplyHandle::ready(Err(ClientError::disconnected("connection closed")));
-    }
-    // The reader may have failed every waiter just before we registered.
-    if inner.closed.load(Ordering::Acquire) {
-        if let Some(tx) = inner.waiting.lock().remove(&req) {
-            let _ = tx.send(Err(ClientError::disconnected("connection closed")));
-        }
-    }
-    ReplyHandle { rx }
-}
-
-/// Sends a request and waits for its reply, at most `timeout`.
-pub(crate) fn call(inner: &Inner, body: RequestBody, timeout: Duration) -> Reply {
-    send_request(inner, body).wait(timeout)
-}
-
-/// A connection to one server of the cluster.
+/// A client of the cluster: connected through the balancer, reconnecting by itself.
 pub struct Client {
     inner: Arc<Inner>,
     events: Receiver<Event>,
-    server: String,
 }
 
 impl Client {
     /// Asks the balancer for a server, connects and says hello.
     pub fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
-        let assignment = ask_balancer(config)?;
-        let keyring = Keyring::new(config.home.clone());
-        let mut conn = connect(&config.trust, &assignment.addr)?;
-        let hello = Request {
-            req: 0,
-            body: RequestBody::Hello {
-                version: PROTOCOL_VERSION,
-                ticket: assignment.ticket,
-            },
-        };
-        write_frame(
-            &mut conn.writer,
-            &serde_json::to_vec(&hello).expect("serializes"),
-        )
-        .and_then(|_| conn.writer.flush())
-        .map_err(ClientError::disconnected)?;
-        let reply = read_frame(&mut conn.reader, MAX_CLIENT_FRAME)
-            .map_err(ClientError::disconnected)?
-            .ok_or_else(|| ClientError::disconnected("the server closed the connection"))?;
-        match serde_json::from_slice::<ServerFrame>(&reply) {
-            Ok(ServerFrame::Ok { .. }) => {}
-            Ok(ServerFrame::Error { code, message, .. }) => {
-                return Err(ClientError::new(code, message))
-            }
-            other => {
-                return Err(ClientError::disconnected(format!(
-                    "unexpected answer to hello: {other:?}"
-                )))
-            }
-        }
-        let _ = conn.socket.set_read_timeout(None);
-        Self::start(conn, assignment.server, keyring)
-    }
-
-    fn start(conn: TlsConn, server: String, keyring: Keyring) -> Result<Client, ClientError> {
-        let TlsConn {
-            socket,
-            reader,
-            writer,
-        } = conn;
-        let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
-        let inner = Arc::new(Inner {
-            next_req: AtomicU64::new(1),
-            waiting: Mutex::new(HashMap::new()),
-            out: out_tx,
-            closed: AtomicBool::new(false),
-            stream: socket.try_clone().map_err(ClientError::disconnected)?,
-            keyring,
-            session: AtomicU64::new(0),
-        });
         let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
+        let inner = Arc::new(Inner {
+            config: config.clone(),
+            next_req: AtomicU64::new(1),
+            waiting: Mutex::new(BTreeMap::new()),
+            link: Mutex::new(None),
+            next_link: AtomicU64::new(1),
+            server: Mutex::new(String::new()),
+            closed: AtomicBool::new(false),
+            keyring: Keyring::new(config.home.clone()),
+            session: AtomicU64::new(0),
+            resume: Mutex::new(None),
+            events: events_tx.clone(),
+            inbox: inbox_tx,
+        });
+        let first = link::start(&inner, 1)?;
+        *inner.server.lock() = first.server.clone();
+        *inner.link.lock() = Some(first);
         let inbox_inner = inner.clone();
-        let inbox_events = events_tx.clone();
         thread::Builder::new()
             .name("fastchat-inbox".into())
             .stack_size(256 * 1024)
-            .spawn(move || run_inbox(inbox_inner, inbox_rx, inbox_events))
-            .map_err(ClientError::disconnected)?;
-        thread::Builder::new()
-            .name("fastchat-writer".into())
-            .stack_size(128 * 1024)
-            .spawn(move || write_loop(writer, socket, out_rx))
-            .map_err(ClientError::disconnected)?;
-        let reader_inner = inner.clone();
-        thread::Builder::new()
-            .name("fastchat-reader".into())
-            .stack_size(256 * 1024)
-            .spawn(move || read_loop(reader, reader_inner, inbox_tx, events_tx))
+            .spawn(move || run_inbox(inbox_inner, inbox_rx, events_tx))
             .map_err(ClientError::disconnected)?;
         Ok(Client {
             inner,
             events: events_rx,
-            server,
         })
     }
 
-    /// The name of the server we are connected to.
-    pub fn server(&self) -> &str {
-        &self.server
+    /// The name of the server we are (or were last) connected to.
+    pub fn server(&self) -> String {
+        self.inner.server.lock().clone()
     }
 
     /// Pushed events, in arrival order.
@@ -418,6 +585,7 @@ impl Client {
 
     /// Logs out (blocking).
     pub fn logout(&self) -> Reply {
+        *self.inner.resume.lock() = None;
         let reply = self.request(RequestBody::Logout).wait(NET_TIMEOUT);
         self.inner.keyring.clear();
         reply
@@ -485,134 +653,32 @@ impl Client {
 
     /// Sends raw bytes as one frame (tests use it to send malformed requests).
     pub fn send_raw_frame(&self, body: Vec<u8>) {
-        let _ = self.inner.out.send(Out::Frame(body));
+        if let Some(link) = self.inner.link.lock().as_ref() {
+            let _ = link.out.send(Out::Frame(body));
+        }
     }
 
-    /// Whether the connection has ended.
+    /// Whether the client is closed for good (closed, or it gave up reconnecting).
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
 
-    /// Closes the connection now.
+    /// Cuts the current connection as if the network had failed: a logged-in client
+    /// reconnects and resumes (tests use it).
+    pub fn drop_connection(&self) {
+        if let Some(link) = self.inner.link.lock().as_ref() {
+            link.cut();
+        }
+    }
+
+    /// Closes the client now; it does not reconnect.
     pub fn close(&self) {
-        let _ = self.inner.stream.shutdown(Shutdown::Both);
+        self.inner.give_up("closed by the client");
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-fn write_loop(mut stream: TlsWrite, socket: TcpStream, rx: Receiver<Out>) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut acks = Vec::new();
-    while let Ok(first) = rx.recv() {
-        buf.clear();
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Out::Frame(body) => {
-                    flush_acks(&mut acks, &mut buf);
-                    encode_frame(&body, &mut buf);
-                }
-                Out::Ack(tag) => acks.push(tag),
-            }
-            if buf.len() < 256 * 1024 {
-                next = rx.try_recv().ok();
-            }
-        }
-        flush_acks(&mut acks, &mut buf);
-        if stream.write_all(&buf).is_err() {
-            break;
-        }
-    }
-    let _ = socket.shutdown(Shutdown::Both);
-}
-
-fn flush_acks(acks: &mut Vec<u64>, buf: &mut Vec<u8>) {
-    if acks.is_empty() {
-        return;
-    }
-    let ack = Request {
-        req: 0,
-        body: RequestBody::Ack {
-            tags: std::mem::take(acks),
-        },
-    };
-    encode_frame(&serde_json::to_vec(&ack).expect("serializes"), buf);
-}
-
-fn read_loop(stream: TlsRead, inner: Arc<Inner>, inbox: Sender<Incoming>, events: Sender<Event>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    let reason = loop {
-        let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
-            Ok(Some(body)) => body,
-            Ok(None) => break "the server closed the connection".to_string(),
-            Err(e) => break e.to_string(),
-        };
-        let frame = match serde_json::from_slice::<ServerFrame>(&body) {
-            Ok(f) => f,
-            Err(e) => {
-                log::warn!("unreadable frame from the server: {e}");
-                continue;
-            }
-        };
-        match frame {
-            ServerFrame::Ok { req, result } => {
-                if matches!(result, Some(OkResult::Session { .. })) {
-                    inner.session.fetch_add(1, Ordering::AcqRel);
-                }
-                reply(&inner, req, Ok(result))
-            }
-            ServerFrame::Error {
-                req: Some(req),
-                code,
-                message,
-            } => reply(&inner, req, Err(ClientError::new(code, message))),
-            ServerFrame::Error {
-                req: None,
-                code,
-                message,
-            } => log::warn!("server error: {code}: {message}"),
-            ServerFrame::Message {
-                tag,
-                id,
-                from,
-                to,
-                body,
-                sent_at,
-            } => {
-                let _ = inbox.send(Incoming {
-                    session: inner.session.load(Ordering::Acquire),
-                    tag,
-                    id,
-                    from,
-                    to,
-                    body,
-                    sent_at,
-                });
-            }
-            ServerFrame::SessionReplaced => {
-                let _ = events.send(Event::SessionReplaced);
-            }
-            ServerFrame::Reconnect { reason } => {
-                let _ = events.send(Event::Reconnect { reason });
-            }
-        }
-    };
-    inner.closed.store(true, Ordering::Release);
-    let waiting: Vec<Sender<Reply>> = inner.waiting.lock().drain().map(|(_, tx)| tx).collect();
-    for tx in waiting {
-        let _ = tx.send(Err(ClientError::disconnected(&reason)));
-    }
-    let _ = inner.stream.shutdown(Shutdown::Both);
-    let _ = events.send(Event::Disconnected { reason });
-}
-
-fn reply(inner: &Inner, req: u64, reply: Reply) {
-    if let Some(tx) = inner.waiting.lock().remove(&req) {
-        let _ = tx.send(reply);
     }
 }

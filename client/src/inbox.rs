@@ -2,7 +2,7 @@
 //! duplicates, turns it into an event and acknowledges it. It runs apart from the
 //! reader so that waiting on a key fetch never stops replies from being read.
 
-use crate::connection::{call, Event, Inner, Out};
+use crate::connection::{call, Event, Inner};
 use crate::error::ClientError;
 use crate::keyring::Identity;
 use crate::payload::Payload;
@@ -140,7 +140,7 @@ pub(crate) fn run_inbox(inner: Arc<Inner>, rx: Receiver<Incoming>, events: Sende
             continue;
         }
         if dedup.contains(&m.from, &m.id) {
-            let _ = inner.out.send(Out::Ack(m.tag));
+            inner.ack(m.session, m.tag);
             continue;
         }
         let Some(me) = inner.keyring.wait_identity(IDENTITY_WAIT) else {
@@ -161,7 +161,7 @@ pub(crate) fn run_inbox(inner: Arc<Inner>, rx: Receiver<Incoming>, events: Sende
                     text,
                     sent_at: m.sent_at,
                 });
-                let _ = inner.out.send(Out::Ack(m.tag));
+                inner.ack(m.session, m.tag);
             }
             Outcome::Refused(error) => {
                 dedup.insert(&m.from, &m.id);
@@ -170,7 +170,7 @@ pub(crate) fn run_inbox(inner: Arc<Inner>, rx: Receiver<Incoming>, events: Sende
                     from: m.from,
                     error,
                 });
-                let _ = inner.out.send(Out::Ack(m.tag));
+                inner.ack(m.session, m.tag);
             }
             Outcome::Retry(e) => {
                 log::warn!("message {} from {} left for later: {e}", m.id, m.from);

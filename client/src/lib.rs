@@ -8,6 +8,7 @@ mod connection;
 mod error;
 mod inbox;
 mod keyring;
+mod link;
 mod payload;
 mod transport;
 

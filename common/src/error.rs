@@ -49,6 +49,9 @@ pub enum ErrorCode {
     AlreadyMember,
     /// The group has reached its maximum size.
     GroupFull,
+    /// A `resume` with a token that is unknown, used up, expired or another user's: log
+    /// in with the password.
+    ResumeRefused,
     /// The key asked for (a conversation key, a group epoch) is not stored.
     UnknownKey,
     /// A message that fails to decrypt or verify (reported by the client).
@@ -96,6 +99,7 @@ impl ErrorCode {
             ErrorCode::UnknownGroup => "unknown_group",
             ErrorCode::AlreadyMember => "already_member",
             ErrorCode::GroupFull => "group_full",
+            ErrorCode::ResumeRefused => "resume_refused",
             ErrorCode::UnknownKey => "unknown_key",
             ErrorCode::Undecryptable => "undecryptable",
             ErrorCode::UntrustedServer => "untrusted_server",

@@ -7,6 +7,7 @@ mod heartbeat;
 mod inflight;
 mod keys;
 mod mesh;
+mod resume;
 mod router;
 mod session;
 mod session_handle;
@@ -104,6 +105,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         known_users: Default::default(),
         orphaned: Default::default(),
         fences: Default::default(),
+        storing: Default::default(),
     });
 
     let weak = Arc::downgrade(&state);

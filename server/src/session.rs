@@ -6,6 +6,7 @@
 
 use crate::conn::{out_queue, spawn_writer, to_body, OutQueue, Outgoing};
 use crate::keys;
+use crate::resume;
 use crate::router::Location;
 use crate::session_handle::SessionHandle;
 use crate::state::{ServerState, LINK_WAIT};
@@ -78,6 +79,8 @@ struct ClientConn {
     socket: TcpStream,
     greeted: bool,
     session: Option<SessionHandle>,
+    /// The hash of the resumption token issued to this session (revoked at logout).
+    resume_hash: Option<String>,
 }
 
 /// Serves one client connection until it ends; runs on the connection's reader thread.
@@ -118,6 +121,7 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         socket,
         greeted: false,
         session: None,
+        resume_hash: None,
     };
     loop {
         match read_frame(&mut reader, MAX_CLIENT_FRAME) {
@@ -212,6 +216,7 @@ impl ClientConn {
             } => self.signup(req, &user, &password, &public_key, &key_backup),
             RequestBody::Login { user, password } => self.login(req, &user, &password),
             RequestBody::Logout => self.logout(req),
+            RequestBody::Resume { user, token } => self.resume(req, &user, &token),
             RequestBody::Passwd {
                 old,
                 new,
@@ -350,7 +355,8 @@ impl ClientConn {
             Err(e) => return Err(store_refusal(e)),
         }
         drop(db);
-        self.start_session(req, user, None)
+        let token = resume::issue(&self.state, user);
+        self.start_session(req, user, None, token)
     }
 
     fn login(&mut self, req: u64, user: &str, password: &str) -> Result<(), Refusal> {
@@ -367,7 +373,9 @@ impl ClientConn {
         };
         match stored {
             Some(a) if verify_password(password, &a.credentials.password_hash) => {
-                self.start_session(req, user, Some((a.credentials.key_backup, a.public_key)))
+                let token = resume::issue(&self.state, user);
+                let keys = Some((a.credentials.key_backup, a.public_key));
+                self.start_session(req, user, keys, token)
             }
             Some(_) => wrong(),
             None => {
@@ -386,7 +394,9 @@ impl ClientConn {
         req: u64,
         user: &str,
         keys: Option<(String, String)>,
+        resume_token: Option<(String, String)>,
     ) -> Result<(), Refusal> {
+        self.resume_hash = resume_token.as_ref().map(|(_, hash)| hash.clone());
         let state = &self.state;
         let socket = self.socket.try_clone().map_err(|e| {
             log::error!("cannot clone a socket: {e}");
@@ -420,6 +430,7 @@ impl ClientConn {
                 user: user.to_string(),
                 key_backup: keys.as_ref().map(|k| k.0.clone()),
                 public_key: keys.map(|k| k.1),
+                resume_token: resume_token.map(|(token, _)| token),
             }),
         );
         // The new session is syncing: the fetcher pushes stored messages, then the live
@@ -433,8 +444,23 @@ impl ClientConn {
             return refuse(ErrorCode::NotLoggedIn, "not logged in");
         }
         self.end_session();
+        if let Some(hash) = self.resume_hash.take() {
+            resume::revoke(&self.state, &hash);
+        }
         self.ok(req, None);
         Ok(())
+    }
+
+    /// `resume`: a login with a resumption token instead of the password.
+    fn resume(&mut self, req: u64, user: &str, token: &str) -> Result<(), Refusal> {
+        if self.session.is_some() {
+            return refuse(ErrorCode::AlreadyLoggedIn, "log out first");
+        }
+        if !is_valid_name(user) || token.len() > 128 {
+            return refuse(ErrorCode::ResumeRefused, "unknown resumption token");
+        }
+        let next = resume::redeem(&self.state, user, token)?;
+        self.start_session(req, user, None, Some(next))
     }
 
     /// Ends the session, if any: unacknowledged live messages go back to be stored, and

@@ -48,6 +48,10 @@ pub struct ServerState {
     /// Users we stored messages for while we knew no server for them: when one shows up
     /// on a peer, that peer is told to fetch.
     pub orphaned: Mutex<HashSet<String>>,
+    /// Per recipient, messages queued to the store thread and not yet committed and
+    /// hinted. While a recipient has any, newer messages to it are stored too, so that
+    /// they cannot overtake the stored ones by going live.
+    pub storing: Mutex<HashMap<String, usize>>,
     /// Fences awaiting acknowledgement: token -> where each ack is signalled.
     pub fences: Mutex<HashMap<u64, Sender<()>>>,
 }
@@ -80,6 +84,10 @@ impl ServerState {
     /// Routes a direct message accepted from `sender` (request `req`). The sender is
     /// answered later, from whichever thread ends the message's flight.
     pub fn route_message(&self, sender: &SessionHandle, req: u64, message: NewPending) {
+        if self.storing.lock().contains_key(&message.recipient) {
+            // Older messages to this recipient are on their way to storage: follow them.
+            return self.store_for(sender, req, message);
+        }
         match self.router.locate(&message.recipient) {
             Some(Location::Local(session)) => {
                 let delivery = delivery_of(&message);
@@ -114,6 +122,11 @@ impl ServerState {
     }
 
     fn store_for(&self, sender: &SessionHandle, req: u64, message: NewPending) {
+        *self
+            .storing
+            .lock()
+            .entry(message.recipient.clone())
+            .or_default() += 1;
         let reply = StoreReply::Sender {
             session: sender.clone(),
             req,
@@ -212,6 +225,19 @@ impl ServerState {
                 }
             }
             None => {}
+        }
+    }
+
+    /// The store thread is done with these messages (committed and hinted, or failed).
+    pub fn done_storing<'a>(&self, recipients: impl Iterator<Item = &'a str>) {
+        let mut storing = self.storing.lock();
+        for user in recipients {
+            if let Some(n) = storing.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    storing.remove(user);
+                }
+            }
         }
     }
 

@@ -114,9 +114,12 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, dele
             for user in recipients {
                 state.hint_pending(user);
             }
+            // Only after the hints: a newer message may go live now, behind them.
+            state.done_storing(messages.iter().map(|m| m.recipient.as_str()));
         }
         Err(e) => {
             log::error!("could not store {} messages: {e}", messages.len());
+            state.done_storing(messages.iter().map(|m| m.recipient.as_str()));
             let code = if e.is_unavailable() {
                 ErrorCode::Unavailable
             } else {

@@ -30,7 +30,11 @@ impl fmt::Display for StoreError {
             StoreError::NameTaken => f.write_str("name taken"),
             StoreError::NotFound => f.write_str("referenced row not found"),
             StoreError::Unavailable(e) => write!(f, "database unavailable: {e}"),
-            StoreError::Db(e) => write!(f, "database error: {e}"),
+            // postgres::Error says only "db error"; the server's message is the useful part.
+            StoreError::Db(e) => match e.as_db_error() {
+                Some(db) => write!(f, "database error: {}: {}", db.code().code(), db.message()),
+                None => write!(f, "database error: {e}"),
+            },
         }
     }
 }

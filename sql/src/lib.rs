@@ -8,6 +8,7 @@ mod migrate;
 mod pending;
 mod pool;
 mod presence;
+mod resume;
 mod servers;
 mod users;
 
@@ -19,6 +20,7 @@ pub use pending::{
 };
 pub use pool::{connect, pool, Pool, PooledClient};
 pub use presence::{clear_presence, clear_server_presence, set_presence};
+pub use resume::{issue_resume_token, redeem_resume_token, revoke_resume_token};
 pub use servers::{
     heartbeat, live_servers, mark_draining, register_server, remove_server, stale_servers,
     ServerRow,

@@ -12,6 +12,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "pending_order",
         include_str!("../migrations/0003_pending_order.sql"),
     ),
+    (
+        4,
+        "resume_tokens",
+        include_str!("../migrations/0004_resume_tokens.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming FastChat's migration lock among advisory locks.

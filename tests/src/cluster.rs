@@ -243,6 +243,30 @@ impl Cluster {
         RawConn::connect(addr, &self.ca())
     }
 
+    /// A user signed up by hand on server `index` over a `RawConn` (password
+    /// "{user}-password"), with keys of its own; it never reads unless asked and never
+    /// reconnects, unlike a `Client`.
+    pub fn raw_user(&self, user: &str, index: usize) -> RawConn {
+        use fastchat_common::e2e::{seal_key_backup, UserKeys};
+        let server = &self.servers[index];
+        let password = format!("{user}-password");
+        let keys = UserKeys::generate().expect("RSA keys");
+        let mut conn = self.raw(&server.addr);
+        let ticket = self.ticket_signer().sign(&server.name).expect("ticket");
+        conn.send_json(
+            &serde_json::json!({"req": 0, "type": "hello", "version": 1, "ticket": ticket}),
+        );
+        assert_eq!(conn.recv().expect("hello answered")["type"], "ok");
+        conn.send_json(&serde_json::json!({
+            "req": 1, "type": "signup", "user": user,
+            "password": fastchat_common::password::login_secret(user, &password),
+            "public_key": keys.public_pem(),
+            "key_backup": seal_key_backup(&keys, &password),
+        }));
+        assert_eq!(conn.recv().expect("signup answered")["type"], "ok");
+        conn
+    }
+
     /// A client connected through the balancer (not logged in).
     pub fn client(&self) -> Client {
         let config = self.config();

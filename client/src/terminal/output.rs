@@ -153,6 +153,18 @@ impl Output {
             (Mode::Human, Event::Reconnect { reason }) => {
                 self.line(&format!("* the server asks us to reconnect: {reason}"))
             }
+            (Mode::Json, Event::Reconnecting { reason }) => {
+                self.json(json!({"event": "reconnecting", "reason": reason}))
+            }
+            (Mode::Human, Event::Reconnecting { reason }) => {
+                self.line(&format!("* connection lost ({reason}); reconnecting"))
+            }
+            (Mode::Json, Event::Reconnected { server }) => {
+                self.json(json!({"event": "reconnected", "server": server}))
+            }
+            (Mode::Human, Event::Reconnected { server }) => {
+                self.line(&format!("* reconnected to {server}"))
+            }
             (Mode::Json, Event::Disconnected { reason }) => {
                 self.json(json!({"event": "disconnected", "reason": reason}))
             }

@@ -48,7 +48,16 @@ pub enum RequestBody {
         /// The password.
         password: String,
     },
-    /// End the session (the connection stays open for another login).
+    /// Log back in with the resumption token of an earlier session (after its server
+    /// went away), without the password. The token is used up; the `ok` carries a new one.
+    Resume {
+        /// The user name.
+        user: String,
+        /// The token from the last `session` result.
+        token: String,
+    },
+    /// End the session (the connection stays open for another login); revokes the
+    /// session's resumption token.
     Logout,
     /// Change the password: `old` must be right; `key_backup` is the private key
     /// re-sealed under `new`, replacing the old backup in the same transaction.
@@ -167,6 +176,9 @@ pub enum OkResult {
         /// stale cached private key from the account's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         public_key: Option<String>,
+        /// A resumption token: `resume` with it logs back in once, without the password.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
     },
     /// A user's public key.
     PublicKey {

@@ -5,6 +5,7 @@ mod accounts;
 mod bad_input;
 mod balancing;
 mod e2e;
+mod failover;
 mod membership;
 mod messages;
 mod shutdown;

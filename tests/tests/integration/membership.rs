@@ -1,8 +1,8 @@
 //! Servers joining a running cluster, and a server killed without warning.
 
 use crate::WAIT;
-use fastchat_client::{balancer_status, OkResult};
-use fastchat_tests::{next_message, wait_until, Cluster};
+use fastchat_client::{balancer_status, Event, OkResult};
+use fastchat_tests::{next_message, wait_event, wait_until, Cluster};
 use std::time::Duration;
 
 #[test]
@@ -31,8 +31,8 @@ fn a_killed_server_is_noticed_by_heartbeat_and_its_users_messages_are_stored() {
     let mut cluster = Cluster::start(3);
     let alice = cluster.user("alice", Some("server-1"));
     let bob = cluster.user("bob", Some("server-2"));
-    alice.send_text("bob", "before").1.wait(WAIT).unwrap();
-    assert_eq!(next_message(&bob, WAIT), ("alice".into(), "before".into()));
+    // dave is on server-2 through a hand-made connection, which does not reconnect.
+    let _dave = cluster.raw_user("dave", 1);
 
     assert!(
         cluster.signal_server(1, libc::SIGKILL, WAIT),
@@ -53,15 +53,25 @@ fn a_killed_server_is_noticed_by_heartbeat_and_its_users_messages_are_stored() {
         let c = fastchat_client::Client::connect(&config).unwrap();
         assert_ne!(c.server(), "server-2", "a dead server was assigned");
     }
-    // bob is offline for the survivors: a message to him is stored, not lost.
-    match alice.send_text("bob", "after").1.wait(WAIT) {
+    // dave is offline for the survivors: a message to him is stored, not lost.
+    match alice.send_text("dave", "after").1.wait(WAIT) {
         Ok(Some(OkResult::Sent { stored, .. })) => assert!(stored),
-        other => panic!("send to bob: {other:?}"),
+        other => panic!("send to dave: {other:?}"),
     }
     assert_eq!(cluster.pending_count(), 1);
-    // When bob comes back (elsewhere), he gets it.
-    drop(bob);
-    let bob = cluster.client();
-    bob.login("bob", "bob-password").unwrap();
-    assert_eq!(next_message(&bob, WAIT), ("alice".into(), "after".into()));
+    // bob's client reconnected elsewhere by itself and still gets messages.
+    let server = wait_event(&bob, WAIT, "bob to reconnect", |e| match e {
+        Event::Reconnected { server } => Some(server),
+        _ => None,
+    });
+    assert_ne!(server, "server-2");
+    alice.send_text("bob", "still there?").1.wait(WAIT).unwrap();
+    assert_eq!(
+        next_message(&bob, WAIT),
+        ("alice".into(), "still there?".into())
+    );
+    // When dave comes back, he gets his.
+    let dave = cluster.client();
+    dave.login("dave", "dave-password").unwrap();
+    assert_eq!(next_message(&dave, WAIT), ("alice".into(), "after".into()));
 }

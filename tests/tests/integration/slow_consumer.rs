@@ -3,10 +3,7 @@
 
 use crate::WAIT;
 use fastchat_client::OkResult;
-use fastchat_common::e2e::{seal_key_backup, UserKeys};
-use fastchat_common::password::login_secret;
 use fastchat_tests::{next_message, wait_until, Cluster};
-use serde_json::json;
 
 /// Messages of about 60 KB: 400 of them are far more than the socket buffers and the
 /// server's 8 MiB per-client queue together.
@@ -16,18 +13,7 @@ const FLOOD: usize = 400;
 fn a_client_that_stops_reading_is_cut_off_without_delaying_anyone_and_loses_nothing() {
     let cluster = Cluster::start(2);
     // sloth logs in by hand on server-1, then never reads again.
-    let keys = UserKeys::generate().unwrap();
-    let mut sloth = cluster.raw(&cluster.servers[0].addr);
-    let ticket = cluster.ticket_signer().sign("server-1").unwrap();
-    sloth.send_json(&json!({"req": 0, "type": "hello", "version": 1, "ticket": ticket}));
-    assert_eq!(sloth.recv().unwrap()["type"], "ok");
-    sloth.send_json(&json!({
-        "req": 1, "type": "signup", "user": "sloth",
-        "password": login_secret("sloth", "sloth-password"),
-        "public_key": keys.public_pem(),
-        "key_backup": seal_key_backup(&keys, "sloth-password"),
-    }));
-    assert_eq!(sloth.recv().unwrap()["type"], "ok");
+    let _sloth = cluster.raw_user("sloth", 0);
 
     let alice = cluster.user("alice", Some("server-2"));
     let bob = cluster.user("bob", Some("server-1"));

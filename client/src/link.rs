@@ -1,0 +1,210 @@
+//! One connection (a *link*) to a server: opening it (balancer, TLS, hello), its writer
+//! thread, and its reader thread, which dispatches replies and pushes. A `Client`
+//! outlives its links: when the installed link ends, its reader starts the reconnection
+//! (`connection.rs`), which opens the next one and resumes the session on it.
+
+use crate::balancer::ask_balancer;
+use crate::connection::{ClientConfig, Event, Inner, Out};
+use crate::error::ClientError;
+use crate::inbox::Incoming;
+use crate::transport::{connect, TlsConn, TlsRead, TlsWrite};
+use crossbeam_channel::{Receiver, Sender};
+use fastchat_common::frame::{encode_frame, read_frame, write_frame, MAX_CLIENT_FRAME};
+use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
+use fastchat_common::protocol::PROTOCOL_VERSION;
+use std::io::{BufReader, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+
+/// A running link: where its writer's queue is, and its socket (to cut it).
+pub(crate) struct Link {
+    /// Distinguishes this link from earlier and later ones.
+    pub id: u64,
+    /// The server's name.
+    pub server: String,
+    /// The writer thread's queue.
+    pub out: Sender<Out>,
+    /// A handle on the socket, to shut it down.
+    pub socket: TcpStream,
+}
+
+impl Link {
+    /// Shuts the socket down; the reader then ends the link.
+    pub fn cut(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// Asks the balancer for a server, connects to it over TLS and says hello.
+fn open(config: &ClientConfig) -> Result<(String, TlsConn), ClientError> {
+    let assignment = ask_balancer(config)?;
+    let mut conn = connect(&config.trust, &assignment.addr)?;
+    let hello = Request {
+        req: 0,
+        body: RequestBody::Hello {
+            version: PROTOCOL_VERSION,
+            ticket: assignment.ticket,
+        },
+    };
+    write_frame(
+        &mut conn.writer,
+        &serde_json::to_vec(&hello).expect("serializes"),
+    )
+    .and_then(|_| conn.writer.flush())
+    .map_err(ClientError::disconnected)?;
+    let reply = read_frame(&mut conn.reader, MAX_CLIENT_FRAME)
+        .map_err(ClientError::disconnected)?
+        .ok_or_else(|| ClientError::disconnected("the server closed the connection"))?;
+    match serde_json::from_slice::<ServerFrame>(&reply) {
+        Ok(ServerFrame::Ok { .. }) => {}
+        Ok(ServerFrame::Error { code, message, .. }) => {
+            return Err(ClientError::new(code, message))
+        }
+        other => {
+            return Err(ClientError::disconnected(format!(
+                "unexpected answer to hello: {other:?}"
+            )))
+        }
+    }
+    let _ = conn.socket.set_read_timeout(None);
+    Ok((assignment.server, conn))
+}
+
+/// Opens a link and starts its threads. The link is not installed: the caller does
+/// that (at once for a first connection, after `resume` for a later one).
+pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
+    let (server, conn) = open(&inner.config)?;
+    let TlsConn {
+        socket,
+        reader,
+        writer,
+    } = conn;
+    let (out, out_rx) = crossbeam_channel::unbounded();
+    let link = Link {
+        id,
+        server,
+        out,
+        socket: socket.try_clone().map_err(ClientError::disconnected)?,
+    };
+    thread::Builder::new()
+        .name("fastchat-writer".into())
+        .stack_size(128 * 1024)
+        .spawn(move || write_loop(writer, socket, out_rx))
+        .map_err(ClientError::disconnected)?;
+    let reader_inner = inner.clone();
+    let inbox = inner.inbox.clone();
+    thread::Builder::new()
+        .name("fastchat-reader".into())
+        .stack_size(256 * 1024)
+        .spawn(move || read_loop(reader, id, reader_inner, inbox))
+        .map_err(ClientError::disconnected)?;
+    Ok(link)
+}
+
+fn write_loop(mut stream: TlsWrite, socket: TcpStream, rx: Receiver<Out>) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut acks = Vec::new();
+    while let Ok(first) = rx.recv() {
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Out::Frame(body) => {
+                    flush_acks(&mut acks, &mut buf);
+                    encode_frame(&body, &mut buf);
+                }
+                Out::Ack(tag) => acks.push(tag),
+            }
+            if buf.len() < 256 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        flush_acks(&mut acks, &mut buf);
+        if stream.write_all(&buf).is_err() {
+            break;
+        }
+    }
+    let _ = socket.shutdown(Shutdown::Both);
+}
+
+fn flush_acks(acks: &mut Vec<u64>, buf: &mut Vec<u8>) {
+    if acks.is_empty() {
+        return;
+    }
+    let ack = Request {
+        req: 0,
+        body: RequestBody::Ack {
+            tags: std::mem::take(acks),
+        },
+    };
+    encode_frame(&serde_json::to_vec(&ack).expect("serializes"), buf);
+}
+
+fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, inbox: Sender<Incoming>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let reason = loop {
+        let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
+            Ok(Some(body)) => body,
+            Ok(None) => break "the server closed the connection".to_string(),
+            Err(e) => break e.to_string(),
+        };
+        let frame = match serde_json::from_slice::<ServerFrame>(&body) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("unreadable frame from the server: {e}");
+                continue;
+            }
+        };
+        match frame {
+            ServerFrame::Ok { req, result } => {
+                if let Some(OkResult::Session {
+                    user, resume_token, ..
+                }) = &result
+                {
+                    inner.session.fetch_add(1, Ordering::AcqRel);
+                    *inner.resume.lock() = resume_token.clone().map(|t| (user.clone(), t));
+                }
+                inner.reply(req, Ok(result))
+            }
+            ServerFrame::Error {
+                req: Some(req),
+                code,
+                message,
+            } => inner.reply(req, Err(ClientError::new(code, message))),
+            ServerFrame::Error {
+                req: None,
+                code,
+                message,
+            } => log::warn!("server error: {code}: {message}"),
+            ServerFrame::Message {
+                tag,
+                id,
+                from,
+                to,
+                body,
+                sent_at,
+            } => {
+                let _ = inbox.send(Incoming {
+                    session: inner.session.load(Ordering::Acquire),
+                    tag,
+                    id,
+                    from,
+                    to,
+                    body,
+                    sent_at,
+                });
+            }
+            ServerFrame::SessionReplaced => {
+                // Another login took over: this session must not come back by itself.
+                *inner.resume.lock() = None;
+                let _ = inner.events.send(Event::SessionReplaced);
+            }
+            ServerFrame::Reconnect { reason } => {
+                let _ = inner.events.send(Event::Reconnect { reason });
+            }
+        }
+    };
+    crate::connection::link_ended(&inner, link_id, reason);
+}

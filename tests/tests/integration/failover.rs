@@ -1,0 +1,172 @@
+//! Failover: a server killed mid-traffic, its clients reconnecting and resuming by
+//! themselves, and every acknowledged message received exactly once, in order.
+
+use crate::WAIT;
+use fastchat_client::{Client, Event, OkResult};
+use fastchat_tests::Cluster;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const USERS: usize = 30;
+const MESSAGES: usize = 150;
+const EVERY: Duration = Duration::from_millis(20);
+
+/// What a receiver saw: message numbers in arrival order, and when it reconnected.
+#[derive(Default)]
+struct Seen {
+    numbers: Vec<usize>,
+    reconnected_at: Option<Instant>,
+    reconnecting_at: Option<Instant>,
+}
+
+#[test]
+fn thirty_clients_survive_a_sigkill_and_every_acknowledged_message_arrives_once_in_order() {
+    let mut cluster = Cluster::start(3);
+    let users: Vec<String> = (0..USERS).map(|i| format!("user{i:02}")).collect();
+    let clients: Vec<Arc<Client>> = users
+        .iter()
+        .map(|u| Arc::new(cluster.user(u, None)))
+        .collect();
+    let on_killed: Vec<usize> = (0..USERS)
+        .filter(|&i| clients[i].server() == "server-2")
+        .collect();
+    assert!(!on_killed.is_empty(), "round-robin put users on server-2");
+
+    // Each user i writes to user i+1: thirty conversations, one writer each.
+    let receivers: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let c = c.clone();
+            thread::spawn(move || {
+                let mut seen = Seen::default();
+                let deadline = Instant::now() + Duration::from_secs(90);
+                while seen.numbers.len() < MESSAGES && Instant::now() < deadline {
+                    match c.events().recv_timeout(Duration::from_millis(200)) {
+                        Ok(Event::Message { text, .. }) => {
+                            seen.numbers.push(text.parse().expect("a number"))
+                        }
+                        Ok(Event::Reconnecting { .. }) => {
+                            seen.reconnecting_at = Some(Instant::now())
+                        }
+                        Ok(Event::Reconnected { .. }) => seen.reconnected_at = Some(Instant::now()),
+                        Ok(Event::Disconnected { reason }) => panic!("gave up: {reason}"),
+                        _ => {}
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let senders: Vec<_> = (0..USERS)
+        .map(|i| {
+            let c = clients[i].clone();
+            let to = users[(i + 1) % USERS].clone();
+            thread::spawn(move || {
+                let handles: Vec<_> = (0..MESSAGES)
+                    .map(|k| {
+                        thread::sleep(EVERY);
+                        c.send_text(&to, &k.to_string()).1
+                    })
+                    .collect();
+                // Which numbers the cluster acknowledged (delivered or stored).
+                handles
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, h)| {
+                        matches!(
+                            h.wait(Duration::from_secs(60)),
+                            Ok(Some(OkResult::Sent { .. }))
+                        )
+                    })
+                    .map(|(k, _)| k)
+                    .collect::<Vec<usize>>()
+            })
+        })
+        .collect();
+
+    // A third of the way in, server-2 dies without warning.
+    thread::sleep(EVERY * (MESSAGES as u32) / 3);
+    let killed_at = Instant::now();
+    assert!(
+        cluster.signal_server(1, libc::SIGKILL, WAIT),
+        "server-2 killed"
+    );
+
+    let acked: Vec<Vec<usize>> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let seen: Vec<Seen> = receivers.into_iter().map(|t| t.join().unwrap()).collect();
+
+    for i in 0..USERS {
+        let receiver = (i + 1) % USERS;
+        let got = &seen[receiver].numbers;
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            got.len(),
+            "{} got duplicates: {got:?}",
+            users[receiver]
+        );
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "{} got {}'s messages out of order: {got:?}",
+            users[receiver],
+            users[i]
+        );
+        let missing: Vec<usize> = acked[i]
+            .iter()
+            .filter(|k| !got.contains(k))
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "acknowledged to {} but never received by {}: {missing:?}",
+            users[i],
+            users[receiver]
+        );
+    }
+    // Every message was acknowledged in the end: the senders on server-2 resent theirs.
+    let unacked: usize = acked.iter().map(|a| MESSAGES - a.len()).sum();
+    assert_eq!(unacked, 0, "messages never acknowledged");
+
+    // The killed server's clients came back, each within 10 seconds.
+    let mut by_user = HashMap::new();
+    for &i in &on_killed {
+        let back = seen[i].reconnected_at.expect("reconnected");
+        by_user.insert(users[i].clone(), back.duration_since(killed_at));
+    }
+    assert!(
+        by_user.values().all(|d| *d < Duration::from_secs(10)),
+        "reconnect times: {by_user:?}"
+    );
+    for i in 0..USERS {
+        if !on_killed.contains(&i) {
+            assert!(
+                seen[i].reconnecting_at.is_none(),
+                "{} lost its server",
+                users[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_dropped_connection_resumes_without_the_password_and_resends() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-2"));
+    alice.drop_connection();
+    let server = fastchat_tests::wait_event(&alice, WAIT, "reconnected", |e| match e {
+        Event::Reconnected { server } => Some(server),
+        Event::Disconnected { reason } => panic!("gave up: {reason}"),
+        _ => None,
+    });
+    assert!(server.starts_with("server-"));
+    alice.send_text("bob", "after resume").1.wait(WAIT).unwrap();
+    assert_eq!(
+        fastchat_tests::next_message(&bob, WAIT),
+        ("alice".into(), "after resume".into())
+    );
+}
