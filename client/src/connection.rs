@@ -167,7 +167,16 @@ struct Waiter {
     resend: Option<Vec<u8>>,
     /// The link it was sent on (0: not sent yet).
     sent_on: u64,
+    /// Times it was refused `unavailable` and sent again.
+    retries: u32,
+    /// Refused `unavailable`: the next retry pass sends it again.
+    retry_due: bool,
 }
+
+/// How long after an `unavailable` refusal a request is sent again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// How many times (about a minute) before `unavailable` is reported to the caller.
+const MAX_RETRIES: u32 = 120;
 
 /// How long the client keeps trying to reconnect before it gives up.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
@@ -193,13 +202,60 @@ pub(crate) struct Inner {
     pub(crate) resume: Mutex<Option<(String, String)>>,
     pub(crate) events: Sender<Event>,
     pub(crate) inbox: Sender<Incoming>,
+    /// Set while a retry pass is scheduled.
+    retry_scheduled: AtomicBool,
 }
 
 impl Inner {
-    /// Hands a reply to its waiter.
-    pub(crate) fn reply(&self, req: u64, reply: Reply) {
-        if let Some(w) = self.waiting.lock().remove(&req) {
+    /// Hands a reply to its waiter. A re-sendable request refused `unavailable` (the
+    /// database is out of reach) is sent again instead, by a retry pass that re-sends
+    /// every such request in order, so a conversation keeps its order.
+    pub(crate) fn reply(self: &Arc<Self>, req: u64, reply: Reply) {
+        let unavailable = matches!(&reply, Err(e) if e.code == ErrorCode::Unavailable);
+        let mut waiting = self.waiting.lock();
+        if unavailable {
+            if let Some(w) = waiting.get_mut(&req) {
+                if w.resend.is_some() && w.retries < MAX_RETRIES {
+                    w.retries += 1;
+                    w.retry_due = true;
+                    drop(waiting);
+                    self.schedule_retry();
+                    return;
+                }
+            }
+        }
+        if let Some(w) = waiting.remove(&req) {
             let _ = w.tx.send(reply);
+        }
+    }
+
+    /// Starts a retry pass in [`RETRY_AFTER`] unless one is scheduled.
+    fn schedule_retry(self: &Arc<Self>) {
+        if self.retry_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.clone();
+        let spawned = thread::Builder::new()
+            .name("fastchat-retry".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                thread::sleep(RETRY_AFTER);
+                inner.retry_scheduled.store(false, Ordering::Release);
+                let link = inner.link.lock();
+                let Some(link) = link.as_ref() else {
+                    return; // reconnecting: the resume pass re-sends everything
+                };
+                let mut waiting = inner.waiting.lock();
+                for w in waiting.values_mut().filter(|w| w.retry_due) {
+                    w.retry_due = false;
+                    w.sent_on = link.id;
+                    if let Some(frame) = &w.resend {
+                        let _ = link.out.send(Out::Frame(frame.clone()));
+                    }
+                }
+            });
+        if spawned.is_err() {
+            self.retry_scheduled.store(false, Ordering::Release);
         }
     }
 
@@ -256,6 +312,8 @@ fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
                 tx,
                 resend: resend.then(|| frame.clone()),
                 sent_on: link.id,
+                retries: 0,
+                retry_due: false,
             };
             inner.waiting.lock().insert(req, waiter);
             let _ = link.out.send(Out::Frame(frame));
@@ -265,6 +323,8 @@ fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
                 tx,
                 resend: Some(frame),
                 sent_on: 0,
+                retries: 0,
+                retry_due: false,
             };
             inner.waiting.lock().insert(req, waiter);
         }
@@ -277,7 +337,10 @@ fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
     drop(link);
     // The client may have given up just before we registered.
     if inner.closed.load(Ordering::Acquire) {
-        inner.reply(req, Err(ClientError::disconnected("connection closed")));
+        if let Some(w) = inner.waiting.lock().remove(&req) {
+            let _ =
+                w.tx.send(Err(ClientError::disconnected("connection closed")));
+        }
     }
     ReplyHandle { rx }
 }
@@ -374,6 +437,8 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
             tx,
             resend: None,
             sent_on: id,
+            retries: 0,
+            retry_due: false,
         },
     );
     let frame = serde_json::to_vec(&Request {
@@ -394,6 +459,7 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
     for w in waiting.values_mut() {
         if let Some(frame) = &w.resend {
             w.sent_on = id;
+            w.retry_due = false;
             let _ = link.out.send(Out::Frame(frame.clone()));
         }
     }
@@ -441,6 +507,7 @@ impl Client {
             resume: Mutex::new(None),
             events: events_tx.clone(),
             inbox: inbox_tx,
+            retry_scheduled: AtomicBool::new(false),
         });
         let first = link::start(&inner, 1)?;
         *inner.server.lock() = first.server.clone();

@@ -268,6 +268,11 @@ impl SessionHandle {
             .collect()
     }
 
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.0.state.lock().closed
+    }
+
     /// Marks the session closed and returns every unacknowledged origin, so that live
     /// ones can be stored. Idempotent: a second call returns nothing.
     pub fn close(&self) -> Vec<Origin> {

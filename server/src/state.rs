@@ -52,8 +52,26 @@ pub struct ServerState {
     /// hinted. While a recipient has any, newer messages to it are stored too, so that
     /// they cannot overtake the stored ones by going live.
     pub storing: Mutex<HashMap<String, usize>>,
+    /// Recipients whose last store failed (the database is out of reach), with the
+    /// order key at the failure. Their new messages are stored too (and so refused
+    /// `unavailable` while it lasts), so that none goes live ahead of the refused ones;
+    /// messages accepted before the failure and still queued are refused unattempted,
+    /// so none is stored ahead of them either. Senders send refused messages again, in
+    /// order.
+    pub store_failed: Mutex<HashMap<String, i64>>,
     /// Fences awaiting acknowledgement: token -> where each ack is signalled.
     pub fences: Mutex<HashMap<u64, Sender<()>>>,
+}
+
+/// What became of messages handed to the store thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed, and their recipients hinted.
+    Committed,
+    /// The store failed: refused to their senders.
+    Failed,
+    /// Refused unattempted, queued behind a failed one.
+    Skipped,
 }
 
 /// How long a push may wait on a congested peer link before the message is stored.
@@ -84,7 +102,9 @@ impl ServerState {
     /// Routes a direct message accepted from `sender` (request `req`). The sender is
     /// answered later, from whichever thread ends the message's flight.
     pub fn route_message(&self, sender: &SessionHandle, req: u64, message: NewPending) {
-        if self.storing.lock().contains_key(&message.recipient) {
+        if self.storing.lock().contains_key(&message.recipient)
+            || self.store_failed.lock().contains_key(&message.recipient)
+        {
             // Older messages to this recipient are on their way to storage: follow them.
             return self.store_for(sender, req, message);
         }
@@ -228,10 +248,20 @@ impl ServerState {
         }
     }
 
-    /// The store thread is done with these messages (committed and hinted, or failed).
-    pub fn done_storing<'a>(&self, recipients: impl Iterator<Item = &'a str>) {
+    /// The store thread is done with these messages.
+    pub fn done_storing<'a>(&self, recipients: impl Iterator<Item = &'a str>, outcome: Stored) {
         let mut storing = self.storing.lock();
+        let mut failed = self.store_failed.lock();
         for user in recipients {
+            match outcome {
+                Stored::Committed => {
+                    failed.remove(user);
+                }
+                Stored::Failed => {
+                    failed.insert(user.to_string(), self.next_order_key());
+                }
+                Stored::Skipped => {}
+            }
             if let Some(n) = storing.get_mut(user) {
                 *n -= 1;
                 if *n == 0 {

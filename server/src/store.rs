@@ -3,7 +3,7 @@
 //! that push stored messages to sessions that log in or are hinted.
 
 use crate::session_handle::{Delivery, PushError, SessionHandle};
-use crate::state::ServerState;
+use crate::state::{ServerState, Stored};
 use crossbeam_channel::Receiver;
 use fastchat_common::protocol::client::{OkResult, ServerFrame};
 use fastchat_common::{Blob, ErrorCode};
@@ -17,6 +17,8 @@ const BATCH: usize = 1000;
 const FETCH_PAGE: i64 = 1000;
 /// How long the fetcher waits for room in one session's queue.
 const FETCH_WAIT: Duration = Duration::from_secs(10);
+/// How long a fetch keeps retrying while the database is out of reach.
+const FETCH_RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// Who to answer once a store commits.
 pub enum StoreReply {
@@ -84,6 +86,21 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, dele
             );
         }
     }
+    // Messages queued behind one whose store failed must not be stored ahead of it.
+    let (stores, behind_a_failure): (Vec<_>, Vec<_>) = {
+        let failed = state.store_failed.lock();
+        stores
+            .into_iter()
+            .partition(|(m, _)| failed.get(&m.recipient).is_none_or(|&at| m.order_key > at))
+    };
+    if !behind_a_failure.is_empty() {
+        refuse_stores(
+            state,
+            behind_a_failure,
+            ErrorCode::Unavailable,
+            Stored::Skipped,
+        );
+    }
     if stores.is_empty() {
         return;
     }
@@ -115,24 +132,42 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, dele
                 state.hint_pending(user);
             }
             // Only after the hints: a newer message may go live now, behind them.
-            state.done_storing(messages.iter().map(|m| m.recipient.as_str()));
+            state.done_storing(
+                messages.iter().map(|m| m.recipient.as_str()),
+                Stored::Committed,
+            );
         }
         Err(e) => {
             log::error!("could not store {} messages: {e}", messages.len());
-            state.done_storing(messages.iter().map(|m| m.recipient.as_str()));
             let code = if e.is_unavailable() {
                 ErrorCode::Unavailable
             } else {
                 ErrorCode::Internal
             };
-            for StoreReply::Sender { session, req } in replies {
-                let _ = session.send_frame(&ServerFrame::Error {
-                    req: Some(req),
-                    code,
-                    message: "the message could not be stored; send it again".into(),
-                });
-            }
+            refuse_stores(
+                state,
+                messages.into_iter().zip(replies).collect(),
+                code,
+                Stored::Failed,
+            );
         }
+    }
+}
+
+/// Answers the senders of messages that were not stored, and records the outcome.
+fn refuse_stores(
+    state: &ServerState,
+    stores: Vec<(NewPending, StoreReply)>,
+    code: ErrorCode,
+    outcome: Stored,
+) {
+    state.done_storing(stores.iter().map(|(m, _)| m.recipient.as_str()), outcome);
+    for (_, StoreReply::Sender { session, req }) in stores {
+        let _ = session.send_frame(&ServerFrame::Error {
+            req: Some(req),
+            code,
+            message: "the message could not be stored; send it again".into(),
+        });
     }
 }
 
@@ -142,13 +177,28 @@ pub fn run_fetcher(state: Weak<ServerState>, sessions: Receiver<SessionHandle>) 
     while let Ok(session) = sessions.recv() {
         let Some(state) = state.upgrade() else { break };
         loop {
-            if let Err(e) = fetch_once(&state, &session) {
-                log::warn!("fetching stored messages for {}: {e}", session.user());
-            }
+            fetch_until_done(&state, &session);
             if !session.fetch_done(FETCH_WAIT) {
                 break;
             }
         }
+    }
+}
+
+/// Runs fetch passes until one completes, the session ends, or the database has been
+/// out of reach for [`FETCH_RETRY_FOR`]. The session stays syncing meanwhile, so live
+/// messages are held instead of overtaking the stored ones.
+fn fetch_until_done(state: &Arc<ServerState>, session: &SessionHandle) {
+    let deadline = std::time::Instant::now() + FETCH_RETRY_FOR;
+    loop {
+        match fetch_once(state, session) {
+            Ok(()) => return,
+            Err(e) => log::warn!("fetching stored messages for {}: {e}", session.user()),
+        }
+        if session.is_closed() || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

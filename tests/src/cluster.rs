@@ -22,6 +22,9 @@ pub struct ClusterOptions {
     pub strategy: String,
     /// Extra flags for every server.
     pub server_args: Vec<String>,
+    /// The PostgreSQL instance to make the cluster's database on (superuser URL);
+    /// `None`: the shared test instance.
+    pub postgres: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -30,6 +33,7 @@ impl Default for ClusterOptions {
             servers: 2,
             strategy: "round-robin".into(),
             server_args: Vec::new(),
+            postgres: None,
         }
     }
 }
@@ -121,7 +125,10 @@ impl Cluster {
 
     /// Starts a cluster and waits until every server is live and fully meshed.
     pub fn start_with(options: ClusterOptions) -> Cluster {
-        let db = TestDb::create();
+        let db = match &options.postgres {
+            Some(url) => TestDb::create_on(url),
+            None => TestDb::create(),
+        };
         let dir = tempfile::tempdir().expect("temp dir");
         make_certificates(dir.path(), "balancer");
         let (private, public) = generate_ticket_keys().expect("ticket keys");

@@ -32,6 +32,12 @@ impl TestDb {
     pub fn create() -> TestDb {
         let admin_url = std::env::var("FASTCHAT_TEST_DATABASE_URL")
             .expect("FASTCHAT_TEST_DATABASE_URL is not set: run the suite with ./scripts/test.sh");
+        TestDb::create_on(&admin_url)
+    }
+
+    /// Creates a fresh database on the instance at `admin_url`.
+    pub fn create_on(admin_url: &str) -> TestDb {
+        let admin_url = admin_url.to_string();
         let name = format!(
             "fastchat_test_{}_{}",
             std::process::id(),
@@ -65,6 +71,71 @@ impl Drop for TestDb {
                 self.name
             ));
         }
+    }
+}
+
+/// A PostgreSQL instance of a test's own (scripts/postgres.sh, in a temporary folder),
+/// for tests that stop and start the database; stopped when dropped.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    /// Its superuser URL.
+    pub url: String,
+}
+
+fn postgres_script(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/postgres.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("run scripts/postgres.sh");
+    assert!(out.status.success(), "scripts/postgres.sh {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl PrivatePostgres {
+    /// Initializes and starts an instance on a free port.
+    pub fn start() -> PrivatePostgres {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = crate::free_port();
+        let url = postgres_script(&[
+            "start",
+            &dir.path().display().to_string(),
+            &port.to_string(),
+        ]);
+        PrivatePostgres { dir, port, url }
+    }
+
+    /// Stops the instance (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        postgres_script(&["stop", &self.dir.path().display().to_string()]);
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        postgres_script(&[
+            "start",
+            &self.dir.path().display().to_string(),
+            &self.port.to_string(),
+        ]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/postgres.sh"
+            ))
+            .args(["stop", &self.dir.path().display().to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

@@ -12,6 +12,6 @@ mod raw;
 mod wait;
 
 pub use cluster::{bin, free_port, make_pki, signal_and_wait, Cluster, ClusterOptions};
-pub use database::TestDb;
+pub use database::{PrivatePostgres, TestDb};
 pub use raw::RawConn;
 pub use wait::{next_message, wait_event, wait_for, wait_until};

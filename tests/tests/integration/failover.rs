@@ -3,7 +3,7 @@
 
 use crate::WAIT;
 use fastchat_client::{Client, Event, OkResult};
-use fastchat_tests::Cluster;
+use fastchat_tests::{Cluster, ClusterOptions, PrivatePostgres};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
@@ -16,23 +16,22 @@ const EVERY: Duration = Duration::from_millis(20);
 /// What a receiver saw: message numbers in arrival order, and when it reconnected.
 #[derive(Default)]
 struct Seen {
+    /// The server it was on before the disruption.
+    server: String,
     numbers: Vec<usize>,
     reconnected_at: Option<Instant>,
     reconnecting_at: Option<Instant>,
 }
 
-#[test]
-fn thirty_clients_survive_a_sigkill_and_every_acknowledged_message_arrives_once_in_order() {
-    let mut cluster = Cluster::start(3);
+/// Thirty users, each writing to the next at a steady rate; a third of the way in,
+/// `disrupt` runs. Checks that every acknowledged message arrives exactly once and in
+/// order, and that every message ends up acknowledged. Returns what each user saw.
+fn steady_traffic_through(cluster: &mut Cluster, disrupt: impl FnOnce(&mut Cluster)) -> Vec<Seen> {
     let users: Vec<String> = (0..USERS).map(|i| format!("user{i:02}")).collect();
     let clients: Vec<Arc<Client>> = users
         .iter()
         .map(|u| Arc::new(cluster.user(u, None)))
         .collect();
-    let on_killed: Vec<usize> = (0..USERS)
-        .filter(|&i| clients[i].server() == "server-2")
-        .collect();
-    assert!(!on_killed.is_empty(), "round-robin put users on server-2");
 
     // Each user i writes to user i+1: thirty conversations, one writer each.
     let receivers: Vec<_> = clients
@@ -40,8 +39,11 @@ fn thirty_clients_survive_a_sigkill_and_every_acknowledged_message_arrives_once_
         .map(|c| {
             let c = c.clone();
             thread::spawn(move || {
-                let mut seen = Seen::default();
-                let deadline = Instant::now() + Duration::from_secs(90);
+                let mut seen = Seen {
+                    server: c.server(),
+                    ..Seen::default()
+                };
+                let deadline = Instant::now() + Duration::from_secs(120);
                 while seen.numbers.len() < MESSAGES && Instant::now() < deadline {
                     match c.events().recv_timeout(Duration::from_millis(200)) {
                         Ok(Event::Message { text, .. }) => {
@@ -76,7 +78,7 @@ fn thirty_clients_survive_a_sigkill_and_every_acknowledged_message_arrives_once_
                     .enumerate()
                     .filter(|(_, h)| {
                         matches!(
-                            h.wait(Duration::from_secs(60)),
+                            h.wait(Duration::from_secs(90)),
                             Ok(Some(OkResult::Sent { .. }))
                         )
                     })
@@ -86,17 +88,11 @@ fn thirty_clients_survive_a_sigkill_and_every_acknowledged_message_arrives_once_
         })
         .collect();
 
-    // A third of the way in, server-2 dies without warning.
     thread::sleep(EVERY * (MESSAGES as u32) / 3);
-    let killed_at = Instant::now();
-    assert!(
-        cluster.signal_server(1, libc::SIGKILL, WAIT),
-        "server-2 killed"
-    );
+    disrupt(cluster);
 
     let acked: Vec<Vec<usize>> = senders.into_iter().map(|t| t.join().unwrap()).collect();
     let seen: Vec<Seen> = receivers.into_iter().map(|t| t.join().unwrap()).collect();
-
     for i in 0..USERS {
         let receiver = (i + 1) % USERS;
         let got = &seen[receiver].numbers;
@@ -127,29 +123,54 @@ fn thirty_clients_survive_a_sigkill_and_every_acknowledged_message_arrives_once_
             users[receiver]
         );
     }
-    // Every message was acknowledged in the end: the senders on server-2 resent theirs.
+    // Every message was acknowledged in the end: refused or unanswered ones were sent again.
     let unacked: usize = acked.iter().map(|a| MESSAGES - a.len()).sum();
     assert_eq!(unacked, 0, "messages never acknowledged");
+    seen
+}
 
-    // The killed server's clients came back, each within 10 seconds.
-    let mut by_user = HashMap::new();
-    for &i in &on_killed {
-        let back = seen[i].reconnected_at.expect("reconnected");
-        by_user.insert(users[i].clone(), back.duration_since(killed_at));
-    }
-    assert!(
-        by_user.values().all(|d| *d < Duration::from_secs(10)),
-        "reconnect times: {by_user:?}"
-    );
-    for i in 0..USERS {
-        if !on_killed.contains(&i) {
-            assert!(
-                seen[i].reconnecting_at.is_none(),
-                "{} lost its server",
-                users[i]
-            );
+#[test]
+fn thirty_clients_survive_a_sigkill_and_every_acknowledged_message_arrives_once_in_order() {
+    let mut cluster = Cluster::start(3);
+    let mut killed_at = None;
+    let seen = steady_traffic_through(&mut cluster, |cluster| {
+        killed_at = Some(Instant::now());
+        assert!(
+            cluster.signal_server(1, libc::SIGKILL, WAIT),
+            "server-2 killed"
+        );
+    });
+    let killed_at = killed_at.unwrap();
+    // The killed server's clients came back, each within 10 seconds; no one else left.
+    let mut back_after = HashMap::new();
+    for (i, s) in seen.iter().enumerate() {
+        if s.server == "server-2" {
+            let back = s.reconnected_at.expect("reconnected");
+            back_after.insert(i, back.duration_since(killed_at));
+        } else {
+            assert!(s.reconnecting_at.is_none(), "user{i:02} lost its server");
         }
     }
+    assert!(!back_after.is_empty(), "round-robin put users on server-2");
+    assert!(
+        back_after.values().all(|d| *d < Duration::from_secs(10)),
+        "reconnect times: {back_after:?}"
+    );
+}
+
+#[test]
+fn thirty_clients_lose_nothing_through_a_postgresql_restart() {
+    let postgres = PrivatePostgres::start();
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        servers: 3,
+        postgres: Some(postgres.url.clone()),
+        ..Default::default()
+    });
+    steady_traffic_through(&mut cluster, |_| {
+        postgres.stop();
+        thread::sleep(Duration::from_secs(2));
+        postgres.restart();
+    });
 }
 
 #[test]
@@ -169,4 +190,47 @@ fn a_dropped_connection_resumes_without_the_password_and_resends() {
         fastchat_tests::next_message(&bob, WAIT),
         ("alice".into(), "after resume".into())
     );
+}
+
+#[test]
+fn messages_refused_during_a_postgresql_outage_are_retried_and_arrive_in_order() {
+    let postgres = PrivatePostgres::start();
+    let cluster = Cluster::start_with(ClusterOptions {
+        servers: 2,
+        postgres: Some(postgres.url.clone()),
+        ..Default::default()
+    });
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-2"));
+    alice.send_text("bob", "before").1.wait(WAIT).unwrap();
+    assert_eq!(
+        fastchat_tests::next_message(&bob, WAIT),
+        ("alice".into(), "before".into())
+    );
+    bob.logout().unwrap();
+
+    // bob is offline, so every message must be stored, and the database is down.
+    postgres.stop();
+    let handles: Vec<_> = (0..20)
+        .map(|k| alice.send_text("bob", &k.to_string()).1)
+        .collect();
+    fastchat_tests::wait_until("the outage to refuse a store", WAIT, || {
+        cluster.log("server-1").contains("could not store")
+    });
+    thread::sleep(Duration::from_secs(1));
+    postgres.restart();
+    for h in handles {
+        match h.wait(Duration::from_secs(60)) {
+            Ok(Some(OkResult::Sent { stored, .. })) => assert!(stored),
+            other => panic!("a message was not accepted after the outage: {other:?}"),
+        }
+    }
+    let bob = cluster.client();
+    bob.login("bob", "bob-password").unwrap();
+    for k in 0..20 {
+        assert_eq!(
+            fastchat_tests::next_message(&bob, WAIT),
+            ("alice".into(), k.to_string())
+        );
+    }
 }
