@@ -10,7 +10,9 @@ use crate::link::{self, Link};
 use crate::payload::Payload;
 use crate::transport::{Trust, NET_TIMEOUT};
 use crossbeam_channel::{Receiver, Sender};
-use fastchat_common::e2e::{open_key_backup, seal_direct, seal_key_backup, PublicKey, UserKeys};
+use fastchat_common::e2e::{
+    open_key_backup, seal_direct, seal_group, seal_key_backup, PublicKey, UserKeys,
+};
 use fastchat_common::ids::new_message_id;
 use fastchat_common::password::login_secret;
 use fastchat_common::protocol::client::{OkResult, Request, RequestBody};
@@ -82,6 +84,31 @@ pub enum Event {
         /// Server timestamp.
         sent_at: UnixMillis,
     },
+    /// A group message, opened (each `(from, id)` is reported once).
+    GroupMessage {
+        /// The group.
+        group: String,
+        /// Sender's message id.
+        id: String,
+        /// Sender.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server timestamp.
+        sent_at: UnixMillis,
+    },
+    /// A membership change in one of our groups (`change`: `created`, `added`,
+    /// `removed`, `left` or `admin`), which began key epoch `epoch`.
+    Group {
+        /// The group.
+        group: String,
+        /// What happened.
+        change: String,
+        /// To whom.
+        user: String,
+        /// The new epoch.
+        epoch: u64,
+    },
     /// A message that does not open (tampered, wrong key, addressed to someone else):
     /// never shown as a message. `error.code` is `undecryptable` (or `key_changed`).
     Undecryptable {
@@ -121,21 +148,44 @@ pub enum Event {
 /// The outcome of one request.
 pub type Reply = Result<Option<OkResult>, ClientError>;
 
+/// Makes the request again (a group message sealed under an epoch that has changed).
+type Retry = Box<dyn FnOnce() -> ReplyHandle + Send>;
+
 /// A reply that will arrive later.
 pub struct ReplyHandle {
     rx: Receiver<Reply>,
+    on_stale_epoch: Mutex<Option<Retry>>,
 }
 
 impl ReplyHandle {
+    fn new(rx: Receiver<Reply>) -> ReplyHandle {
+        ReplyHandle {
+            rx,
+            on_stale_epoch: Mutex::new(None),
+        }
+    }
+
     /// A handle whose reply is already known.
     pub fn ready(reply: Reply) -> ReplyHandle {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let _ = tx.send(reply);
-        ReplyHandle { rx }
+        ReplyHandle::new(rx)
     }
 
-    /// Waits for the reply, at most `timeout` (then `timeout` is the error).
+    /// Waits for the reply, at most `timeout` (then `timeout` is the error). A group
+    /// message refused `stale_epoch` is sealed again under the new epoch and re-sent
+    /// once, with the same id.
     pub fn wait(&self, timeout: Duration) -> Reply {
+        let reply = self.wait_once(timeout);
+        if matches!(&reply, Err(e) if e.code == ErrorCode::StaleEpoch) {
+            if let Some(retry) = self.on_stale_epoch.lock().take() {
+                return retry().wait(timeout);
+            }
+        }
+        reply
+    }
+
+    fn wait_once(&self, timeout: Duration) -> Reply {
         match self.rx.recv_timeout(timeout) {
             Ok(reply) => reply,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -289,6 +339,9 @@ fn resendable(body: &RequestBody) -> bool {
     matches!(
         body,
         RequestBody::Send { .. }
+            | RequestBody::GroupSend { .. }
+            | RequestBody::GroupMembers { .. }
+            | RequestBody::GroupKey { .. }
             | RequestBody::PublicKey { .. }
             | RequestBody::ConversationKey { .. }
             | RequestBody::Ping
@@ -342,7 +395,7 @@ fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
                 w.tx.send(Err(ClientError::disconnected("connection closed")));
         }
     }
-    ReplyHandle { rx }
+    ReplyHandle::new(rx)
 }
 
 /// Sends a request and waits for its reply, at most `timeout`.
@@ -447,7 +500,7 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
     })
     .expect("serializes");
     let _ = link.out.send(Out::Frame(frame));
-    let resumed = ReplyHandle { rx }.wait(NET_TIMEOUT);
+    let resumed = ReplyHandle::new(rx).wait(NET_TIMEOUT);
     if let Err(e) = resumed {
         inner.waiting.lock().remove(&req);
         link.cut();
@@ -467,6 +520,49 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
     *installed = Some(link);
     *inner.server.lock() = server.clone();
     Ok(server)
+}
+
+/// The payload of a text message, if it is not too long.
+fn text_payload(text: &str) -> Result<Payload, ClientError> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(ClientError::new(
+            ErrorCode::TooLarge,
+            format!("a message is at most {MAX_TEXT_BYTES} bytes"),
+        ));
+    }
+    Ok(Payload::Text { text: text.into() })
+}
+
+/// Seals `payload` for `group` under its current epoch and sends it with `id`.
+fn send_group_payload(inner: &Inner, id: &str, group: &str, payload: &Payload) -> ReplyHandle {
+    let Some(me) = inner.keyring.identity() else {
+        return ReplyHandle::ready(Err(ClientError::new(
+            ErrorCode::NotLoggedIn,
+            "log in first",
+        )));
+    };
+    let fetch = |body: RequestBody| call(inner, body, NET_TIMEOUT);
+    let sealed = inner
+        .keyring
+        .group_sending_key(&fetch, &me, group)
+        .and_then(|(epoch, key)| {
+            let plaintext = serde_json::to_vec(payload).expect("payloads serialize");
+            seal_group(&key, group, epoch, &me.user, id, &plaintext)
+                .map(|body| (epoch, body))
+                .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
+        });
+    match sealed {
+        Ok((epoch, body)) => send_request(
+            inner,
+            RequestBody::GroupSend {
+                id: id.to_string(),
+                group: group.to_string(),
+                epoch,
+                body: Blob::from_bytes(&body),
+            },
+        ),
+        Err(e) => ReplyHandle::ready(Err(e)),
+    }
 }
 
 /// Longest password accepted, in bytes (the server's limit on what it is sent).
@@ -683,14 +779,10 @@ impl Client {
     /// conversation key, which blocks for a round trip or two.
     pub fn send_text(&self, to: &str, text: &str) -> (String, ReplyHandle) {
         let id = new_message_id();
-        if text.len() > MAX_TEXT_BYTES {
-            let err = ClientError::new(
-                ErrorCode::TooLarge,
-                format!("a message is at most {MAX_TEXT_BYTES} bytes"),
-            );
-            return (id, ReplyHandle::ready(Err(err)));
-        }
-        let payload = Payload::Text { text: text.into() };
+        let payload = match text_payload(text) {
+            Ok(p) => p,
+            Err(e) => return (id, ReplyHandle::ready(Err(e))),
+        };
         let handle = match self.seal_direct(&id, to, &payload) {
             Ok(body) => self.send_body(&id, to, &body),
             Err(e) => ReplyHandle::ready(Err(e)),
@@ -706,6 +798,72 @@ impl Client {
         let plaintext = serde_json::to_vec(payload).expect("payloads serialize");
         seal_direct(&key, &key_id, &me.user, to, id, &plaintext)
             .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
+    }
+
+    /// Sends a text to `group`, sealed under the group's current key epoch; returns the
+    /// id and the handle, which re-seals and re-sends once if the epoch changed.
+    pub fn send_group_text(&self, group: &str, text: &str) -> (String, ReplyHandle) {
+        let id = new_message_id();
+        let payload = match text_payload(text) {
+            Ok(p) => p,
+            Err(e) => return (id, ReplyHandle::ready(Err(e))),
+        };
+        let handle = send_group_payload(&self.inner, &id, group, &payload);
+        let (inner, retry_id, group, retry_payload) =
+            (self.inner.clone(), id.clone(), group.to_string(), payload);
+        *handle.on_stale_epoch.lock() = Some(Box::new(move || {
+            inner.keyring.group_changed(&group);
+            send_group_payload(&inner, &retry_id, &group, &retry_payload)
+        }));
+        (id, handle)
+    }
+
+    /// Creates a group with us as admin (blocking).
+    pub fn group_create(&self, group: &str, members: &[String]) -> Reply {
+        self.request(RequestBody::GroupCreate {
+            group: group.into(),
+            members: members.to_vec(),
+        })
+        .wait(NET_TIMEOUT)
+    }
+
+    /// Adds a member (admin only; blocking).
+    pub fn group_add(&self, group: &str, user: &str) -> Reply {
+        self.request(RequestBody::GroupAdd {
+            group: group.into(),
+            user: user.into(),
+        })
+        .wait(NET_TIMEOUT)
+    }
+
+    /// Removes a member (admin only; blocking).
+    pub fn group_remove(&self, group: &str, user: &str) -> Reply {
+        self.request(RequestBody::GroupRemove {
+            group: group.into(),
+            user: user.into(),
+        })
+        .wait(NET_TIMEOUT)
+    }
+
+    /// Leaves a group (blocking).
+    pub fn group_leave(&self, group: &str) -> Reply {
+        self.request(RequestBody::GroupLeave {
+            group: group.into(),
+        })
+        .wait(NET_TIMEOUT)
+    }
+
+    /// A group's members (blocking).
+    pub fn group_members(&self, group: &str) -> Reply {
+        self.request(RequestBody::GroupMembers {
+            group: group.into(),
+        })
+        .wait(NET_TIMEOUT)
+    }
+
+    /// Our groups (blocking).
+    pub fn groups(&self) -> Reply {
+        self.request(RequestBody::Groups).wait(NET_TIMEOUT)
     }
 
     /// Sends a direct message whose body is exactly `body` (already sealed; tests use

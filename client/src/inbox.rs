@@ -32,6 +32,8 @@ pub(crate) struct Incoming {
     pub to: String,
     pub body: Blob,
     pub sent_at: UnixMillis,
+    /// The group, for a group message.
+    pub group: Option<String>,
 }
 
 /// Remembers recently seen `(sender, id)` pairs, forgetting the oldest beyond a bound.
@@ -97,6 +99,9 @@ fn open(inner: &Inner, me: &Identity, m: &Incoming) -> Outcome {
     };
     let fetch = |body: RequestBody| call(inner, body, KEY_FETCH_TIMEOUT);
     let plaintext = match envelope.kind() {
+        EnvelopeKind::Direct { .. } if m.group.is_some() => {
+            return refused("a direct envelope in a group message");
+        }
         EnvelopeKind::Direct { key_id } => {
             let peer = if m.from == me.user { &m.to } else { &m.from };
             let key = match inner.keyring.key_by_id(&fetch, me, peer, key_id) {
@@ -106,8 +111,16 @@ fn open(inner: &Inner, me: &Identity, m: &Incoming) -> Outcome {
             };
             envelope.open_direct(&key, &m.from, &m.to, &m.id)
         }
-        EnvelopeKind::Group { .. } => {
-            return refused("a group envelope in a direct message");
+        EnvelopeKind::Group { group, epoch } => {
+            if m.group.as_deref() != Some(group.as_str()) {
+                return refused("a group envelope for another group");
+            }
+            let key = match inner.keyring.group_key(&fetch, me, group, *epoch) {
+                Ok(k) => k,
+                Err(e) if is_final(&e) => return Outcome::Refused(undecryptable(e)),
+                Err(e) => return Outcome::Retry(e),
+            };
+            envelope.open_group(&key, group, &m.from, &m.id)
         }
     };
     let plaintext = match plaintext {
@@ -154,13 +167,23 @@ pub(crate) fn run_inbox(inner: Arc<Inner>, rx: Receiver<Incoming>, events: Sende
         match open(&inner, &me, &m) {
             Outcome::Opened(text) => {
                 dedup.insert(&m.from, &m.id);
-                let _ = events.send(Event::Message {
-                    id: m.id,
-                    from: m.from,
-                    to: m.to,
-                    text,
-                    sent_at: m.sent_at,
-                });
+                let event = match m.group {
+                    Some(group) => Event::GroupMessage {
+                        group,
+                        id: m.id,
+                        from: m.from,
+                        text,
+                        sent_at: m.sent_at,
+                    },
+                    None => Event::Message {
+                        id: m.id,
+                        from: m.from,
+                        to: m.to,
+                        text,
+                        sent_at: m.sent_at,
+                    },
+                };
+                let _ = events.send(event);
                 inner.ack(m.session, m.tag);
             }
             Outcome::Refused(error) => {

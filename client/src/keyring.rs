@@ -4,8 +4,8 @@
 
 use crate::error::ClientError;
 use fastchat_common::e2e::{
-    make_conversation_key, open_conversation_key, ConversationKeyRecord, E2eError, PublicKey,
-    SymmetricKey, UserKeys,
+    make_conversation_key, make_group_key, open_conversation_key, open_group_key,
+    ConversationKeyRecord, E2eError, GroupKeyRecord, PublicKey, SymmetricKey, UserKeys,
 };
 use fastchat_common::protocol::client::{OkResult, RequestBody};
 use fastchat_common::ErrorCode;
@@ -46,6 +46,10 @@ pub(crate) struct Keyring {
     current: Mutex<HashMap<String, String>>,
     /// Held while `known_keys.json` is read, changed and written.
     pin_lock: Mutex<()>,
+    /// (group, epoch) -> key.
+    group_keys: Mutex<HashMap<(String, u64), SymmetricKey>>,
+    /// group -> the epoch new messages are sealed under, as last learnt.
+    group_epochs: Mutex<HashMap<String, u64>>,
 }
 
 fn local_error(message: impl Into<String>) -> ClientError {
@@ -95,6 +99,8 @@ impl Keyring {
             conversation_keys: Mutex::new(HashMap::new()),
             current: Mutex::new(HashMap::new()),
             pin_lock: Mutex::new(()),
+            group_keys: Mutex::new(HashMap::new()),
+            group_epochs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -115,6 +121,8 @@ impl Keyring {
         self.identity_changed.notify_all();
         self.conversation_keys.lock().clear();
         self.current.lock().clear();
+        self.group_keys.lock().clear();
+        self.group_epochs.lock().clear();
     }
 
     /// Keeps `keys` as `user`'s, and caches them in HOME (private key mode 0600).
@@ -341,5 +349,115 @@ impl Keyring {
             ));
         }
         self.open_record(call, me, peer, &record)
+    }
+
+    /// Forgets the group's current epoch (its membership changed).
+    pub fn group_changed(&self, group: &str) {
+        self.group_epochs.lock().remove(group);
+    }
+
+    /// Opens a group key record from the server: it must be for this group and epoch,
+    /// made by one of its members, signed by the maker's pinned key.
+    fn open_group_record(
+        &self,
+        call: Call<'_>,
+        me: &Identity,
+        group: &str,
+        epoch: u64,
+        record: &GroupKeyRecord,
+    ) -> Result<SymmetricKey, ClientError> {
+        if record.group != group || record.epoch != epoch {
+            return Err(ClientError::new(
+                ErrorCode::Undecryptable,
+                "the server sent another group's or epoch's key",
+            ));
+        }
+        if !record.wrapped.iter().any(|w| w.user == record.maker) {
+            return Err(ClientError::new(
+                ErrorCode::Undecryptable,
+                "a group key made by someone outside the group",
+            ));
+        }
+        let maker = self.public_key(call, &record.maker)?;
+        let key = open_group_key(record, &me.user, &me.keys, &maker).map_err(e2e_error)?;
+        self.group_keys
+            .lock()
+            .insert((group.to_string(), epoch), key.clone());
+        Ok(key)
+    }
+
+    /// The key of `group` at `epoch` (to open a message).
+    pub fn group_key(
+        &self,
+        call: Call<'_>,
+        me: &Identity,
+        group: &str,
+        epoch: u64,
+    ) -> Result<SymmetricKey, ClientError> {
+        if let Some(key) = self.group_keys.lock().get(&(group.to_string(), epoch)) {
+            return Ok(key.clone());
+        }
+        let reply = call(RequestBody::GroupKey {
+            group: group.to_string(),
+            epoch: Some(epoch),
+            offer: None,
+        })?;
+        let Some(OkResult::GroupKey { record, .. }) = reply else {
+            return Err(ClientError::disconnected("unexpected reply to group_key"));
+        };
+        self.open_group_record(call, me, group, epoch, &record)
+    }
+
+    /// The epoch and key to seal a new message to `group` with: the current epoch's
+    /// key, fetched, or made here for the epoch's members (the first to write after a
+    /// change makes it) and offered to the server, which keeps the first offer.
+    pub fn group_sending_key(
+        &self,
+        call: Call<'_>,
+        me: &Identity,
+        group: &str,
+    ) -> Result<(u64, SymmetricKey), ClientError> {
+        let known = self.group_epochs.lock().get(group).copied();
+        if let Some(epoch) = known {
+            if let Some(key) = self.group_keys.lock().get(&(group.to_string(), epoch)) {
+                return Ok((epoch, key.clone()));
+            }
+        }
+        let Some(OkResult::Group { epoch, members, .. }) = call(RequestBody::GroupMembers {
+            group: group.to_string(),
+        })?
+        else {
+            return Err(ClientError::disconnected(
+                "unexpected reply to group_members",
+            ));
+        };
+        let key = match self.group_key(call, me, group, epoch) {
+            Ok(key) => key,
+            Err(e) if e.code == ErrorCode::UnknownKey => {
+                let mut publics = Vec::with_capacity(members.len());
+                for m in &members {
+                    publics.push((m.user.clone(), self.public_key(call, &m.user)?));
+                }
+                let (_, offer) = make_group_key(&me.user, &me.keys, group, epoch, &publics)
+                    .map_err(e2e_error)?;
+                let reply = call(RequestBody::GroupKey {
+                    group: group.to_string(),
+                    epoch: None,
+                    offer: Some(offer),
+                })?;
+                let Some(OkResult::GroupKey { epoch: got, record }) = reply else {
+                    return Err(ClientError::disconnected("unexpected reply to group_key"));
+                };
+                if got != epoch {
+                    // The membership changed meanwhile: the caller starts again.
+                    self.group_changed(group);
+                    return Err(ClientError::new(ErrorCode::StaleEpoch, "the group changed"));
+                }
+                self.open_group_record(call, me, group, epoch, &record)?
+            }
+            Err(e) => return Err(e),
+        };
+        self.group_epochs.lock().insert(group.to_string(), epoch);
+        Ok((epoch, key))
     }
 }

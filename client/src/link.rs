@@ -185,6 +185,7 @@ fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, inbox: Sender<Inc
                 to,
                 body,
                 sent_at,
+                group,
             } => {
                 let _ = inbox.send(Incoming {
                     session: inner.session.load(Ordering::Acquire),
@@ -194,6 +195,21 @@ fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, inbox: Sender<Inc
                     to,
                     body,
                     sent_at,
+                    group,
+                });
+            }
+            ServerFrame::Group {
+                group,
+                change,
+                user,
+                epoch,
+            } => {
+                inner.keyring.group_changed(&group);
+                let _ = inner.events.send(Event::Group {
+                    group,
+                    change,
+                    user,
+                    epoch,
                 });
             }
             ServerFrame::SessionReplaced => {

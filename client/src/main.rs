@@ -197,6 +197,39 @@ fn main() -> ExitCode {
                     }),
                 }
             }
+            Command::GroupCreate { group, members } => remote(
+                "group",
+                client.group_create(&group, &members),
+                describe_group,
+            ),
+            Command::GroupAdd { group, user } => {
+                remote("group", client.group_add(&group, &user), describe_group)
+            }
+            Command::GroupRemove { group, user } => {
+                remote("group", client.group_remove(&group, &user), describe_group)
+            }
+            Command::GroupLeave { group } => {
+                remote("group", client.group_leave(&group), move |_| {
+                    format!("you left {group}")
+                })
+            }
+            Command::GroupMembers { group } => {
+                remote("group", client.group_members(&group), describe_group)
+            }
+            Command::Groups => remote("groups", client.groups(), |r| match r {
+                Some(OkResult::Groups { groups }) if groups.is_empty() => "no groups".into(),
+                Some(OkResult::Groups { groups }) => groups
+                    .iter()
+                    .map(|g| format!("{}{}", g.group, if g.admin { " (admin)" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => String::new(),
+            }),
+            Command::Gmsg { group, text } => {
+                // Waits here: a stale epoch is sealed again inside `wait`.
+                let (_, handle) = client.send_group_text(&group, &text);
+                remote("gmsg", handle.wait(DRAIN_TIMEOUT), |_| String::new())
+            }
         };
         if items_tx.send(pending).is_err() {
             break;
@@ -208,6 +241,33 @@ fn main() -> ExitCode {
         let _ = client.logout();
     }
     ExitCode::SUCCESS
+}
+
+/// A command whose reply is already known (it waited), printed in its turn.
+fn remote(
+    cmd: &'static str,
+    reply: fastchat_client::Reply,
+    human: impl Fn(&Option<OkResult>) -> String + Send + 'static,
+) -> Pending {
+    Pending::Remote {
+        cmd,
+        handle: ReplyHandle::ready(reply),
+        human: Box::new(human),
+    }
+}
+
+/// `NAME: alice*, bob` for a group result (`*` marks the admin).
+fn describe_group(result: &Option<OkResult>) -> String {
+    match result {
+        Some(OkResult::Group { group, members, .. }) => {
+            let names: Vec<String> = members
+                .iter()
+                .map(|m| format!("{}{}", m.user, if m.admin { "*" } else { "" }))
+                .collect();
+            format!("{group}: {}", names.join(", "))
+        }
+        _ => String::new(),
+    }
 }
 
 fn default_home() -> PathBuf {

@@ -52,6 +52,9 @@ pub enum ErrorCode {
     /// A `resume` with a token that is unknown, used up, expired or another user's: log
     /// in with the password.
     ResumeRefused,
+    /// A group message sealed under an epoch that is no longer current (membership
+    /// changed): fetch the new key and seal it again.
+    StaleEpoch,
     /// The key asked for (a conversation key, a group epoch) is not stored.
     UnknownKey,
     /// A message that fails to decrypt or verify (reported by the client).
@@ -100,6 +103,7 @@ impl ErrorCode {
             ErrorCode::AlreadyMember => "already_member",
             ErrorCode::GroupFull => "group_full",
             ErrorCode::ResumeRefused => "resume_refused",
+            ErrorCode::StaleEpoch => "stale_epoch",
             ErrorCode::UnknownKey => "unknown_key",
             ErrorCode::Undecryptable => "undecryptable",
             ErrorCode::UntrustedServer => "untrusted_server",

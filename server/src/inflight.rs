@@ -2,7 +2,7 @@
 //! waiting for the recipient's acknowledgement. Each ends exactly once: `delivered`
 //! (the sender gets `ok`), or failed (the message is stored, then the sender gets `ok`).
 
-use crate::session_handle::SessionHandle;
+use crate::reply::ReplyTo;
 use fastchat_sql::NewPending;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -24,10 +24,8 @@ pub enum Via {
 
 /// One in-flight message.
 pub struct InFlightEntry {
-    /// The sender's session, to answer.
-    pub sender: SessionHandle,
-    /// The sender's request number.
-    pub req: u64,
+    /// Who is answered when it ends.
+    pub reply: ReplyTo,
     /// The message, ready to store if delivery fails.
     pub message: NewPending,
     /// Where it went.
@@ -58,17 +56,9 @@ impl InFlight {
     }
 
     /// Records a message before it is pushed.
-    pub fn insert(
-        &self,
-        token: u64,
-        sender: SessionHandle,
-        req: u64,
-        message: NewPending,
-        via: Via,
-    ) {
+    pub fn insert(&self, token: u64, reply: ReplyTo, message: NewPending, via: Via) {
         let entry = InFlightEntry {
-            sender,
-            req,
+            reply,
             message,
             via,
             deadline: Instant::now() + DELIVERY_TIMEOUT,

@@ -3,10 +3,12 @@
 mod acceptor;
 mod config;
 mod conn;
+mod groups;
 mod heartbeat;
 mod inflight;
 mod keys;
 mod mesh;
+mod reply;
 mod resume;
 mod router;
 mod session;

@@ -223,6 +223,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
             to,
             body,
             sent_at,
+            group,
         } => {
             let delivered = match state.router.locate(&to) {
                 Some(crate::router::Location::Local(session)) => {
@@ -231,6 +232,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
                         from,
                         body,
                         sent_at,
+                        group,
                     };
                     let origin = crate::session_handle::Origin::Peer(peer.to_string(), token);
                     session.push_live(&delivery, origin).is_ok()
@@ -249,6 +251,21 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
             if let Some(crate::router::Location::Local(session)) = state.router.locate(&user) {
                 state.request_fetch(&session);
             }
+        }
+        PeerFrame::GroupEvent {
+            members,
+            group,
+            change,
+            user,
+            epoch,
+        } => {
+            let frame = fastchat_common::protocol::client::ServerFrame::Group {
+                group,
+                change,
+                user,
+                epoch,
+            };
+            crate::groups::on_group_event(state, &members, frame);
         }
         PeerFrame::Fence { token } => {
             if let Some(link) = state.router.peer(peer) {

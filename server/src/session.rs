@@ -5,7 +5,9 @@
 //! framed, a closed connection) and never reaches anything beyond this connection.
 
 use crate::conn::{out_queue, spawn_writer, to_body, OutQueue, Outgoing};
+use crate::groups;
 use crate::keys;
+use crate::reply::ReplyTo;
 use crate::resume;
 use crate::router::Location;
 use crate::session_handle::SessionHandle;
@@ -225,6 +227,53 @@ impl ClientConn {
                 keys::change_password(&self.state, &me, &old, &new, &key_backup)?;
                 self.ok(req, None);
                 Ok(())
+            }),
+            RequestBody::GroupCreate { group, members } => self.logged_in().and_then(|me| {
+                let result = groups::create(&self.state, &me, &group, &members)?;
+                self.ok(req, Some(result));
+                Ok(())
+            }),
+            RequestBody::GroupAdd { group, user } => self.logged_in().and_then(|me| {
+                let result = groups::add(&self.state, &me, &group, &user)?;
+                self.ok(req, Some(result));
+                Ok(())
+            }),
+            RequestBody::GroupRemove { group, user } => self.logged_in().and_then(|me| {
+                let result = groups::remove(&self.state, &me, &group, &user)?;
+                self.ok(req, result);
+                Ok(())
+            }),
+            RequestBody::GroupLeave { group } => self.logged_in().and_then(|me| {
+                groups::remove(&self.state, &me, &group, &me)?;
+                self.ok(req, None);
+                Ok(())
+            }),
+            RequestBody::GroupMembers { group } => self.logged_in().and_then(|me| {
+                let result = groups::members(&self.state, &me, &group)?;
+                self.ok(req, Some(result));
+                Ok(())
+            }),
+            RequestBody::Groups => self.logged_in().and_then(|me| {
+                let result = groups::list(&self.state, &me)?;
+                self.ok(req, Some(result));
+                Ok(())
+            }),
+            RequestBody::GroupKey {
+                group,
+                epoch,
+                offer,
+            } => self.logged_in().and_then(|me| {
+                let result = groups::key(&self.state, &me, &group, epoch, offer.as_ref())?;
+                self.ok(req, Some(result));
+                Ok(())
+            }),
+            RequestBody::GroupSend {
+                id,
+                group,
+                epoch,
+                body,
+            } => self.check_message(&id, &body).and_then(|session| {
+                groups::send(&self.state, &session, req, id, &group, epoch, body)
             }),
             RequestBody::PublicKey { user } => self.logged_in().and_then(|_| {
                 let result = keys::public_key(&self.state, &user)?;
@@ -486,7 +535,8 @@ impl ClientConn {
         log::info!("{user} logged out (connection {})", self.conn_id);
     }
 
-    fn send(&mut self, req: u64, id: String, to: String, body: Blob) -> Result<(), Refusal> {
+    /// The session, if the request's message id and body are acceptable.
+    fn check_message(&self, id: &str, body: &Blob) -> Result<SessionHandle, Refusal> {
         let Some(session) = self.session.clone() else {
             return refuse(ErrorCode::NotLoggedIn, "log in first");
         };
@@ -499,6 +549,11 @@ impl ClientConn {
                 format!("a message body is at most {MAX_BODY_BYTES} bytes"),
             );
         }
+        Ok(session)
+    }
+
+    fn send(&mut self, req: u64, id: String, to: String, body: Blob) -> Result<(), Refusal> {
+        let session = self.check_message(&id, &body)?;
         if !self.user_exists(&to)? {
             return refuse(ErrorCode::UnknownUser, format!("no user named {to:?}"));
         }
@@ -509,8 +564,13 @@ impl ClientConn {
             body: body.into_base64(),
             sent_at: now_millis(),
             order_key: self.state.next_order_key(),
+            group: None,
         };
-        self.state.route_message(&session, req, message);
+        let reply = ReplyTo::Direct {
+            session: session.clone(),
+            req,
+        };
+        self.state.route_message(reply, message);
         Ok(())
     }
 

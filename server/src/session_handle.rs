@@ -34,6 +34,8 @@ pub struct Delivery {
     pub body: Blob,
     /// Server timestamp.
     pub sent_at: i64,
+    /// For a member's copy of a group message: the group.
+    pub group: Option<String>,
 }
 
 struct DeliveryState {
@@ -152,6 +154,7 @@ impl SessionHandle {
             to: user.to_string(),
             body: d.body.clone(),
             sent_at: d.sent_at,
+            group: d.group.clone(),
         })
     }
 

@@ -2,12 +2,12 @@
 
 use crate::config::Config;
 use crate::inflight::{InFlight, InFlightEntry, Via};
+use crate::reply::ReplyTo;
 use crate::router::{Location, Router};
 use crate::session_handle::{Delivery, Origin, SessionHandle};
-use crate::store::{StoreJob, StoreReply};
+use crate::store::StoreJob;
 use crate::tls::ServerTls;
 use crossbeam_channel::Sender;
-use fastchat_common::protocol::client::{OkResult, ServerFrame};
 use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::ticket::TicketVerifier;
 use fastchat_common::Blob;
@@ -101,19 +101,18 @@ impl ServerState {
 
     /// Routes a direct message accepted from `sender` (request `req`). The sender is
     /// answered later, from whichever thread ends the message's flight.
-    pub fn route_message(&self, sender: &SessionHandle, req: u64, message: NewPending) {
+    pub fn route_message(&self, reply: ReplyTo, message: NewPending) {
         if self.storing.lock().contains_key(&message.recipient)
             || self.store_failed.lock().contains_key(&message.recipient)
         {
             // Older messages to this recipient are on their way to storage: follow them.
-            return self.store_for(sender, req, message);
+            return self.store_for(reply, message);
         }
         match self.router.locate(&message.recipient) {
             Some(Location::Local(session)) => {
                 let delivery = delivery_of(&message);
                 let token = self.inflight.new_token();
-                self.inflight
-                    .insert(token, sender.clone(), req, message, Via::Local);
+                self.inflight.insert(token, reply, message, Via::Local);
                 if session.push_live(&delivery, Origin::Local(token)).is_err() {
                     self.fail_flight(token);
                 }
@@ -128,43 +127,35 @@ impl ServerState {
                         to: message.recipient.clone(),
                         body: Blob::from_base64(message.body.clone()),
                         sent_at: message.sent_at,
+                        group: message.group.clone(),
                     };
                     self.inflight
-                        .insert(token, sender.clone(), req, message, Via::Peer(server));
+                        .insert(token, reply, message, Via::Peer(server));
                     if !link.send(&frame, LINK_WAIT) {
                         self.fail_flight(token);
                     }
                 }
-                None => self.store_for(sender, req, message),
+                None => self.store_for(reply, message),
             },
-            None => self.store_for(sender, req, message),
+            None => self.store_for(reply, message),
         }
     }
 
-    fn store_for(&self, sender: &SessionHandle, req: u64, message: NewPending) {
+    fn store_for(&self, reply: ReplyTo, message: NewPending) {
         *self
             .storing
             .lock()
             .entry(message.recipient.clone())
             .or_default() += 1;
-        let reply = StoreReply::Sender {
-            session: sender.clone(),
-            req,
-        };
         let _ = self.store.send(StoreJob::Store { message, reply });
     }
 
     /// The recipient acknowledged the message with this token: answer its sender.
     pub fn complete_flight(&self, token: u64) {
         if let Some(entry) = self.inflight.take(token) {
-            let _ = entry.sender.send_frame(&ServerFrame::Ok {
-                req: entry.req,
-                result: Some(OkResult::Sent {
-                    id: entry.message.msg_id,
-                    sent_at: entry.message.sent_at,
-                    stored: false,
-                }),
-            });
+            entry
+                .reply
+                .settled(&entry.message.msg_id, entry.message.sent_at, false);
         }
     }
 
@@ -178,7 +169,7 @@ impl ServerState {
 
     /// Stores an in-flight message that will not be delivered live.
     pub fn store_entry(&self, entry: InFlightEntry) {
-        self.store_for(&entry.sender, entry.req, entry.message);
+        self.store_for(entry.reply, entry.message);
     }
 
     /// Handles the acknowledgement of pushed messages by a local client.
@@ -294,5 +285,6 @@ pub fn delivery_of(message: &NewPending) -> Delivery {
         from: message.sender.clone(),
         body: Blob::from_base64(message.body.clone()),
         sent_at: message.sent_at,
+        group: message.group.clone(),
     }
 }

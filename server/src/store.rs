@@ -2,10 +2,10 @@
 //! batches (group commit: one transaction for everything queued), and fetcher threads
 //! that push stored messages to sessions that log in or are hinted.
 
+use crate::reply::ReplyTo;
 use crate::session_handle::{Delivery, PushError, SessionHandle};
 use crate::state::{ServerState, Stored};
 use crossbeam_channel::Receiver;
-use fastchat_common::protocol::client::{OkResult, ServerFrame};
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::NewPending;
 use std::sync::{Arc, Weak};
@@ -20,17 +20,6 @@ const FETCH_WAIT: Duration = Duration::from_secs(10);
 /// How long a fetch keeps retrying while the database is out of reach.
 const FETCH_RETRY_FOR: Duration = Duration::from_secs(60);
 
-/// Who to answer once a store commits.
-pub enum StoreReply {
-    /// The sending client's request.
-    Sender {
-        /// The sender's session.
-        session: SessionHandle,
-        /// Its request number.
-        req: u64,
-    },
-}
-
 /// Work for the store thread.
 pub enum StoreJob {
     /// Store this message, then answer.
@@ -38,7 +27,7 @@ pub enum StoreJob {
         /// The message.
         message: NewPending,
         /// Who waits for the commit.
-        reply: StoreReply,
+        reply: ReplyTo,
     },
     /// The recipient acknowledged this stored message: delete it.
     Delete(i64),
@@ -71,7 +60,7 @@ pub fn run_store(state: Weak<ServerState>, jobs: Receiver<StoreJob>) {
     }
 }
 
-fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, deletes: Vec<i64>) {
+fn commit_batch(state: &ServerState, stores: Vec<(NewPending, ReplyTo)>, deletes: Vec<i64>) {
     if !deletes.is_empty() {
         // A failed delete only means a duplicate later, which receivers drop by id.
         if let Err(e) = state
@@ -104,7 +93,7 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, dele
     if stores.is_empty() {
         return;
     }
-    let (messages, replies): (Vec<NewPending>, Vec<StoreReply>) = stores.into_iter().unzip();
+    let (messages, replies): (Vec<NewPending>, Vec<ReplyTo>) = stores.into_iter().unzip();
     let result = state
         .pool
         .get()
@@ -114,15 +103,7 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, dele
         Ok(_) => {
             let mut recipients: Vec<&str> = Vec::new();
             for (message, reply) in messages.iter().zip(&replies) {
-                let StoreReply::Sender { session, req } = reply;
-                let _ = session.send_frame(&ServerFrame::Ok {
-                    req: *req,
-                    result: Some(OkResult::Sent {
-                        id: message.msg_id.clone(),
-                        sent_at: message.sent_at,
-                        stored: true,
-                    }),
-                });
+                reply.settled(&message.msg_id, message.sent_at, true);
                 if !recipients.contains(&message.recipient.as_str()) {
                     recipients.push(&message.recipient);
                 }
@@ -157,17 +138,13 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, StoreReply)>, dele
 /// Answers the senders of messages that were not stored, and records the outcome.
 fn refuse_stores(
     state: &ServerState,
-    stores: Vec<(NewPending, StoreReply)>,
+    stores: Vec<(NewPending, ReplyTo)>,
     code: ErrorCode,
     outcome: Stored,
 ) {
     state.done_storing(stores.iter().map(|(m, _)| m.recipient.as_str()), outcome);
-    for (_, StoreReply::Sender { session, req }) in stores {
-        let _ = session.send_frame(&ServerFrame::Error {
-            req: Some(req),
-            code,
-            message: "the message could not be stored; send it again".into(),
-        });
+    for (_, reply) in stores {
+        reply.failed(code);
     }
 }
 
@@ -218,6 +195,7 @@ fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), S
                 from: row.sender,
                 body: Blob::from_base64(row.body),
                 sent_at: row.sent_at,
+                group: row.group,
             };
             match session.push_stored(&delivery, row.seq, FETCH_WAIT) {
                 Ok(()) => {}

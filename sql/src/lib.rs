@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod groups;
 mod keys;
 mod migrate;
 mod pending;
@@ -13,6 +14,10 @@ mod servers;
 mod users;
 
 pub use error::StoreError;
+pub use groups::{
+    add_member, create_group, group_info, group_key, groups_of, remove_member, Change, GroupError,
+    GroupInfo, GroupRefusal,
+};
 pub use keys::{conversation_key, offer_conversation_key, ConversationKeyRow};
 pub use migrate::{migrate, MIGRATIONS};
 pub use pending::{

@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "resume_tokens",
         include_str!("../migrations/0004_resume_tokens.sql"),
     ),
+    (5, "groups", include_str!("../migrations/0005_groups.sql")),
 ];
 
 /// Arbitrary constant naming FastChat's migration lock among advisory locks.

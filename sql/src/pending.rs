@@ -19,6 +19,8 @@ pub struct NewPending {
     /// The accepting server's monotonic acceptance counter: with `sent_at`, the
     /// delivery order.
     pub order_key: i64,
+    /// The group, for a member's copy of a group message.
+    pub group: Option<String>,
 }
 
 /// A stored message, as taken for delivery.
@@ -38,6 +40,8 @@ pub struct PendingMessage {
     pub sent_at: i64,
     /// See [`NewPending::order_key`].
     pub order_key: i64,
+    /// See [`NewPending::group`].
+    pub group: Option<String>,
 }
 
 /// Where a fetch has got to: the delivery order key of the last message taken.
@@ -51,8 +55,8 @@ pub fn store_pending(
 ) -> Result<Vec<i64>, StoreError> {
     let mut tx = client.transaction()?;
     let insert = tx.prepare(
-        "INSERT INTO pending (recipient, sender, msg_id, body, sent_at, order_key)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+        "INSERT INTO pending (recipient, sender, msg_id, body, sent_at, order_key, group_name)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
     )?;
     let mut seqs = Vec::with_capacity(messages.len());
     for m in messages {
@@ -65,6 +69,7 @@ pub fn store_pending(
                 &m.body,
                 &m.sent_at,
                 &m.order_key,
+                &m.group,
             ],
         )?;
         seqs.push(row.get(0));
@@ -83,7 +88,7 @@ pub fn take_pending(
 ) -> Result<Vec<PendingMessage>, StoreError> {
     let (sent_at, order_key) = after.unwrap_or((i64::MIN, i64::MIN));
     let rows = client.query(
-        "SELECT seq, recipient, sender, msg_id, body, sent_at, order_key FROM pending
+        "SELECT seq, recipient, sender, msg_id, body, sent_at, order_key, group_name FROM pending
          WHERE recipient = $1 AND (sent_at, order_key) > ($2, $3)
          ORDER BY sent_at, order_key LIMIT $4",
         &[&recipient, &sent_at, &order_key, &limit],
@@ -98,6 +103,7 @@ pub fn take_pending(
             body: r.get(4),
             sent_at: r.get(5),
             order_key: r.get(6),
+            group: r.get(7),
         })
         .collect())
 }

@@ -13,6 +13,20 @@ pub enum Command {
     Passwd { old: String, new: String },
     /// `/msg USER TEXT`
     Msg { to: String, text: String },
+    /// `/group create NAME [USER...]`
+    GroupCreate { group: String, members: Vec<String> },
+    /// `/group add NAME USER`
+    GroupAdd { group: String, user: String },
+    /// `/group remove NAME USER`
+    GroupRemove { group: String, user: String },
+    /// `/group leave NAME`
+    GroupLeave { group: String },
+    /// `/group members NAME`
+    GroupMembers { group: String },
+    /// `/groups`
+    Groups,
+    /// `/gmsg NAME TEXT`
+    Gmsg { group: String, text: String },
     /// `/help`
     Help,
     /// `/quit`
@@ -29,6 +43,19 @@ pub const HELP: &[(&str, &str)] = &[
         "change the password (re-seals the private key backup)",
     ),
     ("/msg USER TEXT", "send a direct message"),
+    (
+        "/group create NAME [USER...]",
+        "create a group (you are its admin)",
+    ),
+    ("/group add NAME USER", "add a member (admin only)"),
+    ("/group remove NAME USER", "remove a member (admin only)"),
+    ("/group leave NAME", "leave a group"),
+    (
+        "/group members NAME",
+        "list a group's members (* marks the admin)",
+    ),
+    ("/groups", "list your groups"),
+    ("/gmsg NAME TEXT", "send a message to a group"),
     ("/help", "list the commands"),
     ("/quit", "leave"),
 ];
@@ -115,6 +142,49 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             }
             Command::Msg {
                 to: to.to_string(),
+                text: text.to_string(),
+            }
+        }
+        "group" => {
+            let (sub, rest) = word(rest);
+            let words: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+            let bad = || {
+                ParseError {
+                cmd: "group".into(),
+                unknown: false,
+                message: "usage: /group create NAME [USER...] | add NAME USER | remove NAME USER | leave NAME | members NAME".into(),
+            }
+            };
+            match (sub, words.as_slice()) {
+                ("create", [group, members @ ..]) => Command::GroupCreate {
+                    group: group.clone(),
+                    members: members.to_vec(),
+                },
+                ("add", [group, user]) => Command::GroupAdd {
+                    group: group.clone(),
+                    user: user.clone(),
+                },
+                ("remove" | "kick", [group, user]) => Command::GroupRemove {
+                    group: group.clone(),
+                    user: user.clone(),
+                },
+                ("leave", [group]) => Command::GroupLeave {
+                    group: group.clone(),
+                },
+                ("members", [group]) => Command::GroupMembers {
+                    group: group.clone(),
+                },
+                _ => return Err(bad()),
+            }
+        }
+        "groups" => Command::Groups,
+        "gmsg" => {
+            let (group, text) = word(rest);
+            if group.is_empty() || text.is_empty() {
+                return Err(usage(cmd));
+            }
+            Command::Gmsg {
+                group: group.to_string(),
                 text: text.to_string(),
             }
         }

@@ -69,8 +69,31 @@ impl Output {
                         v["stored"] = json!(stored);
                     }
                     Some(OkResult::Hello { server, .. }) => v["server"] = json!(server),
+                    Some(OkResult::Group {
+                        group,
+                        epoch,
+                        members,
+                    }) => {
+                        v["group"] = json!(group);
+                        v["epoch"] = json!(epoch);
+                        v["members"] = json!(members
+                            .iter()
+                            .map(|m| json!({"user": m.user, "admin": m.admin}))
+                            .collect::<Vec<_>>());
+                    }
+                    Some(OkResult::Groups { groups }) => {
+                        v["groups"] = json!(groups
+                            .iter()
+                            .map(|g| json!({"group": g.group, "admin": g.admin}))
+                            .collect::<Vec<_>>());
+                    }
                     // Key records are the library's business, never a command's reply.
-                    Some(OkResult::PublicKey { .. } | OkResult::ConversationKey { .. }) | None => {}
+                    Some(
+                        OkResult::PublicKey { .. }
+                        | OkResult::ConversationKey { .. }
+                        | OkResult::GroupKey { .. },
+                    )
+                    | None => {}
                 }
                 self.json(v);
             }
@@ -135,6 +158,59 @@ impl Output {
                     ..
                 },
             ) => self.line(&format!("[{}] {from}: {text}", clock(*sent_at))),
+            (
+                Mode::Json,
+                Event::GroupMessage {
+                    group,
+                    id,
+                    from,
+                    text,
+                    sent_at,
+                },
+            ) => self.json(json!({
+                "event": "group_message", "group": group, "from": from, "text": text,
+                "id": id, "sent_at": rfc3339(*sent_at)
+            })),
+            (
+                Mode::Human,
+                Event::GroupMessage {
+                    group,
+                    from,
+                    text,
+                    sent_at,
+                    ..
+                },
+            ) => self.line(&format!("[{}] {from}@{group}: {text}", clock(*sent_at))),
+            (
+                Mode::Json,
+                Event::Group {
+                    group,
+                    change,
+                    user,
+                    ..
+                },
+            ) => self.json(json!({
+                "event": "group", "group": group, "change": change, "user": user
+            })),
+            (
+                Mode::Human,
+                Event::Group {
+                    group,
+                    change,
+                    user,
+                    ..
+                },
+            ) => self.line(&format!(
+                "* {group}: {user} {}",
+                match change.as_str() {
+                    "created" => "created the group",
+                    "added" => "joined",
+                    "removed" => "was removed",
+                    "left" => "left",
+                    "admin" => "is now the admin",
+                    other => other,
+                }
+            )),
             (Mode::Json, Event::Undecryptable { id, from, error }) => self.json(json!({
                 "event": "error", "code": error.code.as_str(), "message": error.message,
                 "id": id, "from": from

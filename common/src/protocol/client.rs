@@ -1,7 +1,7 @@
 //! Client <-> server frames: requests from the client, replies and pushed events back.
 
 use crate::blob::Blob;
-use crate::e2e::ConversationKeyRecord;
+use crate::e2e::{ConversationKeyRecord, GroupKeyRecord};
 use crate::error::ErrorCode;
 use crate::protocol::UnixMillis;
 use crate::ticket::Ticket;
@@ -68,6 +68,65 @@ pub enum RequestBody {
         new: String,
         /// The private key sealed under the new password.
         key_backup: String,
+    },
+    /// Create a group with us as admin and `members` in it.
+    GroupCreate {
+        /// Its name (1-32 of `A-Z a-z 0-9 _ - .`, unique among groups).
+        group: String,
+        /// The other members.
+        #[serde(default)]
+        members: Vec<String>,
+    },
+    /// Add a member (admin only).
+    GroupAdd {
+        /// The group.
+        group: String,
+        /// Who.
+        user: String,
+    },
+    /// Remove a member (admin only).
+    GroupRemove {
+        /// The group.
+        group: String,
+        /// Who.
+        user: String,
+    },
+    /// Leave a group.
+    GroupLeave {
+        /// The group.
+        group: String,
+    },
+    /// A group's members and epoch (members only).
+    GroupMembers {
+        /// The group.
+        group: String,
+    },
+    /// The groups we are in.
+    Groups,
+    /// A group key record: of `epoch`, or the current one. With `offer` (for the current
+    /// epoch), it is stored unless the epoch has a key already; the reply is the record
+    /// now stored, so members who make one at the same time agree.
+    GroupKey {
+        /// The group.
+        group: String,
+        /// The epoch wanted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        /// A record for the current epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offer: Option<GroupKeyRecord>,
+    },
+    /// A group message, sealed under the key of `epoch` (which must be current).
+    /// Answered `ok {kind: sent}` once every other member's copy is delivered or stored.
+    GroupSend {
+        /// The sender's message id.
+        id: String,
+        /// The group.
+        group: String,
+        /// The key epoch it is sealed under.
+        epoch: u64,
+        /// The opaque body.
+        body: Blob,
     },
     /// Fetch a user's public key.
     PublicKey {
@@ -143,6 +202,20 @@ pub enum ServerFrame {
         body: Blob,
         /// When the first server accepted it.
         sent_at: UnixMillis,
+        /// For a member's copy of a group message: the group (`to` is the member).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+    },
+    /// A membership change in one of our groups (not stored: sent to members online).
+    Group {
+        /// The group.
+        group: String,
+        /// `created`, `added`, `removed`, `left` or `admin`.
+        change: String,
+        /// Whom it is about.
+        user: String,
+        /// The key epoch it began.
+        epoch: u64,
     },
     /// This session was replaced by a login of the same user elsewhere; the server
     /// closes the connection after this frame.
@@ -180,6 +253,27 @@ pub enum OkResult {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume_token: Option<String>,
     },
+    /// A group and its members (longest-standing first).
+    Group {
+        /// The group.
+        group: String,
+        /// Its key epoch.
+        epoch: u64,
+        /// Members.
+        members: Vec<GroupMember>,
+    },
+    /// Our groups.
+    Groups {
+        /// By name.
+        groups: Vec<GroupSummary>,
+    },
+    /// A group key record.
+    GroupKey {
+        /// Its epoch.
+        epoch: u64,
+        /// The record.
+        record: GroupKeyRecord,
+    },
     /// A user's public key.
     PublicKey {
         /// Whose key.
@@ -201,6 +295,26 @@ pub enum OkResult {
         /// `true` when the recipient was not reached and the message waits in storage.
         stored: bool,
     },
+}
+
+/// A member, in a group listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    /// The user.
+    pub user: String,
+    /// Whether it is the admin.
+    pub admin: bool,
+}
+
+/// One of our groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    /// The group.
+    pub group: String,
+    /// Its key epoch.
+    pub epoch: u64,
+    /// Whether we are its admin.
+    pub admin: bool,
 }
 
 #[cfg(test)]

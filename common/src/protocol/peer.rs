@@ -43,6 +43,23 @@ pub enum PeerFrame {
         body: Blob,
         /// Server timestamp.
         sent_at: UnixMillis,
+        /// For a member's copy of a group message: the group.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+    },
+    /// A membership change: push it to those of `members` who are logged in on the
+    /// receiver.
+    GroupEvent {
+        /// Who to tell.
+        members: Vec<String>,
+        /// The group.
+        group: String,
+        /// `created`, `added`, `removed`, `left` or `admin`.
+        change: String,
+        /// Whom it is about.
+        user: String,
+        /// The key epoch it began.
+        epoch: u64,
     },
     /// The recipient's client acknowledged the message with this token.
     Delivered {

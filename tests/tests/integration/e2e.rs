@@ -97,6 +97,20 @@ fn the_database_and_the_logs_hold_no_plaintext_no_private_key_and_no_password() 
     assert_eq!(next_message(&bob, WAIT), ("alice".into(), live.into()));
     assert!(stored(alice.send_text("carol", offline).1.wait(WAIT)));
     assert_eq!(cluster.pending_count(), 1);
+    // A group message: bob (online) reads it, carol's copy is stored.
+    let group_text = "group-plaintext-9d41e7";
+    alice
+        .group_create("club", &["bob".into(), "carol".into()])
+        .unwrap();
+    assert!(stored(
+        alice.send_group_text("club", group_text).1.wait(WAIT)
+    ));
+    let got = fastchat_tests::wait_event(&bob, WAIT, "the group message", |e| match e {
+        Event::GroupMessage { text, .. } => Some(text),
+        _ => None,
+    });
+    assert_eq!(got, group_text);
+    assert_eq!(cluster.pending_count(), 2);
 
     let private_pem = std::fs::read_to_string(home.path().join("keys/alice.key")).unwrap();
     // A line from the middle of the PEM body: the key's bytes, whatever the framing.
@@ -111,6 +125,7 @@ fn the_database_and_the_logs_hold_no_plaintext_no_private_key_and_no_password() 
         for secret in [
             live,
             offline,
+            group_text,
             "alice-secret-pw-1",
             "bob-secret-pw-2",
             "carol-password",
@@ -139,7 +154,9 @@ fn the_database_and_the_logs_hold_no_plaintext_no_private_key_and_no_password() 
     )
     .is_err());
 
-    // What the server does hold: public keys, sealed backups, wrapped conversation keys.
+    // What the server does hold: public keys, sealed backups, wrapped conversation and
+    // group keys.
+    assert!(dump.contains("\"epoch\":1") || dump.contains("\"epoch\": 1"));
     assert!(dump.contains("BEGIN PUBLIC KEY"));
     assert!(dump.contains("fcbackup1$"));
     let keys: i64 = cluster

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 const USERS: usize = 30;
 const MESSAGES: usize = 150;
 const EVERY: Duration = Duration::from_millis(20);
+/// Users per group: users 0-4 form group g0, 5-9 g1, ...; the first of each speaks.
+const GROUP: usize = 5;
+/// Group messages each speaker sends (one every 3 * EVERY).
+const GROUP_MESSAGES: usize = 50;
 
 /// What a receiver saw: message numbers in arrival order, and when it reconnected.
 #[derive(Default)]
@@ -19,8 +23,25 @@ struct Seen {
     /// The server it was on before the disruption.
     server: String,
     numbers: Vec<usize>,
+    /// Numbers of the group messages from its group's speaker, in arrival order.
+    group_numbers: Vec<usize>,
     reconnected_at: Option<Instant>,
     reconnecting_at: Option<Instant>,
+}
+
+/// The numbers (positions) of the messages the cluster acknowledged.
+fn acknowledged(handles: Vec<fastchat_client::ReplyHandle>) -> Vec<usize> {
+    handles
+        .into_iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            matches!(
+                h.wait(Duration::from_secs(90)),
+                Ok(Some(OkResult::Sent { .. }))
+            )
+        })
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// Thirty users, each writing to the next at a steady rate; a third of the way in,
@@ -32,22 +53,35 @@ fn steady_traffic_through(cluster: &mut Cluster, disrupt: impl FnOnce(&mut Clust
         .iter()
         .map(|u| Arc::new(cluster.user(u, None)))
         .collect();
+    for g in 0..USERS / GROUP {
+        let others: Vec<String> = users[g * GROUP + 1..(g + 1) * GROUP].to_vec();
+        clients[g * GROUP]
+            .group_create(&format!("g{g}"), &others)
+            .expect("group created");
+    }
 
     // Each user i writes to user i+1: thirty conversations, one writer each.
     let receivers: Vec<_> = clients
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let c = c.clone();
+            let group_expected = if i % GROUP == 0 { 0 } else { GROUP_MESSAGES };
             thread::spawn(move || {
                 let mut seen = Seen {
                     server: c.server(),
                     ..Seen::default()
                 };
                 let deadline = Instant::now() + Duration::from_secs(120);
-                while seen.numbers.len() < MESSAGES && Instant::now() < deadline {
+                while (seen.numbers.len() < MESSAGES || seen.group_numbers.len() < group_expected)
+                    && Instant::now() < deadline
+                {
                     match c.events().recv_timeout(Duration::from_millis(200)) {
                         Ok(Event::Message { text, .. }) => {
                             seen.numbers.push(text.parse().expect("a number"))
+                        }
+                        Ok(Event::GroupMessage { text, .. }) => {
+                            seen.group_numbers.push(text.parse().expect("a number"))
                         }
                         Ok(Event::Reconnecting { .. }) => {
                             seen.reconnecting_at = Some(Instant::now())
@@ -72,18 +106,22 @@ fn steady_traffic_through(cluster: &mut Cluster, disrupt: impl FnOnce(&mut Clust
                         c.send_text(&to, &k.to_string()).1
                     })
                     .collect();
-                // Which numbers the cluster acknowledged (delivered or stored).
-                handles
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, h)| {
-                        matches!(
-                            h.wait(Duration::from_secs(90)),
-                            Ok(Some(OkResult::Sent { .. }))
-                        )
+                acknowledged(handles)
+            })
+        })
+        .collect();
+
+    let speakers: Vec<_> = (0..USERS / GROUP)
+        .map(|g| {
+            let c = clients[g * GROUP].clone();
+            thread::spawn(move || {
+                let handles: Vec<_> = (0..GROUP_MESSAGES)
+                    .map(|k| {
+                        thread::sleep(EVERY * 3);
+                        c.send_group_text(&format!("g{g}"), &k.to_string()).1
                     })
-                    .map(|(k, _)| k)
-                    .collect::<Vec<usize>>()
+                    .collect();
+                acknowledged(handles)
             })
         })
         .collect();
@@ -92,6 +130,7 @@ fn steady_traffic_through(cluster: &mut Cluster, disrupt: impl FnOnce(&mut Clust
     disrupt(cluster);
 
     let acked: Vec<Vec<usize>> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let group_acked: Vec<Vec<usize>> = speakers.into_iter().map(|t| t.join().unwrap()).collect();
     let seen: Vec<Seen> = receivers.into_iter().map(|t| t.join().unwrap()).collect();
     for i in 0..USERS {
         let receiver = (i + 1) % USERS;
@@ -123,9 +162,30 @@ fn steady_traffic_through(cluster: &mut Cluster, disrupt: impl FnOnce(&mut Clust
             users[receiver]
         );
     }
+    for (i, s) in seen.iter().enumerate() {
+        if i % GROUP == 0 {
+            assert!(
+                s.group_numbers.is_empty(),
+                "a speaker got its own group messages"
+            );
+            continue;
+        }
+        let got = &s.group_numbers;
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "user{i:02} got group messages out of order or twice: {got:?}"
+        );
+        let acked = &group_acked[i / GROUP];
+        assert!(
+            acked.iter().all(|k| got.contains(k)),
+            "user{i:02} misses acknowledged group messages: {got:?}"
+        );
+    }
     // Every message was acknowledged in the end: refused or unanswered ones were sent again.
     let unacked: usize = acked.iter().map(|a| MESSAGES - a.len()).sum();
     assert_eq!(unacked, 0, "messages never acknowledged");
+    let group_unacked: usize = group_acked.iter().map(|a| GROUP_MESSAGES - a.len()).sum();
+    assert_eq!(group_unacked, 0, "group messages never acknowledged");
     seen
 }
 
