@@ -4,6 +4,7 @@
 //! re-sends what was not answered, in order. Requests made meanwhile wait for it.
 
 use crate::error::ClientError;
+use crate::history::{Conversation, History, HistoryEntry};
 use crate::inbox::{run_inbox, Incoming};
 use crate::keyring::{Identity, Keyring};
 use crate::link::{self, Link};
@@ -108,6 +109,13 @@ pub enum Event {
         user: String,
         /// The new epoch.
         epoch: u64,
+    },
+    /// A direct message we sent has reached the recipient's client.
+    Delivered {
+        /// Our message id.
+        id: String,
+        /// The recipient.
+        to: String,
     },
     /// A message that does not open (tampered, wrong key, addressed to someone else):
     /// never shown as a message. `error.code` is `undecryptable` (or `key_changed`).
@@ -221,6 +229,9 @@ struct Waiter {
     retries: u32,
     /// Refused `unavailable`: the next retry pass sends it again.
     retry_due: bool,
+    /// For a direct message: its recipient, told of as `Delivered` when the `ok` says
+    /// the recipient's client took it.
+    to: Option<String>,
 }
 
 /// How long after an `unavailable` refusal a request is sent again.
@@ -244,6 +255,7 @@ pub(crate) struct Inner {
     /// Set when the client is closed or has given up: no more reconnects.
     closed: AtomicBool,
     pub(crate) keyring: Keyring,
+    pub(crate) history: History,
     /// Counts the sessions begun (each `ok {kind: session}` a reader sees). Pushed
     /// messages carry the count they arrived under; the inbox drops, unacknowledged,
     /// those of an earlier session, whose tags mean nothing now.
@@ -261,6 +273,15 @@ impl Inner {
     /// database is out of reach) is sent again instead, by a retry pass that re-sends
     /// every such request in order, so a conversation keeps its order.
     pub(crate) fn reply(self: &Arc<Self>, req: u64, reply: Reply) {
+        if let Ok(Some(OkResult::Sent {
+            id, stored: false, ..
+        })) = &reply
+        {
+            let to = self.waiting.lock().get(&req).and_then(|w| w.to.clone());
+            if let Some(to) = to {
+                let _ = self.events.send(Event::Delivered { id: id.clone(), to });
+            }
+        }
         let unavailable = matches!(&reply, Err(e) if e.code == ErrorCode::Unavailable);
         let mut waiting = self.waiting.lock();
         if unavailable {
@@ -349,8 +370,18 @@ fn resendable(body: &RequestBody) -> bool {
 }
 
 /// Sends a request on the installed link, or keeps it for the next one while
-/// reconnecting; the reply arrives on the handle.
+/// reconnecting; the reply arrives on the handle. A direct message's delivery is
+/// reported as `Event::Delivered`.
 fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
+    let to = match &body {
+        RequestBody::Send { to, .. } => Some(to.clone()),
+        _ => None,
+    };
+    send_request_to(inner, body, to)
+}
+
+/// [`send_request`], reporting the delivery to `to` (if any) when the `ok` says so.
+fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> ReplyHandle {
     if inner.closed.load(Ordering::Acquire) {
         return ReplyHandle::ready(Err(ClientError::disconnected("connection closed")));
     }
@@ -367,6 +398,7 @@ fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
                 sent_on: link.id,
                 retries: 0,
                 retry_due: false,
+                to,
             };
             inner.waiting.lock().insert(req, waiter);
             let _ = link.out.send(Out::Frame(frame));
@@ -378,6 +410,7 @@ fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
                 sent_on: 0,
                 retries: 0,
                 retry_due: false,
+                to,
             };
             inner.waiting.lock().insert(req, waiter);
         }
@@ -492,6 +525,7 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
             sent_on: id,
             retries: 0,
             retry_due: false,
+            to: None,
         },
     );
     let frame = serde_json::to_vec(&Request {
@@ -520,6 +554,33 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
     *installed = Some(link);
     *inner.server.lock() = server.clone();
     Ok(server)
+}
+
+/// Seals a receipt for message `id` and sends it to its sender, without waiting.
+pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, id: &str) {
+    let fetch = |body: RequestBody| call(inner, body, NET_TIMEOUT);
+    let receipt_id = new_message_id();
+    let payload = Payload::Receipt { id: id.to_string() };
+    let sealed = inner
+        .keyring
+        .sending_key(&fetch, me, to)
+        .and_then(|(key_id, key)| {
+            let plaintext = serde_json::to_vec(&payload).expect("payloads serialize");
+            seal_direct(&key, &key_id, &me.user, to, &receipt_id, &plaintext)
+                .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
+        });
+    match sealed {
+        Ok(body) => {
+            let send = RequestBody::Send {
+                id: receipt_id,
+                to: to.to_string(),
+                body: Blob::from_bytes(&body),
+            };
+            // No `Delivered` event for the receipt itself.
+            let _ = send_request_to(inner, send, None);
+        }
+        Err(e) => log::warn!("no receipt to {to} for {id}: {e}"),
+    }
 }
 
 /// The payload of a text message, if it is not too long.
@@ -599,6 +660,7 @@ impl Client {
             server: Mutex::new(String::new()),
             closed: AtomicBool::new(false),
             keyring: Keyring::new(config.home.clone()),
+            history: History::new(config.home.clone()),
             session: AtomicU64::new(0),
             resume: Mutex::new(None),
             events: events_tx.clone(),
@@ -784,7 +846,10 @@ impl Client {
             Err(e) => return (id, ReplyHandle::ready(Err(e))),
         };
         let handle = match self.seal_direct(&id, to, &payload) {
-            Ok(body) => self.send_body(&id, to, &body),
+            Ok(body) => {
+                self.record_sent(Conversation::User(to.to_string()), &id, text);
+                self.send_body(&id, to, &body)
+            }
             Err(e) => ReplyHandle::ready(Err(e)),
         };
         (id, handle)
@@ -808,6 +873,7 @@ impl Client {
             Ok(p) => p,
             Err(e) => return (id, ReplyHandle::ready(Err(e))),
         };
+        self.record_sent(Conversation::Group(group.to_string()), &id, text);
         let handle = send_group_payload(&self.inner, &id, group, &payload);
         let (inner, retry_id, group, retry_payload) =
             (self.inner.clone(), id.clone(), group.to_string(), payload);
@@ -816,6 +882,38 @@ impl Client {
             send_group_payload(&inner, &retry_id, &group, &retry_payload)
         }));
         (id, handle)
+    }
+
+    fn record_sent(&self, conversation: Conversation, id: &str, text: &str) {
+        if let Some(me) = self.inner.keyring.identity() {
+            let entry = HistoryEntry {
+                id: id.to_string(),
+                from: me.user.clone(),
+                text: text.to_string(),
+                sent_at: fastchat_common::protocol::now_millis(),
+            };
+            self.inner.history.record(&me.user, &conversation, &entry);
+        }
+    }
+
+    /// The last `n` messages of a conversation that this client has seen (sent or
+    /// opened), oldest first, from its local history in `HOME` (empty without one).
+    pub fn history(
+        &self,
+        conversation: &Conversation,
+        n: usize,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        let me = self.identity()?;
+        self.inner.history.last(&me.user, conversation, n)
+    }
+
+    /// Whether this client has history for a group of that name (to tell `/history NAME`
+    /// of a group from one of a user).
+    pub fn has_group_history(&self, group: &str) -> bool {
+        self.inner
+            .keyring
+            .identity()
+            .is_some_and(|me| self.inner.history.has_group(&me.user, group))
     }
 
     /// Creates a group with us as admin (blocking).

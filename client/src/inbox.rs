@@ -2,8 +2,9 @@
 //! duplicates, turns it into an event and acknowledges it. It runs apart from the
 //! reader so that waiting on a key fetch never stops replies from being read.
 
-use crate::connection::{call, Event, Inner};
+use crate::connection::{call, send_receipt, Event, Inner};
 use crate::error::ClientError;
+use crate::history::{Conversation, HistoryEntry};
 use crate::keyring::Identity;
 use crate::payload::Payload;
 use crossbeam_channel::{Receiver, Sender};
@@ -34,6 +35,8 @@ pub(crate) struct Incoming {
     pub sent_at: UnixMillis,
     /// The group, for a group message.
     pub group: Option<String>,
+    /// Whether it came from storage (then the sender gets a receipt).
+    pub stored: bool,
 }
 
 /// Remembers recently seen `(sender, id)` pairs, forgetting the oldest beyond a bound.
@@ -65,6 +68,8 @@ impl Dedup {
 enum Outcome {
     /// Show it.
     Opened(String),
+    /// A receipt for our message with this id.
+    Receipt(String),
     /// It can never be opened: report it, and acknowledge it so it is not sent again.
     Refused(ClientError),
     /// It could not be opened now (connection trouble, keys not restored): leave it
@@ -129,6 +134,8 @@ fn open(inner: &Inner, me: &Identity, m: &Incoming) -> Outcome {
     };
     match serde_json::from_slice::<Payload>(&plaintext) {
         Ok(Payload::Text { text }) => Outcome::Opened(text),
+        Ok(Payload::Receipt { id }) if m.group.is_none() => Outcome::Receipt(id),
+        Ok(Payload::Receipt { .. }) => refused("a receipt in a group message"),
         Err(e) => refused(&format!("unknown content: {e}")),
     }
 }
@@ -165,8 +172,28 @@ pub(crate) fn run_inbox(inner: Arc<Inner>, rx: Receiver<Incoming>, events: Sende
             continue;
         };
         match open(&inner, &me, &m) {
+            Outcome::Receipt(id) => {
+                dedup.insert(&m.from, &m.id);
+                let _ = events.send(Event::Delivered { id, to: m.from });
+                inner.ack(m.session, m.tag);
+            }
             Outcome::Opened(text) => {
                 dedup.insert(&m.from, &m.id);
+                if m.stored && m.group.is_none() {
+                    // It waited in storage: tell the sender it has arrived now.
+                    send_receipt(&inner, &me, &m.from, &m.id);
+                }
+                let conversation = match &m.group {
+                    Some(g) => Conversation::Group(g.clone()),
+                    None => Conversation::User(m.from.clone()),
+                };
+                let entry = HistoryEntry {
+                    id: m.id.clone(),
+                    from: m.from.clone(),
+                    text: text.clone(),
+                    sent_at: m.sent_at,
+                };
+                inner.history.record(&me.user, &conversation, &entry);
                 let event = match m.group {
                     Some(group) => Event::GroupMessage {
                         group,

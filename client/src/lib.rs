@@ -6,6 +6,7 @@
 mod balancer;
 mod connection;
 mod error;
+mod history;
 mod inbox;
 mod keyring;
 mod link;
@@ -17,3 +18,4 @@ pub use connection::{Client, ClientConfig, Event, Reply, ReplyHandle};
 pub use error::ClientError;
 pub use fastchat_common::protocol::client::OkResult;
 pub use fastchat_common::ErrorCode;
+pub use history::{Conversation, HistoryEntry};

@@ -186,8 +186,10 @@ fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, inbox: Sender<Inc
                 body,
                 sent_at,
                 group,
+                stored,
             } => {
                 let _ = inbox.send(Incoming {
+                    stored,
                     session: inner.session.load(Ordering::Acquire),
                     tag,
                     id,

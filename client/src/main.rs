@@ -5,7 +5,9 @@ mod terminal;
 
 use clap::Parser;
 use crossbeam_channel::{select, Receiver};
-use fastchat_client::{Client, ClientConfig, ClientError, ErrorCode, OkResult, ReplyHandle};
+use fastchat_client::{
+    Client, ClientConfig, ClientError, Conversation, ErrorCode, OkResult, ReplyHandle,
+};
 use fastchat_common::protocol::client::RequestBody;
 use serde_json::json;
 use std::collections::VecDeque;
@@ -225,6 +227,27 @@ fn main() -> ExitCode {
                     .join(", "),
                 _ => String::new(),
             }),
+            Command::History { name, n } => {
+                let conversation = if client.has_group_history(&name) {
+                    Conversation::Group(name)
+                } else {
+                    Conversation::User(name)
+                };
+                match client.history(&conversation, n) {
+                    Ok(entries) => Pending::Local(Box::new(move |out| {
+                        let lines: Vec<String> = entries
+                            .iter()
+                            .map(|e| format!("{}: {}", e.from, e.text))
+                            .collect();
+                        let json: Vec<_> = entries
+                            .iter()
+                            .map(|e| json!({"id": e.id, "from": e.from, "text": e.text, "sent_at": terminal::output::rfc3339(e.sent_at)}))
+                            .collect();
+                        out.ok_with("history", json!({"messages": json}), &lines.join("\n"));
+                    })),
+                    Err(e) => Pending::Local(Box::new(move |out| out.error("history", &e))),
+                }
+            }
             Command::Gmsg { group, text } => {
                 // Waits here: a stale epoch is sealed again inside `wait`.
                 let (_, handle) = client.send_group_text(&group, &text);

@@ -12,4 +12,10 @@ pub(crate) enum Payload {
         /// The text.
         text: String,
     },
+    /// A delivery receipt: the direct message `id` waited in storage and has now
+    /// reached the recipient, who sends this back. Never shown, never answered.
+    Receipt {
+        /// The id of the message delivered.
+        id: String,
+    },
 }

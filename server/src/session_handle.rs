@@ -146,7 +146,7 @@ impl SessionHandle {
         let _ = self.0.socket.shutdown(Shutdown::Both);
     }
 
-    fn message_frame(tag: u64, user: &str, d: &Delivery) -> Vec<u8> {
+    fn message_frame(tag: u64, user: &str, d: &Delivery, stored: bool) -> Vec<u8> {
         to_body(&ServerFrame::Message {
             tag,
             id: d.id.clone(),
@@ -155,6 +155,7 @@ impl SessionHandle {
             body: d.body.clone(),
             sent_at: d.sent_at,
             group: d.group.clone(),
+            stored,
         })
     }
 
@@ -167,7 +168,7 @@ impl SessionHandle {
         }
         let tag = st.next_tag;
         st.next_tag += 1;
-        let body = Self::message_frame(tag, &self.0.user, delivery);
+        let body = Self::message_frame(tag, &self.0.user, delivery, false);
         if st.syncing {
             st.outstanding.insert(tag, origin);
             st.held.push(body);
@@ -204,7 +205,7 @@ impl SessionHandle {
             let tag = st.next_tag;
             st.next_tag += 1;
             st.outstanding.insert(tag, Origin::Stored(seq));
-            Self::message_frame(tag, &self.0.user, delivery)
+            Self::message_frame(tag, &self.0.user, delivery, true)
         };
         self.queue_waiting(body, wait)
     }

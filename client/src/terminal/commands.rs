@@ -25,6 +25,8 @@ pub enum Command {
     GroupMembers { group: String },
     /// `/groups`
     Groups,
+    /// `/history NAME [N]`
+    History { name: String, n: usize },
     /// `/gmsg NAME TEXT`
     Gmsg { group: String, text: String },
     /// `/help`
@@ -55,6 +57,10 @@ pub const HELP: &[(&str, &str)] = &[
         "list a group's members (* marks the admin)",
     ),
     ("/groups", "list your groups"),
+    (
+        "/history NAME [N]",
+        "the last N (20) messages with a user or in a group, from this machine",
+    ),
     ("/gmsg NAME TEXT", "send a message to a group"),
     ("/help", "list the commands"),
     ("/quit", "leave"),
@@ -178,6 +184,22 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             }
         }
         "groups" => Command::Groups,
+        "history" => {
+            let (name, rest) = word(rest);
+            let (n, extra) = word(rest);
+            let n = if n.is_empty() {
+                Ok(20)
+            } else {
+                n.parse::<usize>()
+            };
+            match (name, n, extra) {
+                (name, Ok(n), "") if !name.is_empty() => Command::History {
+                    name: name.to_string(),
+                    n,
+                },
+                _ => return Err(usage(cmd)),
+            }
+        }
         "gmsg" => {
             let (group, text) = word(rest);
             if group.is_empty() || text.is_empty() {

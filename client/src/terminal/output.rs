@@ -16,7 +16,8 @@ pub enum Mode {
     Json,
 }
 
-fn rfc3339(ms: i64) -> String {
+/// Unix milliseconds as RFC 3339 in UTC with milliseconds (the JSON output's times).
+pub fn rfc3339(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -211,6 +212,12 @@ impl Output {
                     other => other,
                 }
             )),
+            (Mode::Json, Event::Delivered { id, to }) => {
+                self.json(json!({"event": "delivered", "id": id, "to": to}))
+            }
+            (Mode::Human, Event::Delivered { to, .. }) => {
+                self.line(&format!("* delivered to {to}"))
+            }
             (Mode::Json, Event::Undecryptable { id, from, error }) => self.json(json!({
                 "event": "error", "code": error.code.as_str(), "message": error.message,
                 "id": id, "from": from

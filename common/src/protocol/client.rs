@@ -205,6 +205,10 @@ pub enum ServerFrame {
         /// For a member's copy of a group message: the group (`to` is the member).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
+        /// Whether it comes from storage (it waited for us): the client then tells the
+        /// sender it was delivered.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stored: bool,
     },
     /// A membership change in one of our groups (not stored: sent to members online).
     Group {

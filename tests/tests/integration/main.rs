@@ -11,6 +11,7 @@ mod membership;
 mod messages;
 mod shutdown;
 mod slow_consumer;
+mod terminal;
 mod tickets;
 mod tls;
 

@@ -1,0 +1,123 @@
+//! The `fastchat` terminal program driven through a pipe with `--json`: receipts,
+//! groups and the local history, as a user's script would see them.
+
+use crate::WAIT;
+use fastchat_client::{Conversation, Event};
+use fastchat_tests::{wait_event, Cluster};
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Runs `fastchat --json` with `lines` on standard input (one every `pace`), and
+/// returns every JSON object it printed.
+fn run_terminal(
+    cluster: &Cluster,
+    home: &std::path::Path,
+    lines: &[&str],
+    pace: Duration,
+) -> Vec<Value> {
+    let mut child = Command::new(fastchat_tests::bin("fastchat"))
+        .args(["--json", "--balancer", &cluster.balancer, "--ca"])
+        .arg(cluster.ca())
+        .arg("--home")
+        .arg(home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fastchat starts");
+    let mut stdin = child.stdin.take().unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+        std::thread::sleep(pace);
+    }
+    drop(stdin);
+    let out = fastchat_tests::wait_for("fastchat to exit", Duration::from_secs(60), || {
+        child.try_wait().ok().flatten()
+    });
+    assert!(out.success());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn find(out: &[Value], pred: impl Fn(&Value) -> bool) -> &Value {
+    out.iter()
+        .find(|v| pred(v))
+        .unwrap_or_else(|| panic!("not in the output: {out:#?}"))
+}
+
+#[test]
+fn receipts_groups_and_history_through_the_terminal() {
+    let cluster = Cluster::start(2);
+    let bob = cluster.user("bob", Some("server-2"));
+    let carol = cluster.user("carol", Some("server-1"));
+    carol.logout().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = run_terminal(
+        &cluster,
+        home.path(),
+        &[
+            "/signup alice alice-pw",
+            "/msg bob hi bob",
+            "/msg carol hi carol",
+            "/group create pals bob carol",
+            "/gmsg pals hello pals",
+            "/groups",
+            "/history bob",
+            "/history pals 5",
+            "/group members pals",
+        ],
+        Duration::from_millis(100),
+    );
+    // A live message is reported delivered at once.
+    let delivered = find(&out, |v| v["event"] == "delivered");
+    assert_eq!(delivered["to"], "bob");
+    // carol is offline: stored.
+    let stored = find(&out, |v| v["cmd"] == "msg" && v["stored"] == true);
+    assert!(stored["id"].is_string());
+    let group = find(&out, |v| v["cmd"] == "group");
+    assert_eq!(group["group"], "pals");
+    assert_eq!(group["members"][0]["user"], "alice");
+    assert_eq!(group["members"][0]["admin"], true);
+    let groups = find(&out, |v| v["cmd"] == "groups");
+    assert_eq!(groups["groups"][0]["group"], "pals");
+    let history: Vec<&Value> = out.iter().filter(|v| v["cmd"] == "history").collect();
+    assert_eq!(history[0]["messages"][0]["text"], "hi bob");
+    assert_eq!(history[0]["messages"][0]["from"], "alice");
+    assert_eq!(history[1]["messages"][0]["text"], "hello pals");
+
+    // bob got both; carol gets hers at login, and alice's next run hears of it.
+    let got = wait_event(&bob, WAIT, "the group message", |e| match e {
+        Event::GroupMessage { text, .. } => Some(text),
+        _ => None,
+    });
+    assert_eq!(got, "hello pals");
+    let carol = cluster.client();
+    carol.login("carol", "carol-password").unwrap();
+    assert_eq!(
+        fastchat_tests::next_message(&carol, WAIT),
+        ("alice".into(), "hi carol".into())
+    );
+    let out = run_terminal(
+        &cluster,
+        home.path(),
+        &["/login alice alice-pw"],
+        Duration::from_millis(1500),
+    );
+    let receipt = find(&out, |v| v["event"] == "delivered");
+    assert_eq!(receipt["to"], "carol");
+    assert_eq!(receipt["id"], stored["id"]);
+    // The library gives the same history.
+    let alice = fastchat_client::Client::connect(&cluster.config().with_home(home.path())).unwrap();
+    alice.login("alice", "alice-pw").unwrap();
+    let h = alice
+        .history(&Conversation::User("carol".into()), 10)
+        .unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].text, "hi carol");
+}
