@@ -110,6 +110,13 @@ pub enum Event {
         /// The new epoch.
         epoch: u64,
     },
+    /// A friend came online or went offline.
+    Presence {
+        /// The friend.
+        user: String,
+        /// Whether it is online now.
+        online: bool,
+    },
     /// A direct message we sent has reached the recipient's client.
     Delivered {
         /// Our message id.
@@ -914,6 +921,23 @@ impl Client {
             .keyring
             .identity()
             .is_some_and(|me| self.inner.history.has_group(&me.user, group))
+    }
+
+    /// Adds a user to our friends (blocking).
+    pub fn friend_add(&self, user: &str) -> Reply {
+        self.request(RequestBody::FriendAdd { user: user.into() })
+            .wait(NET_TIMEOUT)
+    }
+
+    /// Removes a user from our friends (blocking).
+    pub fn friend_remove(&self, user: &str) -> Reply {
+        self.request(RequestBody::FriendRemove { user: user.into() })
+            .wait(NET_TIMEOUT)
+    }
+
+    /// Our friends and their presence (blocking).
+    pub fn friends(&self) -> Reply {
+        self.request(RequestBody::Friends).wait(NET_TIMEOUT)
     }
 
     /// Creates a group with us as admin (blocking).

@@ -214,6 +214,9 @@ fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, inbox: Sender<Inc
                     epoch,
                 });
             }
+            ServerFrame::Presence { user, online } => {
+                let _ = inner.events.send(Event::Presence { user, online });
+            }
             ServerFrame::SessionReplaced => {
                 // Another login took over: this session must not come back by itself.
                 *inner.resume.lock() = None;

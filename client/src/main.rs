@@ -227,6 +227,31 @@ fn main() -> ExitCode {
                     .join(", "),
                 _ => String::new(),
             }),
+            Command::FriendAdd { user } => remote("friend", client.friend_add(&user), move |_| {
+                format!("{user} is now a friend")
+            }),
+            Command::FriendRemove { user } => {
+                remote("friend", client.friend_remove(&user), move |_| {
+                    format!("{user} is no longer a friend")
+                })
+            }
+            Command::Friends => remote("friends", client.friends(), |r| match r {
+                Some(OkResult::Friends { friends }) if friends.is_empty() => {
+                    "no friends yet".into()
+                }
+                Some(OkResult::Friends { friends }) => friends
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} ({})",
+                            f.user,
+                            if f.online { "online" } else { "offline" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => String::new(),
+            }),
             Command::History { name, n } => {
                 let conversation = if client.has_group_history(&name) {
                     Conversation::Group(name)

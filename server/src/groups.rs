@@ -2,19 +2,17 @@
 //! listings, key records, and group messages fanned out to every other member, each
 //! copy delivered live or stored like a direct message.
 
+use crate::notify::notify;
 use crate::reply::{GroupReply, ReplyTo};
-use crate::router::Location;
 use crate::session::{refuse, store_refusal, Refusal};
 use crate::session_handle::SessionHandle;
-use crate::state::{ServerState, LINK_WAIT};
+use crate::state::ServerState;
 use fastchat_common::e2e::GroupKeyRecord;
 use fastchat_common::names::is_valid_name;
 use fastchat_common::protocol::client::{GroupMember, GroupSummary, OkResult, ServerFrame};
 use fastchat_common::protocol::now_millis;
-use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::{GroupError, GroupInfo, GroupRefusal, NewPending};
-use std::collections::HashMap;
 
 /// Longest group key record accepted (JSON; a wrapped copy per member).
 const MAX_RECORD_PER_MEMBER: usize = 1024;
@@ -86,41 +84,7 @@ fn announce(
         user: user.to_string(),
         epoch: epoch as u64,
     };
-    let mut remote: HashMap<String, Vec<String>> = HashMap::new();
-    for member in members {
-        match state.router.locate(member) {
-            Some(Location::Local(session)) => {
-                let _ = session.send_frame(&frame);
-            }
-            Some(Location::Remote(server)) => {
-                remote.entry(server).or_default().push(member.clone())
-            }
-            None => {}
-        }
-    }
-    for (server, members) in remote {
-        if let Some(link) = state.router.peer(&server) {
-            link.send(
-                &PeerFrame::GroupEvent {
-                    members,
-                    group: group.to_string(),
-                    change: change.to_string(),
-                    user: user.to_string(),
-                    epoch: epoch as u64,
-                },
-                LINK_WAIT,
-            );
-        }
-    }
-}
-
-/// A peer's `group_event`: push it to the listed members logged in here.
-pub fn on_group_event(state: &ServerState, members: &[String], frame: ServerFrame) {
-    for member in members {
-        if let Some(Location::Local(session)) = state.router.locate(member) {
-            let _ = session.send_frame(&frame);
-        }
-    }
+    notify(state, members, &frame);
 }
 
 fn names(group: &GroupInfo) -> Vec<String> {

@@ -3,11 +3,13 @@
 mod acceptor;
 mod config;
 mod conn;
+mod friends;
 mod groups;
 mod heartbeat;
 mod inflight;
 mod keys;
 mod mesh;
+mod notify;
 mod reply;
 mod resume;
 mod router;

@@ -252,21 +252,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
                 state.request_fetch(&session);
             }
         }
-        PeerFrame::GroupEvent {
-            members,
-            group,
-            change,
-            user,
-            epoch,
-        } => {
-            let frame = fastchat_common::protocol::client::ServerFrame::Group {
-                group,
-                change,
-                user,
-                epoch,
-            };
-            crate::groups::on_group_event(state, &members, frame);
-        }
+        PeerFrame::Notify { users, frame } => crate::notify::on_notify(state, &users, &frame),
         PeerFrame::Fence { token } => {
             if let Some(link) = state.router.peer(peer) {
                 link.send(&PeerFrame::FenceAck { token }, LINK_WAIT);

@@ -5,6 +5,7 @@
 //! framed, a closed connection) and never reaches anything beyond this connection.
 
 use crate::conn::{out_queue, spawn_writer, to_body, OutQueue, Outgoing};
+use crate::friends;
 use crate::groups;
 use crate::keys;
 use crate::reply::ReplyTo;
@@ -21,6 +22,7 @@ use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::protocol::{now_millis, MAX_BODY_BYTES, PROTOCOL_VERSION};
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::{NewPending, StoreError};
+use std::collections::HashMap;
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -32,6 +34,9 @@ pub const CLIENT_QUEUE: usize = 8192;
 /// Bytes of unwritten frames a client's queue holds before the client counts as a slow
 /// consumer (about 120 of the largest messages).
 pub const CLIENT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// How long a refused message holds back later ones to the same target (see
+/// `ClientConn::in_order`); longer than the client library keeps re-sending.
+const REFUSED_HEAD_FOR: Duration = Duration::from_secs(90);
 /// Time allowed for the hello after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest password accepted, in bytes.
@@ -83,6 +88,9 @@ struct ClientConn {
     session: Option<SessionHandle>,
     /// The hash of the resumption token issued to this session (revoked at logout).
     resume_hash: Option<String>,
+    /// Per message target (`u:USER`, `g:GROUP`), the id of the first message refused
+    /// `unavailable` (see `in_order`).
+    refused_heads: HashMap<String, (String, Instant)>,
 }
 
 /// Serves one client connection until it ends; runs on the connection's reader thread.
@@ -124,6 +132,7 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         greeted: false,
         session: None,
         resume_hash: None,
+        refused_heads: HashMap::new(),
     };
     loop {
         match read_frame(&mut reader, MAX_CLIENT_FRAME) {
@@ -272,8 +281,27 @@ impl ClientConn {
                 group,
                 epoch,
                 body,
-            } => self.check_message(&id, &body).and_then(|session| {
-                groups::send(&self.state, &session, req, id, &group, epoch, body)
+            } => {
+                let target = format!("g:{group}");
+                self.in_order(&target, &id, |conn| {
+                    let session = conn.check_message(&id, &body)?;
+                    groups::send(&conn.state, &session, req, id.clone(), &group, epoch, body)
+                })
+            }
+            RequestBody::FriendAdd { user } => self.logged_in().and_then(|me| {
+                friends::add(&self.state, &me, &user)?;
+                self.ok(req, None);
+                Ok(())
+            }),
+            RequestBody::FriendRemove { user } => self.logged_in().and_then(|me| {
+                friends::remove(&self.state, &me, &user)?;
+                self.ok(req, None);
+                Ok(())
+            }),
+            RequestBody::Friends => self.logged_in().and_then(|me| {
+                let result = friends::list(&self.state, &me)?;
+                self.ok(req, Some(result));
+                Ok(())
             }),
             RequestBody::PublicKey { user } => self.logged_in().and_then(|_| {
                 let result = keys::public_key(&self.state, &user)?;
@@ -295,7 +323,10 @@ impl ClientConn {
                 self.ok(req, Some(result));
                 Ok(())
             }),
-            RequestBody::Send { id, to, body } => self.send(req, id, to, body),
+            RequestBody::Send { id, to, body } => {
+                let target = format!("u:{to}");
+                self.in_order(&target, &id.clone(), |conn| conn.send(req, id, to, body))
+            }
             RequestBody::Ack { tags } => {
                 if let Some(session) = &self.session {
                     let origins = session.acked(&tags);
@@ -356,6 +387,45 @@ impl ClientConn {
             }),
         );
         Ok(())
+    }
+
+    /// Runs a message request to `target` so that a refusal for want of the database
+    /// cannot let a later message overtake it: once message `id` is refused
+    /// `unavailable`, later ones to the same target are refused too, until `id` itself
+    /// comes again (the client re-sends refused messages in order).
+    fn in_order(
+        &mut self,
+        target: &str,
+        id: &str,
+        handle: impl FnOnce(&mut Self) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
+        // A client gives up re-sending after about a minute: then so does the rule.
+        if self
+            .refused_heads
+            .get(target)
+            .is_some_and(|(_, at)| at.elapsed() > REFUSED_HEAD_FOR)
+        {
+            self.refused_heads.remove(target);
+        }
+        match self.refused_heads.get(target) {
+            Some((head, _)) if head != id => {
+                return refuse(
+                    ErrorCode::Unavailable,
+                    "an earlier message to the same recipient is waiting to be sent again",
+                )
+            }
+            Some(_) => {
+                self.refused_heads.remove(target);
+            }
+            None => {}
+        }
+        let result = handle(self);
+        if matches!(&result, Err((ErrorCode::Unavailable, _))) {
+            self.refused_heads
+                .entry(target.to_string())
+                .or_insert_with(|| (id.to_string(), Instant::now()));
+        }
+        result
     }
 
     /// The logged-in user's name, or `not_logged_in`.
@@ -472,6 +542,7 @@ impl ClientConn {
             online: true,
         });
         fence_peers(state);
+        friends::announce_presence(state, user, true);
         log::info!("{user} logged in (connection {})", self.conn_id);
         self.ok(
             req,
@@ -531,6 +602,7 @@ impl ClientConn {
                 user: user.to_string(),
                 online: false,
             });
+            friends::announce_presence(state, user, false);
         }
         log::info!("{user} logged out (connection {})", self.conn_id);
     }

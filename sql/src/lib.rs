@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod friends;
 mod groups;
 mod keys;
 mod migrate;
@@ -14,6 +15,7 @@ mod servers;
 mod users;
 
 pub use error::StoreError;
+pub use friends::{add_friend, followers_of, friends_of, remove_friend};
 pub use groups::{
     add_member, create_group, group_info, group_key, groups_of, remove_member, Change, GroupError,
     GroupInfo, GroupRefusal,

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0004_resume_tokens.sql"),
     ),
     (5, "groups", include_str!("../migrations/0005_groups.sql")),
+    (6, "friends", include_str!("../migrations/0006_friends.sql")),
 ];
 
 /// Arbitrary constant naming FastChat's migration lock among advisory locks.

@@ -25,6 +25,12 @@ pub enum Command {
     GroupMembers { group: String },
     /// `/groups`
     Groups,
+    /// `/friend add USER`
+    FriendAdd { user: String },
+    /// `/friend remove USER`
+    FriendRemove { user: String },
+    /// `/friends`
+    Friends,
     /// `/history NAME [N]`
     History { name: String, n: usize },
     /// `/gmsg NAME TEXT`
@@ -57,6 +63,9 @@ pub const HELP: &[(&str, &str)] = &[
         "list a group's members (* marks the admin)",
     ),
     ("/groups", "list your groups"),
+    ("/friend add USER", "follow a user's presence"),
+    ("/friend remove USER", "stop following it"),
+    ("/friends", "list your friends, online or offline"),
     (
         "/history NAME [N]",
         "the last N (20) messages with a user or in a group, from this machine",
@@ -184,6 +193,18 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             }
         }
         "groups" => Command::Groups,
+        "friend" => match two(rest) {
+            Some((sub, user)) if sub == "add" => Command::FriendAdd { user },
+            Some((sub, user)) if sub == "remove" => Command::FriendRemove { user },
+            _ => {
+                return Err(ParseError {
+                    cmd: "friend".into(),
+                    unknown: false,
+                    message: "usage: /friend add USER | /friend remove USER".into(),
+                })
+            }
+        },
+        "friends" => Command::Friends,
         "history" => {
             let (name, rest) = word(rest);
             let (n, extra) = word(rest);

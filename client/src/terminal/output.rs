@@ -82,6 +82,12 @@ impl Output {
                             .map(|m| json!({"user": m.user, "admin": m.admin}))
                             .collect::<Vec<_>>());
                     }
+                    Some(OkResult::Friends { friends }) => {
+                        v["friends"] = json!(friends
+                            .iter()
+                            .map(|f| json!({"user": f.user, "online": f.online}))
+                            .collect::<Vec<_>>());
+                    }
                     Some(OkResult::Groups { groups }) => {
                         v["groups"] = json!(groups
                             .iter()
@@ -211,6 +217,13 @@ impl Output {
                     "admin" => "is now the admin",
                     other => other,
                 }
+            )),
+            (Mode::Json, Event::Presence { user, online }) => {
+                self.json(json!({"event": "presence", "user": user, "online": online}))
+            }
+            (Mode::Human, Event::Presence { user, online }) => self.line(&format!(
+                "* {user} is {}",
+                if *online { "online" } else { "offline" }
             )),
             (Mode::Json, Event::Delivered { id, to }) => {
                 self.json(json!({"event": "delivered", "id": id, "to": to}))

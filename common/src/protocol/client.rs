@@ -128,6 +128,18 @@ pub enum RequestBody {
         /// The opaque body.
         body: Blob,
     },
+    /// Add a user to our friends (we are then told when it comes and goes).
+    FriendAdd {
+        /// Who.
+        user: String,
+    },
+    /// Remove a user from our friends.
+    FriendRemove {
+        /// Who.
+        user: String,
+    },
+    /// Our friends, with their presence.
+    Friends,
     /// Fetch a user's public key.
     PublicKey {
         /// Whose key.
@@ -221,6 +233,13 @@ pub enum ServerFrame {
         /// The key epoch it began.
         epoch: u64,
     },
+    /// A friend came online or went offline.
+    Presence {
+        /// The friend.
+        user: String,
+        /// Whether it is online now.
+        online: bool,
+    },
     /// This session was replaced by a login of the same user elsewhere; the server
     /// closes the connection after this frame.
     SessionReplaced,
@@ -278,6 +297,11 @@ pub enum OkResult {
         /// The record.
         record: GroupKeyRecord,
     },
+    /// Our friends.
+    Friends {
+        /// By name.
+        friends: Vec<FriendStatus>,
+    },
     /// A user's public key.
     PublicKey {
         /// Whose key.
@@ -308,6 +332,15 @@ pub struct GroupMember {
     pub user: String,
     /// Whether it is the admin.
     pub admin: bool,
+}
+
+/// A friend and its presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendStatus {
+    /// The friend.
+    pub user: String,
+    /// Whether it is online.
+    pub online: bool,
 }
 
 /// One of our groups.

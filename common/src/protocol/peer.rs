@@ -47,19 +47,13 @@ pub enum PeerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
     },
-    /// A membership change: push it to those of `members` who are logged in on the
-    /// receiver.
-    GroupEvent {
+    /// Push `frame` (a membership change, a friend's presence) to those of `users`
+    /// who are logged in on the receiver.
+    Notify {
         /// Who to tell.
-        members: Vec<String>,
-        /// The group.
-        group: String,
-        /// `created`, `added`, `removed`, `left` or `admin`.
-        change: String,
-        /// Whom it is about.
-        user: String,
-        /// The key epoch it began.
-        epoch: u64,
+        users: Vec<String>,
+        /// What to tell them.
+        frame: crate::protocol::client::ServerFrame,
     },
     /// The recipient's client acknowledged the message with this token.
     Delivered {

@@ -1,0 +1,67 @@
+//! Friends: the list with presence, and presence events across servers.
+
+use crate::WAIT;
+use fastchat_client::{Client, ErrorCode, Event, OkResult};
+use fastchat_tests::{wait_event, Cluster};
+
+fn friends(client: &Client) -> Vec<(String, bool)> {
+    match client.friends().unwrap() {
+        Some(OkResult::Friends { friends }) => {
+            friends.into_iter().map(|f| (f.user, f.online)).collect()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn next_presence(client: &Client) -> (String, bool) {
+    wait_event(client, WAIT, "a presence event", |e| match e {
+        Event::Presence { user, online } => Some((user, online)),
+        _ => None,
+    })
+}
+
+#[test]
+fn friends_see_each_other_come_and_go_across_servers() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-2"));
+    let carol = cluster.user("carol", Some("server-1"));
+    carol.logout().unwrap();
+
+    alice.friend_add("bob").unwrap();
+    alice.friend_add("carol").unwrap();
+    alice.friend_add("bob").unwrap(); // twice is fine
+    assert_eq!(
+        alice.friend_add("zed").unwrap_err().code,
+        ErrorCode::UnknownUser
+    );
+    assert_eq!(
+        friends(&alice),
+        vec![("bob".into(), true), ("carol".into(), false)]
+    );
+
+    // carol comes online on the other server, bob goes offline: alice is told.
+    let carol = cluster.client_on("server-2");
+    carol.login("carol", "carol-password").unwrap();
+    assert_eq!(next_presence(&alice), ("carol".into(), true));
+    bob.logout().unwrap();
+    assert_eq!(next_presence(&alice), ("bob".into(), false));
+    assert_eq!(
+        friends(&alice),
+        vec![("bob".into(), false), ("carol".into(), true)]
+    );
+
+    // Friendship is one-way and not needed for messages.
+    assert_eq!(friends(&carol), vec![]);
+    carol
+        .send_text("alice", "no friendship needed")
+        .1
+        .wait(WAIT)
+        .unwrap();
+    alice.friend_remove("carol").unwrap();
+    assert_eq!(
+        alice.friend_remove("carol").unwrap_err().code,
+        ErrorCode::NotMember
+    );
+    assert_eq!(friends(&alice), vec![("bob".into(), false)]);
+}
