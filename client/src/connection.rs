@@ -4,6 +4,7 @@
 //! re-sends what was not answered, in order. Requests made meanwhile wait for it.
 
 use crate::error::ClientError;
+use crate::files::{OutgoingFile, CHUNK_BYTES};
 use crate::history::{Conversation, History, HistoryEntry};
 use crate::inbox::{run_inbox, Incoming};
 use crate::keyring::{Identity, Keyring};
@@ -109,6 +110,31 @@ pub enum Event {
         user: String,
         /// The new epoch.
         epoch: u64,
+    },
+    /// A file arrived whole: checked against its SHA-256 and saved under `path`
+    /// (in `HOME/downloads/`, with a safe name that overwrote nothing).
+    File {
+        /// The sender.
+        from: String,
+        /// The group, for a file sent to a group.
+        group: Option<String>,
+        /// The name the sender gave it.
+        name: String,
+        /// Where it was saved.
+        path: std::path::PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// Its hex SHA-256.
+        sha256: String,
+    },
+    /// A file that arrived damaged (or could not be saved): nothing was kept.
+    FileFailed {
+        /// The sender.
+        from: String,
+        /// The name the sender gave it (empty if unknown).
+        name: String,
+        /// Why (`damaged_file`, or `local_error`).
+        error: ClientError,
     },
     /// A friend came online or went offline.
     Presence {
@@ -590,6 +616,20 @@ pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, id: &str) {
     }
 }
 
+/// Chunks of a file sent but not yet acknowledged, at most.
+pub const FILE_WINDOW: usize = 32;
+
+/// A file sent whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentFile {
+    /// Its name.
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its hex SHA-256.
+    pub sha256: String,
+}
+
 /// The payload of a text message, if it is not too long.
 fn text_payload(text: &str) -> Result<Payload, ClientError> {
     if text.len() > MAX_TEXT_BYTES {
@@ -921,6 +961,72 @@ impl Client {
             .keyring
             .identity()
             .is_some_and(|me| self.inner.history.has_group(&me.user, group))
+    }
+
+    /// Sends the file at `path` to a user or a group, end to end, in chunks (blocking):
+    /// at most [`FILE_WINDOW`] chunks are unacknowledged at a time, so memory stays
+    /// bounded whatever the size. `progress(sent, total)` is called after each chunk.
+    pub fn send_file(
+        &self,
+        to: &Conversation,
+        path: &std::path::Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<SentFile, ClientError> {
+        self.send_file_as(to, path, None, progress)
+    }
+
+    /// [`Client::send_file`], announcing the file under `name` instead of its own (tests
+    /// use it to check what receivers make of hostile names).
+    pub fn send_file_as(
+        &self,
+        to: &Conversation,
+        path: &std::path::Path,
+        name: Option<&str>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<SentFile, ClientError> {
+        let mut file = OutgoingFile::open(path, u64::MAX)?;
+        if let Some(name) = name {
+            file.header.name = name.to_string();
+        }
+        let size = file.header.size;
+        self.request(RequestBody::FileOffer { size })
+            .wait(NET_TIMEOUT)?;
+        let mut window: std::collections::VecDeque<ReplyHandle> = std::collections::VecDeque::new();
+        let settle = |window: &mut std::collections::VecDeque<ReplyHandle>, keep: usize| {
+            while window.len() > keep {
+                let h = window.pop_front().expect("not empty");
+                h.wait(Duration::from_secs(120))?;
+            }
+            Ok::<(), ClientError>(())
+        };
+        window.push_back(self.send_payload(to, &Payload::FileStart(file.header.clone())));
+        let mut sent = 0u64;
+        while let Some(chunk) = file.next_chunk()? {
+            let len = (chunk.index + 1).min(file.header.chunks);
+            window.push_back(self.send_payload(to, &Payload::FileChunk(chunk)));
+            settle(&mut window, FILE_WINDOW)?;
+            sent = (len * CHUNK_BYTES as u64).min(size);
+            progress(sent, size);
+        }
+        settle(&mut window, 0)?;
+        progress(sent.max(size), size);
+        Ok(SentFile {
+            name: file.header.name.clone(),
+            bytes: size,
+            sha256: file.header.sha256.clone(),
+        })
+    }
+
+    /// Seals a payload for a user or a group and sends it.
+    fn send_payload(&self, to: &Conversation, payload: &Payload) -> ReplyHandle {
+        let id = new_message_id();
+        match to {
+            Conversation::User(user) => match self.seal_direct(&id, user, payload) {
+                Ok(body) => self.send_body(&id, user, &body),
+                Err(e) => ReplyHandle::ready(Err(e)),
+            },
+            Conversation::Group(group) => send_group_payload(&self.inner, &id, group, payload),
+        }
     }
 
     /// Adds a user to our friends (blocking).

@@ -4,6 +4,7 @@
 
 use crate::connection::{call, send_receipt, Event, Inner};
 use crate::error::ClientError;
+use crate::files::{ChunkOutcome, Downloads, FileChunk, FileHeader};
 use crate::history::{Conversation, HistoryEntry};
 use crate::keyring::Identity;
 use crate::payload::Payload;
@@ -70,6 +71,10 @@ enum Outcome {
     Opened(String),
     /// A receipt for our message with this id.
     Receipt(String),
+    /// A file announced.
+    FileStart(FileHeader),
+    /// A chunk of a file.
+    FileChunk(FileChunk),
     /// It can never be opened: report it, and acknowledge it so it is not sent again.
     Refused(ClientError),
     /// It could not be opened now (connection trouble, keys not restored): leave it
@@ -136,6 +141,8 @@ fn open(inner: &Inner, me: &Identity, m: &Incoming) -> Outcome {
         Ok(Payload::Text { text }) => Outcome::Opened(text),
         Ok(Payload::Receipt { id }) if m.group.is_none() => Outcome::Receipt(id),
         Ok(Payload::Receipt { .. }) => refused("a receipt in a group message"),
+        Ok(Payload::FileStart(header)) => Outcome::FileStart(header),
+        Ok(Payload::FileChunk(chunk)) => Outcome::FileChunk(chunk),
         Err(e) => refused(&format!("unknown content: {e}")),
     }
 }
@@ -153,6 +160,7 @@ fn undecryptable(e: ClientError) -> ClientError {
 /// Runs until the reader stops sending (the connection ended).
 pub(crate) fn run_inbox(inner: Arc<Inner>, rx: Receiver<Incoming>, events: Sender<Event>) {
     let mut dedup = Dedup::default();
+    let mut downloads = Downloads::new(inner.config.home.as_deref());
     for m in rx {
         if m.session != inner.session.load(std::sync::atomic::Ordering::Acquire) {
             // Pushed to an earlier session: the server stored it again when that session
@@ -172,6 +180,45 @@ pub(crate) fn run_inbox(inner: Arc<Inner>, rx: Receiver<Incoming>, events: Sende
             continue;
         };
         match open(&inner, &me, &m) {
+            Outcome::FileStart(header) => {
+                dedup.insert(&m.from, &m.id);
+                let name = header.name.clone();
+                if let Err(error) = downloads.start(&m.from, header) {
+                    let _ = events.send(Event::FileFailed {
+                        from: m.from.clone(),
+                        name,
+                        error,
+                    });
+                }
+                inner.ack(m.session, m.tag);
+            }
+            Outcome::FileChunk(chunk) => {
+                dedup.insert(&m.from, &m.id);
+                let name = downloads
+                    .name_of(&m.from, &chunk.file_id)
+                    .unwrap_or_default();
+                match downloads.chunk(&m.from, chunk) {
+                    Ok(ChunkOutcome::Progress) => {}
+                    Ok(ChunkOutcome::Done(file)) => {
+                        let _ = events.send(Event::File {
+                            from: m.from.clone(),
+                            group: m.group.clone(),
+                            name: file.name,
+                            path: file.path,
+                            bytes: file.bytes,
+                            sha256: file.sha256,
+                        });
+                    }
+                    Err(error) => {
+                        let _ = events.send(Event::FileFailed {
+                            from: m.from.clone(),
+                            name,
+                            error,
+                        });
+                    }
+                }
+                inner.ack(m.session, m.tag);
+            }
             Outcome::Receipt(id) => {
                 dedup.insert(&m.from, &m.id);
                 let _ = events.send(Event::Delivered { id, to: m.from });

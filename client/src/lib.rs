@@ -6,6 +6,7 @@
 mod balancer;
 mod connection;
 mod error;
+mod files;
 mod history;
 mod inbox;
 mod keyring;
@@ -14,8 +15,9 @@ mod payload;
 mod transport;
 
 pub use balancer::{ask_balancer, balancer_status, Assignment};
-pub use connection::{Client, ClientConfig, Event, Reply, ReplyHandle};
+pub use connection::{Client, ClientConfig, Event, Reply, ReplyHandle, SentFile, FILE_WINDOW};
 pub use error::ClientError;
 pub use fastchat_common::protocol::client::OkResult;
 pub use fastchat_common::ErrorCode;
+pub use files::{safe_name, CHUNK_BYTES};
 pub use history::{Conversation, HistoryEntry};

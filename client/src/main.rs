@@ -227,6 +227,12 @@ fn main() -> ExitCode {
                     .join(", "),
                 _ => String::new(),
             }),
+            Command::SendFile { to, path } => {
+                send_file(&client, mode, Conversation::User(to), &path)
+            }
+            Command::GroupSendFile { group, path } => {
+                send_file(&client, mode, Conversation::Group(group), &path)
+            }
             Command::FriendAdd { user } => remote("friend", client.friend_add(&user), move |_| {
                 format!("{user} is now a friend")
             }),
@@ -289,6 +295,42 @@ fn main() -> ExitCode {
         let _ = client.logout();
     }
     ExitCode::SUCCESS
+}
+
+/// Sends a file (blocking), with a progress bar on a terminal in human mode.
+fn send_file(client: &Client, mode: Mode, to: Conversation, path: &str) -> Pending {
+    let bar = (mode == Mode::Human).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(path.to_string());
+        bar
+    });
+    let mut progress = |sent: u64, total: u64| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(sent);
+        }
+    };
+    let result = client.send_file(&to, std::path::Path::new(path), &mut progress);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match result {
+        Ok(sent) => Pending::Local(Box::new(move |out| {
+            out.ok_with(
+                "send",
+                json!({"name": sent.name, "bytes": sent.bytes, "sha256": sent.sha256}),
+                &format!("* sent {} ({} bytes)", sent.name, sent.bytes),
+            )
+        })),
+        Err(e) => Pending::Local(Box::new(move |out| out.error("send", &e))),
+    }
 }
 
 /// A command whose reply is already known (it waited), printed in its turn.

@@ -12,6 +12,10 @@ pub(crate) enum Payload {
         /// The text.
         text: String,
     },
+    /// A file is coming: its name, size, hash and key; its chunks follow in order.
+    FileStart(crate::files::FileHeader),
+    /// One chunk of a file.
+    FileChunk(crate::files::FileChunk),
     /// A delivery receipt: the direct message `id` waited in storage and has now
     /// reached the recipient, who sends this back. Never shown, never answered.
     Receipt {

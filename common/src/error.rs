@@ -55,6 +55,9 @@ pub enum ErrorCode {
     /// A group message sealed under an epoch that is no longer current (membership
     /// changed): fetch the new key and seal it again.
     StaleEpoch,
+    /// A file that arrived damaged: a chunk missing, out of order, tampered with, or a
+    /// size or SHA-256 that does not match; it is not saved (reported by the client).
+    DamagedFile,
     /// The key asked for (a conversation key, a group epoch) is not stored.
     UnknownKey,
     /// A message that fails to decrypt or verify (reported by the client).
@@ -104,6 +107,7 @@ impl ErrorCode {
             ErrorCode::GroupFull => "group_full",
             ErrorCode::ResumeRefused => "resume_refused",
             ErrorCode::StaleEpoch => "stale_epoch",
+            ErrorCode::DamagedFile => "damaged_file",
             ErrorCode::UnknownKey => "unknown_key",
             ErrorCode::Undecryptable => "undecryptable",
             ErrorCode::UntrustedServer => "untrusted_server",

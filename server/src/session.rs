@@ -288,6 +288,17 @@ impl ClientConn {
                     groups::send(&conn.state, &session, req, id.clone(), &group, epoch, body)
                 })
             }
+            RequestBody::FileOffer { size } => self.logged_in().and_then(|_| {
+                let max = self.state.config.max_file_size;
+                if size > max {
+                    return refuse(
+                        ErrorCode::TooLarge,
+                        format!("a file is at most {max} bytes (--max-file-size)"),
+                    );
+                }
+                self.ok(req, None);
+                Ok(())
+            }),
             RequestBody::FriendAdd { user } => self.logged_in().and_then(|me| {
                 friends::add(&self.state, &me, &user)?;
                 self.ok(req, None);

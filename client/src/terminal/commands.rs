@@ -31,6 +31,10 @@ pub enum Command {
     FriendRemove { user: String },
     /// `/friends`
     Friends,
+    /// `/send USER PATH`
+    SendFile { to: String, path: String },
+    /// `/gsend GROUP PATH`
+    GroupSendFile { group: String, path: String },
     /// `/history NAME [N]`
     History { name: String, n: usize },
     /// `/gmsg NAME TEXT`
@@ -63,6 +67,11 @@ pub const HELP: &[(&str, &str)] = &[
         "list a group's members (* marks the admin)",
     ),
     ("/groups", "list your groups"),
+    (
+        "/send USER PATH",
+        "send a file (any type, in end-to-end sealed chunks)",
+    ),
+    ("/gsend GROUP PATH", "send a file to a group"),
     ("/friend add USER", "follow a user's presence"),
     ("/friend remove USER", "stop following it"),
     ("/friends", "list your friends, online or offline"),
@@ -205,6 +214,21 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             }
         },
         "friends" => Command::Friends,
+        "send" | "gsend" => {
+            let (target, path) = word(rest);
+            if target.is_empty() || path.is_empty() {
+                return Err(usage(cmd));
+            }
+            let (target, path) = (target.to_string(), path.to_string());
+            if cmd == "send" {
+                Command::SendFile { to: target, path }
+            } else {
+                Command::GroupSendFile {
+                    group: target,
+                    path,
+                }
+            }
+        }
         "history" => {
             let (name, rest) = word(rest);
             let (n, extra) = word(rest);

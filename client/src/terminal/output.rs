@@ -218,6 +218,37 @@ impl Output {
                     other => other,
                 }
             )),
+            (
+                Mode::Json,
+                Event::File {
+                    from,
+                    group,
+                    name,
+                    path,
+                    bytes,
+                    sha256,
+                },
+            ) => self.json(json!({
+                "event": "file", "from": from, "group": group, "name": name,
+                "path": path.display().to_string(), "bytes": bytes, "sha256": sha256
+            })),
+            (
+                Mode::Human,
+                Event::File {
+                    from, path, bytes, ..
+                },
+            ) => self.line(&format!(
+                "* file from {from}: {} ({bytes} bytes)",
+                path.display()
+            )),
+            (Mode::Json, Event::FileFailed { from, name, error }) => self.json(json!({
+                "event": "error", "code": error.code.as_str(), "message": error.message,
+                "from": from, "name": name
+            })),
+            (Mode::Human, Event::FileFailed { from, name, error }) => self.line(&format!(
+                "! the file {name:?} from {from} arrived damaged and was not kept ({}): {}",
+                error.code, error.message
+            )),
             (Mode::Json, Event::Presence { user, online }) => {
                 self.json(json!({"event": "presence", "user": user, "online": online}))
             }

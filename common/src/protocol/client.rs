@@ -128,6 +128,12 @@ pub enum RequestBody {
         /// The opaque body.
         body: Blob,
     },
+    /// Ask whether a file of `size` bytes may be sent (`too_large` above the server's
+    /// `--max-file-size`). The file itself travels as sealed messages.
+    FileOffer {
+        /// Its size in bytes.
+        size: u64,
+    },
     /// Add a user to our friends (we are then told when it comes and goes).
     FriendAdd {
         /// Who.

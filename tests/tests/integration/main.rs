@@ -6,6 +6,7 @@ mod bad_input;
 mod balancing;
 mod e2e;
 mod failover;
+mod files;
 mod friends;
 mod groups;
 mod membership;

@@ -1,0 +1,427 @@
+//! Files, end to end: the sender reads a file twice in chunks (once to hash it, once to
+//! send it) and never holds it whole; each chunk is sealed with a key made for that file
+//! and travels as one message of the conversation, after a `file_start` message that
+//! carries the key, the name, the size and the SHA-256. The receiver writes the chunks
+//! to `HOME/downloads/NAME.part`, checks size and hash at the last one, and only then
+//! gives the file its (safe, unused) name.
+
+use crate::error::ClientError;
+use fastchat_common::e2e::{open_chunk, seal_chunk, FileKey, SymmetricKey};
+use fastchat_common::{Blob, ErrorCode};
+use openssl::sha::Sha256;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Plaintext bytes per chunk: sealed, base64 inside the JSON payload, then sealed again
+/// in the message envelope, a chunk stays well under the 64 KiB message limit.
+pub const CHUNK_BYTES: usize = 40 * 1024;
+
+/// What announces a file (inside an end-to-end sealed message).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileHeader {
+    /// Random hex naming this transfer.
+    pub file_id: String,
+    /// The file's name as the sender had it (made safe by the receiver).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Hex SHA-256 of its contents.
+    pub sha256: String,
+    /// The key its chunks are sealed with.
+    pub key: Blob,
+    /// How many chunks follow.
+    pub chunks: u64,
+}
+
+/// One chunk, sealed with the file's key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileChunk {
+    /// The transfer.
+    pub file_id: String,
+    /// Its position, from 0.
+    pub index: u64,
+    /// Whether it is the last.
+    pub last: bool,
+    /// `seal_chunk` output.
+    pub data: Blob,
+}
+
+fn local(e: impl std::fmt::Display) -> ClientError {
+    ClientError::new(ErrorCode::LocalError, e.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a file in chunks: its header (hash computed on a first pass) and then an
+/// iterator over its sealed chunks (a second pass).
+pub struct OutgoingFile {
+    /// The announcement.
+    pub header: FileHeader,
+    key: FileKey,
+    file: File,
+    next: u64,
+}
+
+impl OutgoingFile {
+    /// Opens `path` and hashes it; refuses files over `max` bytes.
+    pub fn open(path: &Path, max: u64) -> Result<OutgoingFile, ClientError> {
+        let mut file = File::open(path).map_err(|e| local(format!("{}: {e}", path.display())))?;
+        let size = file.metadata().map_err(local)?.len();
+        if !file.metadata().map_err(local)?.is_file() {
+            return Err(local(format!("{} is not a file", path.display())));
+        }
+        if size > max {
+            return Err(ClientError::new(
+                ErrorCode::TooLarge,
+                format!("the file is {size} bytes; the limit is {max}"),
+            ));
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        loop {
+            let n = file.read(&mut buf).map_err(local)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        drop(file);
+        let file = File::open(path).map_err(local)?;
+        let key = FileKey::generate();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        let chunks = size.div_ceil(CHUNK_BYTES as u64).max(1);
+        Ok(OutgoingFile {
+            header: FileHeader {
+                file_id: key.file_id.clone(),
+                name,
+                size,
+                sha256: hex(&hasher.finish()),
+                key: Blob::from_bytes(key.key.as_bytes()),
+                chunks,
+            },
+            key,
+            file,
+            next: 0,
+        })
+    }
+
+    /// The next sealed chunk, or `None` after the last.
+    pub fn next_chunk(&mut self) -> Result<Option<FileChunk>, ClientError> {
+        if self.next >= self.header.chunks {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        let mut filled = 0;
+        while filled < CHUNK_BYTES {
+            let n = self.file.read(&mut buf[filled..]).map_err(local)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let index = self.next;
+        let last = index + 1 == self.header.chunks;
+        self.next += 1;
+        let sealed = seal_chunk(
+            &self.key.key,
+            &self.key.file_id,
+            index,
+            last,
+            &buf[..filled],
+        );
+        Ok(Some(FileChunk {
+            file_id: self.key.file_id.clone(),
+            index,
+            last,
+            data: Blob::from_bytes(&sealed),
+        }))
+    }
+}
+
+/// A file that arrived whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedFile {
+    /// The name it was sent under.
+    pub name: String,
+    /// Where it was saved.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// Its hex SHA-256 (checked).
+    pub sha256: String,
+}
+
+struct Incoming {
+    header: FileHeader,
+    key: SymmetricKey,
+    part: PathBuf,
+    file: File,
+    hasher: Sha256,
+    written: u64,
+    next: u64,
+}
+
+/// The transfers in progress, by (sender, file id).
+pub(crate) struct Downloads {
+    dir: Option<PathBuf>,
+    open: HashMap<(String, String), Incoming>,
+}
+
+/// What a chunk did.
+pub(crate) enum ChunkOutcome {
+    /// More to come.
+    Progress,
+    /// The file is complete, checked and saved.
+    Done(ReceivedFile),
+}
+
+/// Makes a file name safe to create in the downloads folder: the last path component
+/// only, no separators or control characters, no leading dots, at most 200 bytes.
+pub fn safe_name(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim_start_matches('.')
+        .trim()
+        .to_string();
+    let mut cleaned = if cleaned.is_empty() {
+        "file".to_string()
+    } else {
+        cleaned
+    };
+    while cleaned.len() > 200 {
+        cleaned.pop();
+    }
+    cleaned
+}
+
+/// `dir/name`, or `dir/stem (1).ext` ... when that exists.
+fn unused_path(dir: &Path, name: &str) -> PathBuf {
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    let mut candidate = dir.join(name);
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = dir.join(format!("{stem} ({n}){ext}"));
+        n += 1;
+    }
+    candidate
+}
+
+fn damaged(message: impl Into<String>) -> ClientError {
+    ClientError::new(ErrorCode::DamagedFile, message)
+}
+
+impl Downloads {
+    pub fn new(home: Option<&Path>) -> Downloads {
+        Downloads {
+            dir: home.map(|h| h.join("downloads")),
+            open: HashMap::new(),
+        }
+    }
+
+    /// A `file_start` from `from`: opens a `.part` file for it.
+    pub fn start(&mut self, from: &str, header: FileHeader) -> Result<(), ClientError> {
+        let dir = self
+            .dir
+            .clone()
+            .ok_or_else(|| local("no home folder to save files in"))?;
+        std::fs::create_dir_all(&dir).map_err(local)?;
+        let key = header
+            .key
+            .to_bytes()
+            .and_then(|b| SymmetricKey::from_bytes(&b).ok())
+            .ok_or_else(|| damaged("the file's key is unusable"))?;
+        let part = dir.join(format!(
+            ".{}.part",
+            header
+                .file_id
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .collect::<String>()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .map_err(local)?;
+        self.open.insert(
+            (from.to_string(), header.file_id.clone()),
+            Incoming {
+                header,
+                key,
+                part,
+                file,
+                hasher: Sha256::new(),
+                written: 0,
+                next: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// The name of a transfer in progress (for error reports).
+    pub fn name_of(&self, from: &str, file_id: &str) -> Option<String> {
+        self.open
+            .get(&(from.to_string(), file_id.to_string()))
+            .map(|t| t.header.name.clone())
+    }
+
+    /// A chunk from `from`. On any error the transfer is dropped and its `.part` file
+    /// deleted: a damaged file is never saved as if whole.
+    pub fn chunk(&mut self, from: &str, chunk: FileChunk) -> Result<ChunkOutcome, ClientError> {
+        let id = (from.to_string(), chunk.file_id.clone());
+        let Some(mut t) = self.open.remove(&id) else {
+            return Err(damaged("a chunk of a file that was not announced"));
+        };
+        match Self::apply(&mut t, &chunk) {
+            Ok(false) => {
+                self.open.insert(id, t);
+                Ok(ChunkOutcome::Progress)
+            }
+            Ok(true) => Self::finish(t, self.dir.as_deref().expect("a start needs a dir")),
+            Err(e) => {
+                let _ = std::fs::remove_file(&t.part);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes one chunk; `true` when it was the last.
+    fn apply(t: &mut Incoming, chunk: &FileChunk) -> Result<bool, ClientError> {
+        if chunk.index != t.next || chunk.index >= t.header.chunks {
+            return Err(damaged(format!(
+                "chunk {} arrived where {} was expected",
+                chunk.index, t.next
+            )));
+        }
+        let expect_last = chunk.index + 1 == t.header.chunks;
+        if chunk.last != expect_last {
+            return Err(damaged("the transfer was cut short or runs over"));
+        }
+        let sealed = chunk
+            .data
+            .to_bytes()
+            .ok_or_else(|| damaged("a chunk is not base64"))?;
+        let plain = open_chunk(&t.key, &t.header.file_id, chunk.index, chunk.last, &sealed)
+            .map_err(|_| damaged(format!("chunk {} does not open", chunk.index)))?;
+        t.file.write_all(&plain).map_err(local)?;
+        t.hasher.update(&plain);
+        t.written += plain.len() as u64;
+        t.next += 1;
+        Ok(chunk.last)
+    }
+
+    fn finish(t: Incoming, dir: &Path) -> Result<ChunkOutcome, ClientError> {
+        let Incoming {
+            header,
+            part,
+            file,
+            hasher,
+            written,
+            ..
+        } = t;
+        drop(file);
+        let sha256 = hex(&hasher.finish());
+        if written != header.size || sha256 != header.sha256 {
+            let _ = std::fs::remove_file(&part);
+            return Err(damaged(format!(
+                "{}: {written} bytes with SHA-256 {sha256}, announced {} bytes with {}",
+                header.name, header.size, header.sha256
+            )));
+        }
+        let path = unused_path(dir, &safe_name(&header.name));
+        // Never overwrite: hard-link the finished part to its new name, which fails if
+        // the name was taken meanwhile, then drop the part.
+        std::fs::hard_link(&part, &path)
+            .or_else(|_| std::fs::rename(&part, &path))
+            .map_err(local)?;
+        let _ = std::fs::remove_file(&part);
+        Ok(ChunkOutcome::Done(ReceivedFile {
+            name: header.name,
+            path,
+            bytes: written,
+            sha256,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_made_safe() {
+        assert_eq!(safe_name("../../etc/passwd"), "passwd");
+        assert_eq!(safe_name("..\\..\\boot.ini"), "boot.ini");
+        assert_eq!(safe_name(".."), "file");
+        assert_eq!(safe_name(".hidden"), "hidden");
+        assert_eq!(safe_name("a\u{0}b\nc.txt"), "abc.txt");
+        assert_eq!(safe_name(""), "file");
+        assert_eq!(safe_name("photo.png"), "photo.png");
+    }
+
+    #[test]
+    fn a_clash_gets_a_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"x").unwrap();
+        assert_eq!(
+            unused_path(dir.path(), "a.txt"),
+            dir.path().join("a (1).txt")
+        );
+        assert_eq!(unused_path(dir.path(), "b"), dir.path().join("b"));
+    }
+
+    #[test]
+    fn a_file_goes_through_chunk_by_chunk_and_damage_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.bin");
+        let data: Vec<u8> = (0..(CHUNK_BYTES * 2 + 123))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&src, &data).unwrap();
+        let home = tempfile::tempdir().unwrap();
+
+        let mut out = OutgoingFile::open(&src, u64::MAX).unwrap();
+        assert_eq!(out.header.chunks, 3);
+        let mut downloads = Downloads::new(Some(home.path()));
+        downloads.start("alice", out.header.clone()).unwrap();
+        let mut saved = None;
+        while let Some(chunk) = out.next_chunk().unwrap() {
+            if let ChunkOutcome::Done(f) = downloads.chunk("alice", chunk).unwrap() {
+                saved = Some(f);
+            }
+        }
+        let saved = saved.unwrap();
+        assert_eq!(std::fs::read(&saved.path).unwrap(), data);
+
+        // A flipped byte: reported, and nothing saved.
+        let mut out = OutgoingFile::open(&src, u64::MAX).unwrap();
+        downloads.start("alice", out.header.clone()).unwrap();
+        let mut chunk = out.next_chunk().unwrap().unwrap();
+        let mut bytes = chunk.data.to_bytes().unwrap();
+        bytes[20] ^= 1;
+        chunk.data = Blob::from_bytes(&bytes);
+        assert_eq!(
+            downloads.chunk("alice", chunk).err().unwrap().code,
+            ErrorCode::DamagedFile
+        );
+        let names: Vec<_> = std::fs::read_dir(home.path().join("downloads"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "only the good copy: {names:?}");
+    }
+}
