@@ -309,6 +309,26 @@ impl Cluster {
         client
     }
 
+    /// Flips one byte (20 from the end, inside the ciphertext) of the stored message
+    /// whose seq `seq_query` selects, as an attacker with the database would.
+    pub fn corrupt_stored(&self, seq_query: &str) {
+        let n = self
+            .db
+            .connect()
+            .execute(
+                &format!(
+                    "UPDATE pending SET body = encode(set_byte(decode(body, 'base64'), \
+                         length(decode(body, 'base64')) - 20, \
+                         get_byte(decode(body, 'base64'), length(decode(body, 'base64')) - 20) # 1), \
+                         'base64') \
+                     WHERE seq = ({seq_query})"
+                ),
+                &[],
+            )
+            .expect("corrupt a stored message");
+        assert_eq!(n, 1, "exactly one stored message to corrupt");
+    }
+
     /// A signer holding the balancer's real key (to make expired or misdirected tickets).
     pub fn ticket_signer(&self) -> TicketSigner {
         let pem = std::fs::read(self.dir.path().join("ticket.key")).expect("ticket key");

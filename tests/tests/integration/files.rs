@@ -139,18 +139,7 @@ fn hostile_names_are_saved_inside_downloads_and_damage_is_reported() {
             &mut |_, _| {},
         )
         .unwrap();
-    let mut db = cluster.db.connect();
-    let n = db
-        .execute(
-            "UPDATE pending SET body = encode(set_byte(decode(body, 'base64'), \
-                 length(decode(body, 'base64')) - 20, \
-                 get_byte(decode(body, 'base64'), length(decode(body, 'base64')) - 20) # 1), \
-                 'base64') \
-             WHERE seq = (SELECT max(seq) FROM pending WHERE recipient = 'bob')",
-            &[],
-        )
-        .unwrap();
-    assert_eq!(n, 1);
+    cluster.corrupt_stored("SELECT max(seq) FROM pending WHERE recipient = 'bob'");
     let bob = Client::connect(&cluster.config().with_home(bob_home.path())).unwrap();
     bob.login("bob", "bob-password").unwrap();
     let code = wait_event(&bob, WAIT, "the damaged file", |e| match e {
