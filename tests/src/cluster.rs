@@ -68,12 +68,14 @@ pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FASTCHAT_BIN_DIR") {
         return PathBuf::from(dir);
     }
+    // target/release/fastchat-loadtest -> target/release;
     // target/release/deps/integration-HASH -> target/release
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
+    let dir = exe.parent().expect("exe directory");
+    if dir.join("fastchat-server").exists() {
+        return dir.to_path_buf();
+    }
+    dir.parent().expect("target directory").to_path_buf()
 }
 
 /// Path of one of the project's binaries.

@@ -9,6 +9,7 @@ mod failover;
 mod files;
 mod friends;
 mod groups;
+mod loadtest;
 mod membership;
 mod messages;
 mod shutdown;
