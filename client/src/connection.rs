@@ -265,6 +265,9 @@ struct Waiter {
     /// For a direct message: its recipient, told of as `Delivered` when the `ok` says
     /// the recipient's client took it.
     to: Option<String>,
+    /// For a message: `u:USER` or `g:GROUP`. A message is not sent while an earlier one
+    /// to the same target waits to be re-sent: it waits for the same retry pass.
+    target: Option<String>,
 }
 
 /// How long after an `unavailable` refusal a request is sent again.
@@ -420,21 +423,33 @@ fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> Repl
     }
     let req = inner.next_req.fetch_add(1, Ordering::Relaxed);
     let resend = resendable(&body);
+    let target = match &body {
+        RequestBody::Send { to, .. } => Some(format!("u:{to}")),
+        RequestBody::GroupSend { group, .. } => Some(format!("g:{group}")),
+        _ => None,
+    };
     let frame = serde_json::to_vec(&Request { req, body }).expect("serializes");
     let (tx, rx) = crossbeam_channel::bounded(1);
     let link = inner.link.lock();
     match link.as_ref() {
         Some(link) => {
+            let mut waiting = inner.waiting.lock();
+            let behind_a_retry =
+                target.is_some() && waiting.values().any(|w| w.retry_due && w.target == target);
             let waiter = Waiter {
                 tx,
                 resend: resend.then(|| frame.clone()),
                 sent_on: link.id,
                 retries: 0,
-                retry_due: false,
+                retry_due: behind_a_retry,
                 to,
+                target,
             };
-            inner.waiting.lock().insert(req, waiter);
-            let _ = link.out.send(Out::Frame(frame));
+            waiting.insert(req, waiter);
+            drop(waiting);
+            if !behind_a_retry {
+                let _ = link.out.send(Out::Frame(frame));
+            }
         }
         None if resend => {
             let waiter = Waiter {
@@ -444,6 +459,7 @@ fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> Repl
                 retries: 0,
                 retry_due: false,
                 to,
+                target,
             };
             inner.waiting.lock().insert(req, waiter);
         }
@@ -559,6 +575,7 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
             retries: 0,
             retry_due: false,
             to: None,
+            target: None,
         },
     );
     let frame = serde_json::to_vec(&Request {

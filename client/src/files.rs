@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 /// in the message envelope, a chunk stays well under the 64 KiB message limit.
 pub const CHUNK_BYTES: usize = 40 * 1024;
 
+/// Files that may be arriving at once, from everyone together.
+const MAX_TRANSFERS: usize = 16;
+
 /// What announces a file (inside an end-to-end sealed message).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileHeader {
@@ -243,20 +246,28 @@ impl Downloads {
             .to_bytes()
             .and_then(|b| SymmetricKey::from_bytes(&b).ok())
             .ok_or_else(|| damaged("the file's key is unusable"))?;
-        let part = dir.join(format!(
-            ".{}.part",
-            header
-                .file_id
-                .chars()
-                .filter(char::is_ascii_hexdigit)
-                .collect::<String>()
-        ));
+        if self.open.len() >= MAX_TRANSFERS {
+            return Err(local(format!(
+                "{MAX_TRANSFERS} files are arriving already; this one is refused"
+            )));
+        }
+        if header.chunks != header.size.div_ceil(CHUNK_BYTES as u64).max(1) {
+            return Err(damaged("the announced size and chunk count disagree"));
+        }
+        // A name of our own for every transfer, created new: no other transfer (nor
+        // another sender reusing this file id) can ever write into it.
+        let part = dir.join(format!(".{}.part", fastchat_common::ids::new_message_id()));
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&part)
             .map_err(local)?;
+        if let Some(old) = self
+            .open
+            .remove(&(from.to_string(), header.file_id.clone()))
+        {
+            let _ = std::fs::remove_file(&old.part);
+        }
         self.open.insert(
             (from.to_string(), header.file_id.clone()),
             Incoming {
@@ -317,6 +328,9 @@ impl Downloads {
             .ok_or_else(|| damaged("a chunk is not base64"))?;
         let plain = open_chunk(&t.key, &t.header.file_id, chunk.index, chunk.last, &sealed)
             .map_err(|_| damaged(format!("chunk {} does not open", chunk.index)))?;
+        if t.written + plain.len() as u64 > t.header.size {
+            return Err(damaged("more bytes than announced"));
+        }
         t.file.write_all(&plain).map_err(local)?;
         t.hasher.update(&plain);
         t.written += plain.len() as u64;
@@ -342,12 +356,20 @@ impl Downloads {
                 header.name, header.size, header.sha256
             )));
         }
-        let path = unused_path(dir, &safe_name(&header.name));
-        // Never overwrite: hard-link the finished part to its new name, which fails if
-        // the name was taken meanwhile, then drop the part.
-        std::fs::hard_link(&part, &path)
-            .or_else(|_| std::fs::rename(&part, &path))
-            .map_err(local)?;
+        // Never overwrite: hard-link the finished part to a free name (the link fails if
+        // the name was taken meanwhile, and then the next free one is tried).
+        let name = safe_name(&header.name);
+        let path = loop {
+            let path = unused_path(dir, &name);
+            match std::fs::hard_link(&part, &path) {
+                Ok(()) => break path,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(local(format!("cannot save {}: {e}", path.display())));
+                }
+            }
+        };
         let _ = std::fs::remove_file(&part);
         Ok(ChunkOutcome::Done(ReceivedFile {
             name: header.name,

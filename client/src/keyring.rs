@@ -351,9 +351,11 @@ impl Keyring {
         self.open_record(call, me, peer, &record)
     }
 
-    /// Forgets the group's current epoch (its membership changed).
+    /// Forgets the group's current epoch and keys (its membership changed, or a group
+    /// of that name was deleted and made again, restarting its epochs).
     pub fn group_changed(&self, group: &str) {
         self.group_epochs.lock().remove(group);
+        self.group_keys.lock().retain(|(g, _), _| g != group);
     }
 
     /// Opens a group key record from the server: it must be for this group and epoch,
@@ -365,7 +367,22 @@ impl Keyring {
         group: &str,
         epoch: u64,
         record: &GroupKeyRecord,
+        members: Option<&[String]>,
     ) -> Result<SymmetricKey, ClientError> {
+        if let Some(members) = members {
+            // To send, the key must be wrapped for exactly the members the server lists
+            // (so it cannot slip in a key made by, or for, someone outside the group).
+            let mut wrapped: Vec<&str> = record.wrapped.iter().map(|w| w.user.as_str()).collect();
+            let mut listed: Vec<&str> = members.iter().map(String::as_str).collect();
+            wrapped.sort_unstable();
+            listed.sort_unstable();
+            if wrapped != listed {
+                return Err(ClientError::new(
+                    ErrorCode::Undecryptable,
+                    "the group key is not wrapped for exactly the group's members",
+                ));
+            }
+        }
         if record.group != group || record.epoch != epoch {
             return Err(ClientError::new(
                 ErrorCode::Undecryptable,
@@ -394,8 +411,23 @@ impl Keyring {
         group: &str,
         epoch: u64,
     ) -> Result<SymmetricKey, ClientError> {
-        if let Some(key) = self.group_keys.lock().get(&(group.to_string(), epoch)) {
-            return Ok(key.clone());
+        self.fetch_group_key(call, me, group, epoch, None)
+    }
+
+    /// The key of `group` at `epoch`: cached, or fetched and checked; with `members`
+    /// (to send), always fetched and checked against them.
+    fn fetch_group_key(
+        &self,
+        call: Call<'_>,
+        me: &Identity,
+        group: &str,
+        epoch: u64,
+        members: Option<&[String]>,
+    ) -> Result<SymmetricKey, ClientError> {
+        if members.is_none() {
+            if let Some(key) = self.group_keys.lock().get(&(group.to_string(), epoch)) {
+                return Ok(key.clone());
+            }
         }
         let reply = call(RequestBody::GroupKey {
             group: group.to_string(),
@@ -405,7 +437,7 @@ impl Keyring {
         let Some(OkResult::GroupKey { record, .. }) = reply else {
             return Err(ClientError::disconnected("unexpected reply to group_key"));
         };
-        self.open_group_record(call, me, group, epoch, &record)
+        self.open_group_record(call, me, group, epoch, &record, members)
     }
 
     /// The epoch and key to seal a new message to `group` with: the current epoch's
@@ -431,7 +463,8 @@ impl Keyring {
                 "unexpected reply to group_members",
             ));
         };
-        let key = match self.group_key(call, me, group, epoch) {
+        let names: Vec<String> = members.iter().map(|m| m.user.clone()).collect();
+        let key = match self.fetch_group_key(call, me, group, epoch, Some(&names)) {
             Ok(key) => key,
             Err(e) if e.code == ErrorCode::UnknownKey => {
                 let mut publics = Vec::with_capacity(members.len());
@@ -453,7 +486,7 @@ impl Keyring {
                     self.group_changed(group);
                     return Err(ClientError::new(ErrorCode::StaleEpoch, "the group changed"));
                 }
-                self.open_group_record(call, me, group, epoch, &record)?
+                self.open_group_record(call, me, group, epoch, &record, Some(&names))?
             }
             Err(e) => return Err(e),
         };

@@ -253,7 +253,14 @@ pub fn send(
         .map(|(m, _)| m)
         .filter(|m| m.as_str() != session.user())
         .collect();
-    let reply = GroupReply::new(session.clone(), req, id.clone(), sent_at, others.len());
+    let reply = GroupReply::new(
+        session.clone(),
+        group,
+        req,
+        id.clone(),
+        sent_at,
+        others.len(),
+    );
     let body = body.into_base64();
     for member in others {
         let message = NewPending {

@@ -18,6 +18,8 @@ pub enum ReplyTo {
         session: SessionHandle,
         /// Its request number.
         req: u64,
+        /// `u:RECIPIENT`, where a refusal is recorded (see `SessionHandle::mark_refused`).
+        target: String,
     },
     /// One member's copy of a group message.
     Group(Arc<GroupReply>),
@@ -26,6 +28,7 @@ pub enum ReplyTo {
 /// A group message's `group_send`, answered when its last copy is settled.
 pub struct GroupReply {
     session: SessionHandle,
+    group: String,
     req: u64,
     id: String,
     sent_at: UnixMillis,
@@ -42,6 +45,7 @@ impl GroupReply {
     /// Waits for `copies` outcomes; answers at once when there are none.
     pub fn new(
         session: SessionHandle,
+        group: &str,
         req: u64,
         id: String,
         sent_at: UnixMillis,
@@ -49,6 +53,7 @@ impl GroupReply {
     ) -> Arc<GroupReply> {
         let reply = Arc::new(GroupReply {
             session,
+            group: group.to_string(),
             req,
             id,
             sent_at,
@@ -80,6 +85,10 @@ impl GroupReply {
     }
 
     fn answer(&self, stored: bool, failed: Option<ErrorCode>) {
+        if failed == Some(ErrorCode::Unavailable) {
+            self.session
+                .mark_refused(&format!("g:{}", self.group), &self.id);
+        }
         let frame = match failed {
             Some(code) => ServerFrame::Error {
                 req: Some(self.req),
@@ -104,7 +113,7 @@ impl ReplyTo {
     /// the database (`stored: true`).
     pub fn settled(&self, id: &str, sent_at: UnixMillis, stored: bool) {
         match self {
-            ReplyTo::Direct { session, req } => {
+            ReplyTo::Direct { session, req, .. } => {
                 let _ = session.send_frame(&ServerFrame::Ok {
                     req: *req,
                     result: Some(OkResult::Sent {
@@ -119,9 +128,16 @@ impl ReplyTo {
     }
 
     /// It could not be stored: the sender must send it again.
-    pub fn failed(&self, code: ErrorCode) {
+    pub fn failed(&self, id: &str, code: ErrorCode) {
         match self {
-            ReplyTo::Direct { session, req } => {
+            ReplyTo::Direct {
+                session,
+                req,
+                target,
+            } => {
+                if code == ErrorCode::Unavailable {
+                    session.mark_refused(target, id);
+                }
                 let _ = session.send_frame(&ServerFrame::Error {
                     req: Some(*req),
                     code,

@@ -22,7 +22,6 @@ use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::protocol::{now_millis, MAX_BODY_BYTES, PROTOCOL_VERSION};
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::{NewPending, StoreError};
-use std::collections::HashMap;
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -88,9 +87,6 @@ struct ClientConn {
     session: Option<SessionHandle>,
     /// The hash of the resumption token issued to this session (revoked at logout).
     resume_hash: Option<String>,
-    /// Per message target (`u:USER`, `g:GROUP`), the id of the first message refused
-    /// `unavailable` (see `in_order`).
-    refused_heads: HashMap<String, (String, Instant)>,
 }
 
 /// Serves one client connection until it ends; runs on the connection's reader thread.
@@ -132,7 +128,6 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         greeted: false,
         session: None,
         resume_hash: None,
-        refused_heads: HashMap::new(),
     };
     loop {
         match read_frame(&mut reader, MAX_CLIENT_FRAME) {
@@ -410,31 +405,18 @@ impl ClientConn {
         id: &str,
         handle: impl FnOnce(&mut Self) -> Result<(), Refusal>,
     ) -> Result<(), Refusal> {
-        // A client gives up re-sending after about a minute: then so does the rule.
-        if self
-            .refused_heads
-            .get(target)
-            .is_some_and(|(_, at)| at.elapsed() > REFUSED_HEAD_FOR)
-        {
-            self.refused_heads.remove(target);
-        }
-        match self.refused_heads.get(target) {
-            Some((head, _)) if head != id => {
-                return refuse(
-                    ErrorCode::Unavailable,
-                    "an earlier message to the same recipient is waiting to be sent again",
-                )
-            }
-            Some(_) => {
-                self.refused_heads.remove(target);
-            }
-            None => {}
+        let Some(session) = self.session.clone() else {
+            return handle(self); // it will be refused: not logged in
+        };
+        if !session.take_turn(target, id, REFUSED_HEAD_FOR) {
+            return refuse(
+                ErrorCode::Unavailable,
+                "an earlier message to the same recipient is waiting to be sent again",
+            );
         }
         let result = handle(self);
         if matches!(&result, Err((ErrorCode::Unavailable, _))) {
-            self.refused_heads
-                .entry(target.to_string())
-                .or_insert_with(|| (id.to_string(), Instant::now()));
+            session.mark_refused(target, id);
         }
         result
     }
@@ -652,6 +634,7 @@ impl ClientConn {
         let reply = ReplyTo::Direct {
             session: session.clone(),
             req,
+            target: format!("u:{}", message.recipient),
         };
         self.state.route_message(reply, message);
         Ok(())

@@ -143,8 +143,8 @@ fn refuse_stores(
     outcome: Stored,
 ) {
     state.done_storing(stores.iter().map(|(m, _)| m.recipient.as_str()), outcome);
-    for (_, reply) in stores {
-        reply.failed(code);
+    for (message, reply) in stores {
+        reply.failed(&message.msg_id, code);
     }
 }
 
