@@ -601,6 +601,12 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
         }
     }
     drop(waiting);
+    if !link.alive.load(Ordering::Acquire) {
+        // It ended before it was installed: its reader did not reconnect; we try again.
+        return Err(ClientError::disconnected(
+            "the new connection ended at once",
+        ));
+    }
     *installed = Some(link);
     *inner.server.lock() = server.clone();
     Ok(server)
@@ -733,8 +739,15 @@ impl Client {
         });
         let first = link::start(&inner, 1)?;
         *inner.server.lock() = first.server.clone();
-        *inner.link.lock() = Some(first);
-        let inbox_inner = inner.clone();
+        {
+            let mut installed = inner.link.lock();
+            if !first.alive.load(Ordering::Acquire) {
+                return Err(ClientError::disconnected("the connection ended at once"));
+            }
+            *installed = Some(first);
+        }
+        // Weak: the inbox must not keep the client alive (it ends when the client goes).
+        let inbox_inner = Arc::downgrade(&inner);
         thread::Builder::new()
             .name("fastchat-inbox".into())
             .stack_size(256 * 1024)

@@ -14,7 +14,7 @@ use fastchat_common::protocol::client::RequestBody;
 use fastchat_common::protocol::UnixMillis;
 use fastchat_common::{Blob, ErrorCode};
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 /// How many message ids the inbox remembers to drop duplicates.
@@ -158,10 +158,13 @@ fn undecryptable(e: ClientError) -> ClientError {
 }
 
 /// Runs until the reader stops sending (the connection ended).
-pub(crate) fn run_inbox(inner: Arc<Inner>, rx: Receiver<Incoming>, events: Sender<Event>) {
+pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>, events: Sender<Event>) {
     let mut dedup = Dedup::default();
-    let mut downloads = Downloads::new(inner.config.home.as_deref());
+    let mut downloads = None;
     for m in rx {
+        let Some(inner) = inner.upgrade() else { break };
+        let downloads =
+            downloads.get_or_insert_with(|| Downloads::new(inner.config.home.as_deref()));
         if m.session != inner.session.load(std::sync::atomic::Ordering::Acquire) {
             // Pushed to an earlier session: the server stored it again when that session
             // ended, and will push it to a later one.

@@ -14,7 +14,7 @@ use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFr
 use fastchat_common::protocol::PROTOCOL_VERSION;
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -28,6 +28,9 @@ pub(crate) struct Link {
     pub out: Sender<Out>,
     /// A handle on the socket, to shut it down.
     pub socket: TcpStream,
+    /// Cleared by the reader when the link has ended (checked by whoever installs it,
+    /// in case it ended before it was installed).
+    pub alive: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -82,11 +85,13 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
         writer,
     } = conn;
     let (out, out_rx) = crossbeam_channel::unbounded();
+    let alive = Arc::new(AtomicBool::new(true));
     let link = Link {
         id,
         server,
         out,
         socket: socket.try_clone().map_err(ClientError::disconnected)?,
+        alive: alive.clone(),
     };
     thread::Builder::new()
         .name("fastchat-writer".into())
@@ -98,7 +103,7 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
     thread::Builder::new()
         .name("fastchat-reader".into())
         .stack_size(256 * 1024)
-        .spawn(move || read_loop(reader, id, reader_inner, inbox))
+        .spawn(move || read_loop(reader, id, reader_inner, inbox, alive))
         .map_err(ClientError::disconnected)?;
     Ok(link)
 }
@@ -142,7 +147,13 @@ fn flush_acks(acks: &mut Vec<u64>, buf: &mut Vec<u8>) {
     encode_frame(&serde_json::to_vec(&ack).expect("serializes"), buf);
 }
 
-fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, inbox: Sender<Incoming>) {
+fn read_loop(
+    stream: TlsRead,
+    link_id: u64,
+    inner: Arc<Inner>,
+    inbox: Sender<Incoming>,
+    alive: Arc<AtomicBool>,
+) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let reason = loop {
         let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
@@ -227,5 +238,6 @@ fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, inbox: Sender<Inc
             }
         }
     };
+    alive.store(false, Ordering::Release);
     crate::connection::link_ended(&inner, link_id, reason);
 }
