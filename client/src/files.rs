@@ -7,6 +7,7 @@
 
 use crate::error::ClientError;
 use fastchat_common::e2e::{open_chunk, seal_chunk, FileKey, SymmetricKey};
+use fastchat_common::ids::hex;
 use fastchat_common::{Blob, ErrorCode};
 use openssl::sha::Sha256;
 use std::collections::HashMap;
@@ -53,10 +54,6 @@ pub struct FileChunk {
 
 fn local(e: impl std::fmt::Display) -> ClientError {
     ClientError::new(ErrorCode::LocalError, e.to_string())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads a file in chunks: its header (hash computed on a first pass) and then an

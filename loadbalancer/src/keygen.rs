@@ -36,7 +36,7 @@ pub fn tls(dir: &Path, names: &[String]) -> Result<(), Box<dyn std::error::Error
             key: fs::read_to_string(&ca_key)?,
         }
     } else {
-        let ca = pki::make_ca(&random_label())?;
+        let ca = pki::make_ca(&fastchat_common::ids::random_hex(4))?;
         write_private(&ca_key, ca.key.as_bytes())?;
         fs::write(&ca_cert, &ca.cert)?;
         log::info!("made the cluster CA {}", ca_cert.display());
@@ -57,13 +57,6 @@ pub fn tls(dir: &Path, names: &[String]) -> Result<(), Box<dyn std::error::Error
         log::info!("issued {}", cert.display());
     }
     Ok(())
-}
-
-/// A few random hex digits, so that two clusters' CAs have different names.
-fn random_label() -> String {
-    let mut bytes = [0u8; 4];
-    openssl::rand::rand_bytes(&mut bytes).expect("OpenSSL random generator failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes a secret file readable only by its owner.

@@ -4,14 +4,11 @@
 
 use crate::session::{refuse, store_refusal, Refusal};
 use crate::state::ServerState;
+use fastchat_common::ids::{hex, random_hex};
 use fastchat_common::ErrorCode;
 
 /// How long a token stays valid.
 const LIFETIME_MS: i64 = 24 * 3600 * 1000;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The stored form of a token.
 pub fn token_hash(token: &str) -> String {
@@ -19,9 +16,7 @@ pub fn token_hash(token: &str) -> String {
 }
 
 fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    openssl::rand::rand_bytes(&mut bytes).expect("OpenSSL random generator failed");
-    hex(&bytes)
+    random_hex(32)
 }
 
 /// Issues a token for `user`; `None` (logged) when it cannot be stored: the login

@@ -90,10 +90,7 @@ pub(crate) fn put_short_str(out: &mut Vec<u8>, what: &str, text: &str) -> Result
     Ok(())
 }
 
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use crate::ids::hex;
 
 #[cfg(test)]
 mod tests {
