@@ -265,9 +265,6 @@ struct Waiter {
     /// For a direct message: its recipient, told of as `Delivered` when the `ok` says
     /// the recipient's client took it.
     to: Option<String>,
-    /// For a message: `u:USER` or `g:GROUP`. A message is not sent while an earlier one
-    /// to the same target waits to be re-sent: it waits for the same retry pass.
-    target: Option<String>,
 }
 
 /// How long after an `unavailable` refusal a request is sent again.
@@ -309,17 +306,16 @@ impl Inner {
     /// database is out of reach) is sent again instead, by a retry pass that re-sends
     /// every such request in order, so a conversation keeps its order.
     pub(crate) fn reply(self: &Arc<Self>, req: u64, reply: Reply) {
+        let unavailable = matches!(&reply, Err(e) if e.code == ErrorCode::Unavailable);
+        let mut waiting = self.waiting.lock();
         if let Ok(Some(OkResult::Sent {
             id, stored: false, ..
         })) = &reply
         {
-            let to = self.waiting.lock().get(&req).and_then(|w| w.to.clone());
-            if let Some(to) = to {
+            if let Some(to) = waiting.get(&req).and_then(|w| w.to.clone()) {
                 let _ = self.events.send(Event::Delivered { id: id.clone(), to });
             }
         }
-        let unavailable = matches!(&reply, Err(e) if e.code == ErrorCode::Unavailable);
-        let mut waiting = self.waiting.lock();
         if unavailable {
             if let Some(w) = waiting.get_mut(&req) {
                 if w.resend.is_some() && w.retries < MAX_RETRIES {
@@ -423,33 +419,24 @@ fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> Repl
     }
     let req = inner.next_req.fetch_add(1, Ordering::Relaxed);
     let resend = resendable(&body);
-    let target = match &body {
-        RequestBody::Send { to, .. } => Some(format!("u:{to}")),
-        RequestBody::GroupSend { group, .. } => Some(format!("g:{group}")),
-        _ => None,
-    };
     let frame = serde_json::to_vec(&Request { req, body }).expect("serializes");
     let (tx, rx) = crossbeam_channel::bounded(1);
     let link = inner.link.lock();
     match link.as_ref() {
         Some(link) => {
-            let mut waiting = inner.waiting.lock();
-            let behind_a_retry =
-                target.is_some() && waiting.values().any(|w| w.retry_due && w.target == target);
             let waiter = Waiter {
                 tx,
                 resend: resend.then(|| frame.clone()),
                 sent_on: link.id,
                 retries: 0,
-                retry_due: behind_a_retry,
+                retry_due: false,
                 to,
-                target,
             };
-            waiting.insert(req, waiter);
-            drop(waiting);
-            if !behind_a_retry {
-                let _ = link.out.send(Out::Frame(frame));
-            }
+            inner.waiting.lock().insert(req, waiter);
+            // Sent at once even while an earlier message to the same target waits for
+            // its retry: the server refuses it and keeps their order (`take_turn`), and
+            // the same retry pass re-sends both, in order.
+            let _ = link.out.send(Out::Frame(frame));
         }
         None if resend => {
             let waiter = Waiter {
@@ -459,7 +446,6 @@ fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> Repl
                 retries: 0,
                 retry_due: false,
                 to,
-                target,
             };
             inner.waiting.lock().insert(req, waiter);
         }
@@ -575,7 +561,6 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
             retries: 0,
             retry_due: false,
             to: None,
-            target: None,
         },
     );
     let frame = serde_json::to_vec(&Request {

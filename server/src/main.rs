@@ -110,7 +110,6 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         orphaned: Default::default(),
         fences: Default::default(),
         storing: Default::default(),
-        store_failed: Default::default(),
     });
 
     let weak = Arc::downgrade(&state);

@@ -48,19 +48,31 @@ pub struct ServerState {
     /// Users we stored messages for while we knew no server for them: when one shows up
     /// on a peer, that peer is told to fetch.
     pub orphaned: Mutex<HashSet<String>>,
-    /// Per recipient, messages queued to the store thread and not yet committed and
-    /// hinted. While a recipient has any, newer messages to it are stored too, so that
-    /// they cannot overtake the stored ones by going live.
-    pub storing: Mutex<HashMap<String, usize>>,
-    /// Recipients whose last store failed (the database is out of reach), with the
-    /// order key at the failure. Their new messages are stored too (and so refused
-    /// `unavailable` while it lasts), so that none goes live ahead of the refused ones;
-    /// messages accepted before the failure and still queued are refused unattempted,
-    /// so none is stored ahead of them either. Senders send refused messages again, in
-    /// order.
-    pub store_failed: Mutex<HashMap<String, i64>>,
+    /// Per recipient, what is on its way to storage (see [`StoreBacklog`]).
+    pub storing: Mutex<StoreBacklog>,
     /// Fences awaiting acknowledgement: token -> where each ack is signalled.
     pub fences: Mutex<HashMap<u64, Sender<()>>>,
+}
+
+/// Recipients with messages on their way to storage, or whose last store failed.
+/// While a recipient is in either map, its new messages are stored too (and so refused
+/// `unavailable` while the database is out of reach), so that none goes live ahead of
+/// older ones.
+#[derive(Default)]
+pub struct StoreBacklog {
+    /// Messages queued to the store thread and not yet committed and hinted.
+    pub queued: HashMap<String, usize>,
+    /// The order key at the last failed store. Messages accepted before it and still
+    /// queued are refused unattempted (`Stored::Skipped`), so none is stored ahead of
+    /// the refused one, which its sender sends again.
+    pub failed: HashMap<String, i64>,
+}
+
+impl StoreBacklog {
+    /// Whether new messages to `user` must follow older ones into storage.
+    pub fn holds(&self, user: &str) -> bool {
+        self.queued.contains_key(user) || self.failed.contains_key(user)
+    }
 }
 
 /// What became of messages handed to the store thread.
@@ -102,9 +114,7 @@ impl ServerState {
     /// Routes a direct message accepted from `sender` (request `req`). The sender is
     /// answered later, from whichever thread ends the message's flight.
     pub fn route_message(&self, reply: ReplyTo, message: NewPending) {
-        if self.storing.lock().contains_key(&message.recipient)
-            || self.store_failed.lock().contains_key(&message.recipient)
-        {
+        if self.storing.lock().holds(&message.recipient) {
             // Older messages to this recipient are on their way to storage: follow them.
             return self.store_for(reply, message);
         }
@@ -145,6 +155,7 @@ impl ServerState {
         *self
             .storing
             .lock()
+            .queued
             .entry(message.recipient.clone())
             .or_default() += 1;
         let _ = self.store.send(StoreJob::Store { message, reply });
@@ -241,22 +252,22 @@ impl ServerState {
 
     /// The store thread is done with these messages.
     pub fn done_storing<'a>(&self, recipients: impl Iterator<Item = &'a str>, outcome: Stored) {
-        let mut storing = self.storing.lock();
-        let mut failed = self.store_failed.lock();
+        let mut backlog = self.storing.lock();
         for user in recipients {
             match outcome {
                 Stored::Committed => {
-                    failed.remove(user);
+                    backlog.failed.remove(user);
                 }
                 Stored::Failed => {
-                    failed.insert(user.to_string(), self.next_order_key());
+                    let at = self.next_order_key();
+                    backlog.failed.insert(user.to_string(), at);
                 }
                 Stored::Skipped => {}
             }
-            if let Some(n) = storing.get_mut(user) {
+            if let Some(n) = backlog.queued.get_mut(user) {
                 *n -= 1;
                 if *n == 0 {
-                    storing.remove(user);
+                    backlog.queued.remove(user);
                 }
             }
         }

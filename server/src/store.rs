@@ -77,10 +77,13 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, ReplyTo)>, deletes
     }
     // Messages queued behind one whose store failed must not be stored ahead of it.
     let (stores, behind_a_failure): (Vec<_>, Vec<_>) = {
-        let failed = state.store_failed.lock();
-        stores
-            .into_iter()
-            .partition(|(m, _)| failed.get(&m.recipient).is_none_or(|&at| m.order_key > at))
+        let backlog = state.storing.lock();
+        stores.into_iter().partition(|(m, _)| {
+            backlog
+                .failed
+                .get(&m.recipient)
+                .is_none_or(|&at| m.order_key > at)
+        })
     };
     if !behind_a_failure.is_empty() {
         refuse_stores(
