@@ -286,17 +286,12 @@ impl Cluster {
 
     /// A client that the balancer placed on `server` (connects until it is so placed).
     pub fn client_on(&self, server: &str) -> Client {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let client = self.client();
-            if client.server() == server {
-                return client;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the balancer never chose {server}"
-            );
-        }
+        placed_on(&self.config(), server)
+    }
+
+    /// A client on `server` keeping its keys, history and downloads in `home`.
+    pub fn client_with_home(&self, server: &str, home: &Path) -> Client {
+        placed_on(&self.config().with_home(home), server)
     }
 
     /// A client on `server` (or anywhere), signed up and logged in as `user`.
@@ -375,6 +370,16 @@ impl Cluster {
             .expect("count pending")
             .get(0)
     }
+}
+
+/// Connects with `config` until the balancer places the client on `server`.
+fn placed_on(config: &ClientConfig, server: &str) -> Client {
+    let what = format!("a connection placed on {server}");
+    wait_for(&what, START_TIMEOUT, || {
+        Client::connect(config)
+            .ok()
+            .filter(|c| c.server() == server)
+    })
 }
 
 /// Sends `signal` and waits for the exit; SIGKILL after `timeout`. Returns whether the

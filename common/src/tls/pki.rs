@@ -215,24 +215,38 @@ mod tests {
         server.join().unwrap();
     }
 
-    #[test]
-    fn a_client_refuses_a_server_outside_the_cluster_ca() {
-        let ca = make_ca("ours").unwrap();
-        let other_ca = make_ca("theirs").unwrap();
-        let rogue = issue(&other_ca, "server-1").unwrap();
+    /// A server that accepts one connection; its thread returns whether the
+    /// handshake was refused.
+    fn one_handshake(
+        acc: openssl::ssl::SslAcceptor,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let acc = acceptor(&identity(&other_ca, &rogue), false).unwrap();
         let server = std::thread::spawn(move || {
             let (sock, _) = listener.accept().unwrap();
             sock.set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             accept(&acc, sock.try_clone().unwrap(), sock).is_err()
         });
-        let conn = connector(ca.cert.as_bytes(), None).unwrap();
+        (addr, server)
+    }
+
+    /// A socket to `addr` whose reads give up after 10 s.
+    fn dial(addr: std::net::SocketAddr) -> TcpStream {
         let sock = TcpStream::connect(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
+        sock
+    }
+
+    #[test]
+    fn a_client_refuses_a_server_outside_the_cluster_ca() {
+        let ca = make_ca("ours").unwrap();
+        let other_ca = make_ca("theirs").unwrap();
+        let rogue = issue(&other_ca, "server-1").unwrap();
+        let (addr, server) = one_handshake(acceptor(&identity(&other_ca, &rogue), false).unwrap());
+        let conn = connector(ca.cert.as_bytes(), None).unwrap();
+        let sock = dial(addr);
         let result = connect(&conn, "127.0.0.1", sock.try_clone().unwrap(), sock);
         assert!(matches!(result, Err(TlsError::Untrusted(_))));
         assert!(server.join().unwrap());
@@ -242,20 +256,10 @@ mod tests {
     fn a_peer_without_a_cluster_certificate_is_refused() {
         let ca = make_ca("ours").unwrap();
         let server_pair = issue(&ca, "server-1").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let acc = acceptor(&identity(&ca, &server_pair), true).unwrap();
-        let server = std::thread::spawn(move || {
-            let (sock, _) = listener.accept().unwrap();
-            sock.set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            accept(&acc, sock.try_clone().unwrap(), sock).is_err()
-        });
+        let (addr, server) = one_handshake(acceptor(&identity(&ca, &server_pair), true).unwrap());
         // Trusts the CA, but presents no certificate of its own.
         let conn = connector(ca.cert.as_bytes(), None).unwrap();
-        let sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let sock = dial(addr);
         if let Ok((mut reader, _w)) = connect(&conn, "server-1", sock.try_clone().unwrap(), sock) {
             // TLS 1.3 clients finish before the server checks; the refusal shows on read.
             let mut b = [0u8; 1];

@@ -3,9 +3,10 @@
 //! and key files the `openssl` tool reads.
 
 use crate::WAIT;
-use fastchat_client::{Client, ErrorCode, Event};
+use fastchat_client::{Client, Conversation, ErrorCode, Event};
 use fastchat_common::e2e::open_key_backup;
 use fastchat_common::password::{login_secret, verify_password};
+use fastchat_common::Blob;
 use fastchat_tests::{next_message, wait_event, wait_until, Cluster};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -42,27 +43,6 @@ fn dump_database(cluster: &Cluster) -> String {
     dump
 }
 
-/// A client placed on `server`, keeping its keys in `home`.
-fn client_with_home(cluster: &Cluster, server: &str, home: &Path) -> Client {
-    let config = cluster.config().with_home(home);
-    wait_until_connected(&config, server)
-}
-
-fn wait_until_connected(config: &fastchat_client::ClientConfig, server: &str) -> Client {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(c) = Client::connect(config) {
-            if c.server() == server {
-                return c;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never placed on {server}"
-        );
-    }
-}
-
 /// Whether a send was answered "stored" (the recipient was offline).
 fn stored(reply: fastchat_client::Reply) -> bool {
     matches!(
@@ -80,13 +60,39 @@ fn stored_backup(cluster: &Cluster, user: &str) -> String {
         .get(0)
 }
 
+/// Whether `text` holds `secret` as it is or base64-encoded (at any of the three byte
+/// alignments, the part of the encoding that depends on the secret alone).
+fn leaks(text: &str, secret: &str) -> bool {
+    if text.contains(secret) {
+        return true;
+    }
+    (0..3).any(|offset| {
+        let mut bytes = vec![0u8; offset];
+        bytes.extend_from_slice(secret.as_bytes());
+        let encoded = Blob::from_bytes(&bytes).into_base64();
+        let core = &encoded[4..encoded.len() - 4];
+        text.contains(core)
+    })
+}
+
+#[test]
+fn leaks_finds_plain_and_base64_secrets() {
+    let secret = "offline-plaintext-51be2d";
+    for prefix in ["", "x", "xy", "xyz"] {
+        let encoded = Blob::from_bytes(format!("{prefix}{secret}!").as_bytes()).into_base64();
+        assert!(leaks(&encoded, secret), "{prefix:?}");
+    }
+    assert!(leaks(&format!("a{secret}b"), secret));
+    assert!(!leaks("nothing to see", secret));
+}
+
 #[test]
 fn the_database_and_the_logs_hold_no_plaintext_no_private_key_and_no_password() {
     let cluster = Cluster::start(2);
     let home = tempfile::tempdir().unwrap();
-    let alice = client_with_home(&cluster, "server-1", home.path());
+    let alice = cluster.client_with_home("server-1", home.path());
     alice.signup("alice", "alice-secret-pw-1").unwrap();
-    let bob = client_with_home(&cluster, "server-2", home.path());
+    let bob = cluster.client_with_home("server-2", home.path());
     bob.signup("bob", "bob-secret-pw-2").unwrap();
     let carol = cluster.user("carol", Some("server-1"));
     carol.logout().unwrap(); // offline: what is sent to her is stored
@@ -111,11 +117,42 @@ fn the_database_and_the_logs_hold_no_plaintext_no_private_key_and_no_password() 
     });
     assert_eq!(got, group_text);
     assert_eq!(cluster.pending_count(), 2);
+    // A file to carol (stored) and bob (live), under a name that is a secret too.
+    let file_text = "file-plaintext-c03e11 ";
+    let file_name = "file-name-secret-8a2f.txt";
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join(file_name);
+    std::fs::write(&path, file_text.repeat(5_000)).unwrap();
+    for to in ["carol", "bob"] {
+        alice
+            .send_file(&Conversation::User(to.into()), &path, &mut |_, _| {})
+            .unwrap();
+    }
+    let got = fastchat_tests::wait_event(&bob, WAIT, "the file", |e| match e {
+        Event::File { name, .. } => Some(name),
+        _ => None,
+    });
+    assert_eq!(got, file_name);
+    assert!(cluster.pending_count() > 2, "carol's file is stored");
 
     let private_pem = std::fs::read_to_string(home.path().join("keys/alice.key")).unwrap();
     // A line from the middle of the PEM body: the key's bytes, whatever the framing.
     let private_line = private_pem.lines().nth(5).unwrap().to_string();
-    let dump = dump_database(&cluster);
+    let mut dump = dump_database(&cluster);
+    // Bodies are stored as base64: look inside them too, so that a body stored in the
+    // clear (merely encoded) would be caught.
+    for row in cluster
+        .db
+        .connect()
+        .query("SELECT body FROM pending", &[])
+        .unwrap()
+    {
+        let bytes = Blob::from_base64(row.get(0))
+            .to_bytes()
+            .expect("base64 body");
+        dump.push_str(&String::from_utf8_lossy(&bytes));
+        dump.push('\n');
+    }
     let logs = ["balancer", "server-1", "server-2"]
         .iter()
         .map(|n| cluster.log(n))
@@ -126,13 +163,15 @@ fn the_database_and_the_logs_hold_no_plaintext_no_private_key_and_no_password() 
             live,
             offline,
             group_text,
+            file_text,
+            file_name,
             "alice-secret-pw-1",
             "bob-secret-pw-2",
             "carol-password",
             "PRIVATE KEY",
             &private_line,
         ] {
-            assert!(!text.contains(secret), "the {name} contain {secret:?}");
+            assert!(!leaks(text, secret), "the {name} contain {secret:?}");
         }
     }
     // The server was never given the password: what it hashed is the login secret the
@@ -172,7 +211,7 @@ fn the_database_and_the_logs_hold_no_plaintext_no_private_key_and_no_password() 
 fn a_fresh_home_restores_the_key_from_the_backup_and_passwd_reseals_it() {
     let cluster = Cluster::start(2);
     let first_home = tempfile::tempdir().unwrap();
-    let bob = client_with_home(&cluster, "server-2", first_home.path());
+    let bob = cluster.client_with_home("server-2", first_home.path());
     bob.signup("bob", "old-password").unwrap();
     bob.logout().unwrap();
     let key_file = first_home.path().join("keys/bob.key");
@@ -192,7 +231,7 @@ fn a_fresh_home_restores_the_key_from_the_backup_and_passwd_reseals_it() {
     // A wrong password opens nothing: the login is refused, and the stored backup
     // does not open with it.
     let fresh_home = tempfile::tempdir().unwrap();
-    let bob = client_with_home(&cluster, "server-1", fresh_home.path());
+    let bob = cluster.client_with_home("server-1", fresh_home.path());
     let err = bob.login("bob", "wrong-password").unwrap_err();
     assert_eq!(err.code, ErrorCode::BadPassword);
     assert!(open_key_backup(&stored_backup(&cluster, "bob"), "wrong-password").is_err());
@@ -216,7 +255,7 @@ fn a_fresh_home_restores_the_key_from_the_backup_and_passwd_reseals_it() {
     bob.logout().unwrap();
 
     let third_home = tempfile::tempdir().unwrap();
-    let bob = client_with_home(&cluster, "server-2", third_home.path());
+    let bob = cluster.client_with_home("server-2", third_home.path());
     assert_eq!(
         bob.login("bob", "old-password").unwrap_err().code,
         ErrorCode::BadPassword
@@ -313,7 +352,7 @@ fn openssl_reads(args: &[&str], file: &Path) {
 fn every_key_the_project_writes_loads_with_the_openssl_tool() {
     let cluster = Cluster::start(1);
     let home = tempfile::tempdir().unwrap();
-    let alice = client_with_home(&cluster, "server-1", home.path());
+    let alice = cluster.client_with_home("server-1", home.path());
     alice.signup("alice", "pw").unwrap();
     openssl_reads(&["pkey"], &home.path().join("keys/alice.key"));
     openssl_reads(&["pkey", "-pubin"], &home.path().join("keys/alice.pub"));

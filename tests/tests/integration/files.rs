@@ -20,13 +20,7 @@ fn random_file(dir: &Path, name: &str, size: usize) -> (PathBuf, Vec<u8>) {
 /// A client on `server` keeping its keys and downloads in a home of its own.
 fn user_with_home(cluster: &Cluster, user: &str, server: &str) -> (Client, tempfile::TempDir) {
     let home = tempfile::tempdir().unwrap();
-    let config = cluster.config().with_home(home.path());
-    let client = loop {
-        let c = Client::connect(&config).unwrap();
-        if c.server() == server {
-            break c;
-        }
-    };
+    let client = cluster.client_with_home(server, home.path());
     client.signup(user, &format!("{user}-password")).unwrap();
     (client, home)
 }
