@@ -49,7 +49,7 @@ ensure_cargo() {
     die "cargo not found (install Rust, e.g. with rustup: https://rustup.rs)"
 }
 
-# ensure_build_deps: cargo, a C compiler, pkg-config and the OpenSSL headers
+# ensure_build_deps: cargo, a C compiler, pkg-config, the OpenSSL headers and a font
 # (the `openssl` crate builds against the system library). Installs what is
 # missing when running as root with apt-get; otherwise explains and exits 1.
 ensure_build_deps() {
@@ -58,6 +58,8 @@ ensure_build_deps() {
     command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
     # The tests check that every key we write loads with the openssl tool.
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # The load tester draws its charts with this font (its tests draw them too).
+    [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
     if ! command -v pkg-config >/dev/null 2>&1; then
         missing+=(pkg-config libssl-dev)
     elif ! pkg-config --exists openssl; then

@@ -39,7 +39,8 @@ pub fn spawn_writer<W: Write + Send + 'static>(
 ) -> std::io::Result<thread::JoinHandle<()>> {
     let OutReceiver { rx, bytes } = queue;
     thread::Builder::new().name(name).spawn(move || {
-        let mut buf = Vec::with_capacity(64 * 1024);
+        // Grows with the batches it carries: an idle connection keeps little.
+        let mut buf = Vec::new();
         'outer: while let Ok(first) = rx.recv() {
             buf.clear();
             let mut closing = false;
@@ -77,7 +78,10 @@ pub fn spawn_writer<W: Write + Send + 'static>(
 
 /// A queue towards one connection's writer, bounded both in frames (the channel) and in
 /// the bytes of the frames not yet written, so a peer that stops reading pins a known
-/// amount of memory whatever the frame sizes.
+/// amount of memory whatever the frame sizes. The channel is an array that allocates
+/// and touches all its slots up front (32 bytes each), so the frame bound is also a
+/// fixed memory cost per connection; an unbounded (linked) channel avoids that but
+/// measured 15% slower in `dm`.
 #[derive(Clone)]
 pub struct OutQueue {
     tx: Sender<Outgoing>,

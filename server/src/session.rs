@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Frames a client's writer queue holds before the client counts as a slow consumer.
-pub const CLIENT_QUEUE: usize = 8192;
+/// Each slot costs 32 bytes up front (64 KiB per connection); 2048 frames is seconds of
+/// traffic for one client, and the byte bound below is the one that matters for memory.
+pub const CLIENT_QUEUE: usize = 2048;
 /// Bytes of unwritten frames a client's queue holds before the client counts as a slow
 /// consumer (about 120 of the largest messages).
 pub const CLIENT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
@@ -119,7 +121,7 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
     };
     state.clients.fetch_add(1, Ordering::Relaxed);
     let socket = stream;
-    let mut reader = BufReader::with_capacity(64 * 1024, tls_read);
+    let mut reader = BufReader::with_capacity(16 * 1024, tls_read);
     let mut conn = ClientConn {
         state: state.clone(),
         conn_id,

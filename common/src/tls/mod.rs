@@ -190,8 +190,11 @@ impl<W: Write> Shared<W> {
     }
 }
 
-/// Size of the buffer raw socket reads go into.
+/// Largest size of the buffer raw socket reads go into.
 const RAW_READ: usize = 32 * 1024;
+/// Its first size: it doubles (up to [`RAW_READ`]) each time a read fills it, so an
+/// idle connection keeps 4 KiB and a busy one reads 32 KiB per syscall.
+const RAW_READ_FIRST: usize = 4 * 1024;
 
 /// The reading half of a TLS connection: `Read` gives plaintext.
 pub struct TlsReader<R, W> {
@@ -218,7 +221,7 @@ fn handshake<R: Read, W: Write>(
 ) -> Result<(TlsReader<R, W>, TlsWriter<W>), TlsError> {
     let mut stream = SslStream::new(ssl, MemoryIo::default()).map_err(config_err)?;
     let mut sink = sink;
-    let mut scratch = vec![0u8; RAW_READ];
+    let mut scratch = vec![0u8; RAW_READ_FIRST];
     loop {
         let result = match side {
             Side::Connect => stream.connect(),
@@ -344,6 +347,9 @@ impl<R: Read, W: Write> Read for TlsReader<R, W> {
                 .get_mut()
                 .incoming
                 .extend_from_slice(&self.scratch[..n]);
+            if n == self.scratch.len() && n < RAW_READ {
+                self.scratch.resize(n * 2, 0);
+            }
         }
     }
 }

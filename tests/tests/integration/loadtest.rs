@@ -71,3 +71,92 @@ fn the_dm_scenario_and_its_baseline_run_with_nothing_lost() {
     check_report(&baseline);
     assert_eq!(baseline["system"], "baseline");
 }
+
+#[test]
+fn the_group_scenario_reaches_every_member_once_and_draws_its_charts() {
+    let cluster = Cluster::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cluster.ca().display().to_string();
+    let plots = dir.path().join("plots");
+    let args = [
+        "group",
+        "--balancer",
+        &cluster.balancer,
+        "--ca",
+        &ca,
+        "--clients",
+        "6",
+        "--group-size",
+        "3",
+        "--rate",
+        "60",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--plot",
+        plots.to_str().unwrap(),
+    ];
+    let report = run_loadtest(&args, &dir.path().join("group.json"));
+    check_report(&report);
+    assert_eq!(report["scenario"], "group");
+    // Each group message reaches the 2 other members of its group of 3.
+    assert!(report["sent"].as_u64().unwrap() > 0);
+    for chart in ["latency", "throughput"] {
+        let png = std::fs::read(plots.join(format!("fastchat-group-{chart}.png")))
+            .unwrap_or_else(|e| panic!("no {chart} chart: {e}"));
+        assert!(png.starts_with(b"\x89PNG"), "{chart} is not a PNG");
+    }
+}
+
+#[test]
+fn the_file_offline_connections_and_login_scenarios_run_with_nothing_lost() {
+    let cluster = Cluster::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cluster.ca().display().to_string();
+    let with_cluster = |args: &[&str]| {
+        let mut all = vec!["--balancer", &cluster.balancer, "--ca", &ca];
+        all.extend(args);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |name: &str, args: &[&str]| {
+        let args = with_cluster(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let report = run_loadtest(&args, &dir.path().join(format!("{name}.json")));
+        check_report(&report);
+        assert_eq!(report["scenario"], name);
+        report
+    };
+
+    let file = run(
+        "file",
+        &[
+            "file",
+            "--clients",
+            "2",
+            "--file-size",
+            "3M",
+            "--duration",
+            "0.5",
+        ],
+    );
+    assert_eq!(file["file_size"], 3 << 20);
+    assert!(file["mb_per_sec"].as_f64().unwrap() > 0.0, "{file}");
+
+    let offline = run(
+        "offline",
+        &["offline", "--clients", "3", "--messages", "600"],
+    );
+    assert_eq!(offline["delivered"], 600, "{offline}");
+    assert_eq!(offline["out_of_order"], 0, "{offline}");
+
+    let connections = run(
+        "connections",
+        &["connections", "--clients", "6", "--probes", "5"],
+    );
+    assert_eq!(connections["connected"], 6);
+    assert_eq!(connections["delivered"], 5);
+
+    let login = run("login", &["login", "--clients", "2", "--duration", "1"]);
+    assert!(login["logins_per_sec"].as_f64().unwrap() > 0.0, "{login}");
+}

@@ -122,7 +122,7 @@ pub fn start_relay() -> String {
 pub struct RelayClient {
     me: u32,
     out: Sender<Vec<u8>>,
-    inbox: Receiver<(usize, String)>,
+    inbox: Receiver<String>,
     waiting: Arc<Mutex<HashMap<u64, Sender<()>>>>,
     next: Mutex<u64>,
 }
@@ -145,7 +145,7 @@ impl RelayClient {
                 match f.kind {
                     MESSAGE => {
                         let text = String::from_utf8_lossy(&f.raw[4 + 17..]).into_owned();
-                        let _ = inbox_tx.send((f.from as usize, text));
+                        let _ = inbox_tx.send(text);
                         let _ = reader_out.send(frame(ACK, me, f.from, f.number, b""));
                     }
                     ACK => {
@@ -184,7 +184,7 @@ impl Endpoint for RelayClient {
         Box::new(move |timeout| rx.recv_timeout(timeout).map_err(|_| "timeout".to_string()))
     }
 
-    fn receive(&self, timeout: Duration) -> Option<(usize, String)> {
+    fn receive(&self, timeout: Duration) -> Option<String> {
         self.inbox.recv_timeout(timeout).ok()
     }
 }

@@ -3,29 +3,31 @@
 //! a minimal built-in relay (`baseline`), the machine's ceiling.
 
 mod baseline;
+mod fastchat;
+mod plot;
 mod report;
+mod scenarios;
 mod traffic;
 
 use clap::Parser;
-use fastchat_client::{Client, ClientConfig, ErrorCode, Event, OkResult};
-use fastchat_tests::{Cluster, ClusterOptions, PrivatePostgres};
-use parking_lot::Mutex;
-use std::collections::HashMap;
+use fastchat::{log_in_all, FastChatEndpoint, Problems, Target};
+use plot::{PlotData, SweepPoint};
+use report::Report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use traffic::{Answer, DmOptions, Endpoint, Pace};
+use traffic::{Endpoint, Pace, Plan, TrafficOptions};
 
 /// FastChat load tester.
 #[derive(Debug, Parser)]
 #[command(name = "fastchat-loadtest", version)]
 struct Cli {
-    /// `[baseline] SCENARIO`: the scenario (`dm`), after `baseline` to run it against the
-    /// built-in relay instead of FastChat.
+    /// `[baseline] SCENARIO`: `dm`, `group`, `file`, `offline`, `connections` or
+    /// `login`; after `baseline` (for `dm`), against the built-in relay instead.
     #[arg(required = true, num_args = 1..=2)]
     what: Vec<String>,
-    /// Client threads.
+    /// Client threads (users).
     #[arg(long, default_value_t = 10)]
     clients: usize,
     /// Measured seconds.
@@ -34,18 +36,41 @@ struct Cli {
     /// Seconds of traffic before measuring.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// Closed loop: each client keeps at most W of its messages unanswered.
+    /// Closed loop: each client keeps at most W of its messages unanswered (default 16).
     #[arg(long, conflicts_with = "rate")]
     window: Option<usize>,
-    /// Open loop: messages per second in total.
+    /// Open loop: messages per second in total (group messages in `group`).
     #[arg(long)]
     rate: Option<f64>,
+    /// Open loop at each of these rates in turn (comma-separated), one report with a
+    /// `sweep` list, and with --plot a chart of latency against offered load.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["rate", "window"])]
+    sweep: Vec<f64>,
     /// Partners per client in `dm` (0: every other client).
     #[arg(long, default_value_t = 8)]
     peers: usize,
     /// Bytes of padding per message.
     #[arg(long, default_value_t = 64)]
     message_size: usize,
+    /// Members per group in `group`.
+    #[arg(long, default_value_t = 20)]
+    group_size: usize,
+    /// Bytes per file in `file` (suffixes K, M, G: KiB, MiB, GiB).
+    #[arg(long, default_value = "10M", value_parser = parse_size)]
+    file_size: u64,
+    /// Messages queued in `offline`.
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    /// Messages sent one at a time at the end of `connections`.
+    #[arg(long, default_value_t = 100)]
+    probes: u64,
+    /// Users are PREFIX-0, PREFIX-1...: signed up when new, logged in when they exist
+    /// (reuse them across runs); default a fresh prefix per run.
+    #[arg(long)]
+    users: Option<String>,
+    /// Threads that sign up and log in users at the start.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
     /// Start a cluster of N servers (with a PostgreSQL of its own).
     #[arg(long, conflicts_with = "balancer")]
     servers: Option<usize>,
@@ -55,155 +80,228 @@ struct Cli {
     /// The cluster CA (with --balancer).
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// run_cluster.sh's --data-dir (with --balancer), to read the servers' memory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Draw PNG charts into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
-/// A FastChat client as the scenario drives it.
-struct FastChatEndpoint {
-    client: Client,
-    names: Arc<Vec<String>>,
-    index: Arc<HashMap<String, usize>>,
-    /// Refusals seen by the inbox (`undecryptable` ...), counted as errors.
-    problems: Arc<Mutex<HashMap<String, u64>>>,
+/// `100`, `64K`, `10M`, `1G` (binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (digits, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let scale = match unit.to_ascii_uppercase().as_str() {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}")),
+    };
+    n.checked_mul(scale).ok_or_else(|| "size too large".into())
 }
 
-impl Endpoint for FastChatEndpoint {
-    fn send(&self, to: usize, text: &str) -> Answer {
-        let (_, handle) = self.client.send_text(&self.names[to], text);
-        Box::new(move |timeout| match handle.wait(timeout) {
-            Ok(Some(OkResult::Sent { .. })) => Ok(()),
-            Ok(_) => Err("unexpected_reply".into()),
-            Err(e) => Err(e.code.as_str().to_string()),
-        })
-    }
-
-    fn receive(&self, timeout: Duration) -> Option<(usize, String)> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            match self.client.events().recv_timeout(left).ok()? {
-                Event::Message { from, text, .. } => {
-                    return Some((*self.index.get(&from)?, text));
-                }
-                Event::Undecryptable { error, .. } => {
-                    *self
-                        .problems
-                        .lock()
-                        .entry(error.code.as_str().into())
-                        .or_default() += 1;
-                }
-                _ => {}
-            }
+impl Cli {
+    fn traffic(&self) -> TrafficOptions {
+        TrafficOptions {
+            duration: Duration::from_secs_f64(self.duration),
+            warmup: Duration::from_secs_f64(self.warmup),
+            pace: match (self.window, self.rate) {
+                (_, Some(rate)) => Pace::Rate(rate),
+                (Some(w), None) => Pace::Window(w),
+                (None, None) => Pace::Window(16),
+            },
+            size: self.message_size,
         }
     }
 }
 
-fn run(cli: Cli) -> Result<report::Report, String> {
+/// Runs the traffic once, or once per rate of `--sweep`.
+fn run_traffic(
+    cli: &Cli,
+    endpoints: &[Arc<dyn Endpoint>],
+    plan: &Plan,
+    scenario: &str,
+) -> (Report, Vec<SweepPoint>) {
+    traffic::set_up(endpoints, plan);
+    let mut opts = cli.traffic();
+    if cli.sweep.is_empty() {
+        return (traffic::run(endpoints, plan, &opts, scenario), Vec::new());
+    }
+    let mut points = Vec::new();
+    let mut last = None;
+    for &rate in &cli.sweep {
+        opts.pace = Pace::Rate(rate);
+        let report = traffic::run(endpoints, plan, &opts, scenario);
+        report.print();
+        points.push(SweepPoint {
+            offered: rate,
+            achieved: report.delivered_per_sec,
+            p50_us: report.latency_us.p50,
+            p99_us: report.latency_us.p99,
+        });
+        last = Some(report);
+    }
+    let mut report = last.expect("at least one rate");
+    report.extra.insert(
+        "sweep".into(),
+        serde_json::to_value(&points).expect("points serialize"),
+    );
+    (report, points)
+}
+
+fn run(cli: &Cli) -> Result<(Report, Vec<SweepPoint>), String> {
     let (baseline, scenario) = match cli.what.as_slice() {
-        [s] => (false, s.clone()),
-        [b, s] if b == "baseline" => (true, s.clone()),
+        [s] => (false, s.as_str()),
+        [b, s] if b == "baseline" => (true, s.as_str()),
         other => return Err(format!("expected `[baseline] SCENARIO`, got {other:?}")),
     };
-    if scenario != "dm" {
-        return Err(format!(
-            "scenario {scenario:?} is not built yet; this version runs `dm`"
-        ));
-    }
-    let opts = DmOptions {
-        duration: Duration::from_secs_f64(cli.duration),
-        warmup: Duration::from_secs_f64(cli.warmup),
-        pace: match (cli.window, cli.rate) {
-            (_, Some(rate)) => Pace::Rate(rate),
-            (Some(w), None) => Pace::Window(w),
-            (None, None) => Pace::Window(16),
-        },
-        size: cli.message_size,
-        peers: cli.peers,
-    };
     if baseline {
+        if scenario != "dm" {
+            return Err(format!(
+                "the baseline relay runs `dm` only, not {scenario:?}"
+            ));
+        }
         let relay = baseline::start_relay();
         let endpoints: Vec<Arc<dyn Endpoint>> = (0..cli.clients)
             .map(|i| {
                 Arc::new(baseline::RelayClient::connect(&relay, i as u32)) as Arc<dyn Endpoint>
             })
             .collect();
-        let mut report = traffic::run_dm(endpoints, &opts, &scenario);
+        let plan = Plan::direct(cli.clients, cli.peers);
+        let (mut report, sweep) = run_traffic(cli, &endpoints, &plan, scenario);
         report.system = "baseline".into();
-        return Ok(report);
+        return Ok((report, sweep));
     }
-
-    // A cluster of our own, or the one at --balancer.
-    let mut _own: Option<(PrivatePostgres, Cluster)> = None;
-    let config = match (&cli.balancer, cli.servers) {
-        (Some(balancer), _) => {
-            let ca = cli.ca.as_ref().ok_or("--balancer needs --ca")?;
-            ClientConfig::with_ca_file(balancer.clone(), ca).map_err(|e| e.to_string())?
-        }
-        (None, servers) => {
-            eprintln!("starting a cluster of {} servers", servers.unwrap_or(3));
-            let postgres = PrivatePostgres::start();
-            let cluster = Cluster::start_with(ClusterOptions {
-                servers: servers.unwrap_or(3),
-                postgres: Some(postgres.url.clone()),
-                ..Default::default()
-            });
-            let config = cluster.config();
-            _own = Some((postgres, cluster));
-            config
+    if !["dm", "group", "file", "offline", "connections", "login"].contains(&scenario) {
+        return Err(format!("unknown scenario {scenario:?}"));
+    }
+    let target = Target::open(
+        cli.balancer.as_deref(),
+        cli.ca.as_deref(),
+        cli.data_dir.as_deref(),
+        cli.servers.unwrap_or(3),
+    )?;
+    let prefix = cli
+        .users
+        .clone()
+        .unwrap_or_else(|| format!("lt{}", &fastchat_common::ids::new_message_id()[..8]));
+    let names: Vec<String> = (0..cli.clients).map(|i| format!("{prefix}-{i}")).collect();
+    let setup = scenarios::Setup {
+        target: &target,
+        names: &names,
+        duration: Duration::from_secs_f64(cli.duration),
+        workers: cli.workers,
+    };
+    let report = match scenario {
+        "file" => scenarios::file(&setup, cli.file_size)?,
+        "offline" => scenarios::offline(&setup, cli.messages, cli.window.unwrap_or(64))?,
+        "connections" => scenarios::connections(&setup, cli.probes)?,
+        "login" => scenarios::login(&setup)?,
+        _ => {
+            if cli.clients < 2 {
+                return Err(format!("{scenario} needs at least 2 clients"));
+            }
+            eprintln!("logging in {} users", names.len());
+            let clients = log_in_all(&target.config, &names, &|_| None, cli.workers)?;
+            let (plan, targets) = if scenario == "group" {
+                let plan = Plan::groups(names.len(), cli.group_size);
+                let groups = create_groups(&clients, &names, &plan, &prefix)?;
+                (plan, groups)
+            } else {
+                (Plan::direct(names.len(), cli.peers), names.clone())
+            };
+            let (targets, problems) = (Arc::new(targets), Problems::default());
+            let endpoints: Vec<Arc<dyn Endpoint>> = clients
+                .into_iter()
+                .map(|client| {
+                    Arc::new(FastChatEndpoint {
+                        client,
+                        targets: targets.clone(),
+                        groups: scenario == "group",
+                        problems: problems.clone(),
+                    }) as Arc<dyn Endpoint>
+                })
+                .collect();
+            let (mut report, sweep) = run_traffic(cli, &endpoints, &plan, scenario);
+            for (code, n) in problems.lock().iter() {
+                *report.errors.entry(code.clone()).or_default() += n;
+            }
+            return Ok((report, sweep));
         }
     };
-    let run_id = fastchat_common::ids::new_message_id();
-    let names: Vec<String> = (0..cli.clients)
-        .map(|i| format!("lt{}-{i}", &run_id[..8]))
-        .collect();
-    eprintln!("signing up {} users (an RSA key each)", names.len());
-    let index: HashMap<String, usize> = names
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, n)| (n, i))
-        .collect();
-    let (names, index) = (Arc::new(names), Arc::new(index));
-    let problems: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-    let mut endpoints: Vec<Arc<dyn Endpoint>> = Vec::new();
-    for name in names.iter() {
-        let client = Client::connect(&config).map_err(|e| e.to_string())?;
-        match client.signup(name, &format!("{name}-pw")) {
+    Ok((report, Vec::new()))
+}
+
+/// Each group's first member creates it with the others; returns the groups' names.
+fn create_groups(
+    clients: &[fastchat_client::Client],
+    names: &[String],
+    plan: &Plan,
+    prefix: &str,
+) -> Result<Vec<String>, String> {
+    let mut groups = Vec::new();
+    for (g, members) in plan.members.iter().enumerate() {
+        let group = format!("{prefix}-g{g}");
+        let others: Vec<String> = members[1..].iter().map(|&m| names[m].clone()).collect();
+        match clients[members[0]].group_create(&group, &others) {
             Ok(_) => {}
-            Err(e) if e.code == ErrorCode::NameTaken => {
-                client
-                    .login(name, &format!("{name}-pw"))
-                    .map_err(|e| e.to_string())?;
-            }
-            Err(e) => return Err(format!("signup {name}: {e}")),
+            // Reused users (--users): the group is there from an earlier run.
+            Err(e) if e.code == fastchat_client::ErrorCode::NameTaken => {}
+            Err(e) => return Err(format!("group create {group}: {e}")),
         }
-        endpoints.push(Arc::new(FastChatEndpoint {
-            client,
-            names: names.clone(),
-            index: index.clone(),
-            problems: problems.clone(),
-        }));
+        groups.push(group);
     }
-    let mut report = traffic::run_dm(endpoints, &opts, &scenario);
-    for (code, n) in problems.lock().iter() {
-        *report.errors.entry(code.clone()).or_default() += n;
-    }
-    Ok(report)
+    Ok(groups)
 }
 
 fn main() -> ExitCode {
+    // As in the server: each login's 16 MiB of scrypt goes back to the system when freed,
+    // so that the memory figures show connections, not malloc's retention.
+    // SAFETY: mallopt only sets a malloc parameter; called before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
     let cli = Cli::parse();
-    let out = cli.out.clone();
-    match run(cli) {
-        Ok(report) => {
+    match run(&cli) {
+        Ok((report, sweep)) => {
             report.print();
-            if let Some(path) = out {
+            if let Some(path) = &cli.out {
                 let json = serde_json::to_string_pretty(&report).expect("report serializes");
-                if let Err(e) = std::fs::write(&path, json) {
+                if let Err(e) = std::fs::write(path, json) {
                     eprintln!("cannot write {}: {e}", path.display());
                     return ExitCode::FAILURE;
+                }
+            }
+            if let Some(dir) = &cli.plot {
+                let data = PlotData {
+                    title: format!(
+                        "{} {}, {} clients",
+                        report.system, report.scenario, report.clients
+                    ),
+                    percentiles: report.percentiles.clone(),
+                    throughput: report.throughput.clone(),
+                    sweep,
+                };
+                let prefix = format!("{}-{}", report.system, report.scenario);
+                match plot::draw(dir, &prefix, &data) {
+                    Ok(paths) => {
+                        for p in paths {
+                            eprintln!("chart: {}", p.display());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("cannot draw the charts: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
             if report.lost > 0 || report.duplicated > 0 {

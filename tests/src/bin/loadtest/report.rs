@@ -3,9 +3,12 @@
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::Instant;
+
+/// The percentiles charted.
+const PERCENTILES: [f64; 9] = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0];
 
 /// Latency percentiles, microseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +37,15 @@ pub struct Report {
     pub sent: u64,
     /// What the run was measured against: `fastchat` or `baseline`.
     pub system: String,
+    /// What the scenario adds (`files`, `login_to_last_ms`, `rss_kib_per_connection`...).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+    /// Delivered per second over the measured time, `(seconds, per second)`, for charts.
+    #[serde(skip)]
+    pub throughput: Vec<(f64, f64)>,
+    /// Latency by percentile, `(percentile, microseconds)`, for charts.
+    #[serde(skip)]
+    pub percentiles: Vec<(f64, u64)>,
 }
 
 impl Report {
@@ -76,6 +88,13 @@ impl Report {
             errors,
             sent,
             system: "fastchat".into(),
+            extra: BTreeMap::new(),
+            throughput: Vec::new(),
+            percentiles: PERCENTILES
+                .iter()
+                .map(|&p| (p, q(p / 100.0)))
+                .filter(|_| !h.is_empty())
+                .collect(),
         }
     }
 
@@ -100,6 +119,9 @@ impl Report {
             self.duplicated,
             self.errors
         );
+        for (key, value) in &self.extra {
+            println!("  {key}: {value}");
+        }
     }
 }
 

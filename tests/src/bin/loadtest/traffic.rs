@@ -1,8 +1,8 @@
-//! The `dm` scenario, over any transport: each client sends direct messages to random
-//! other clients, closed-loop (at most `window` of its own unanswered) or open-loop at
-//! a fixed total rate (each message stamped with its intended send time, so queueing
-//! shows in the latency). Receivers record latency in HDR histograms and check every
-//! message arrives once.
+//! Message traffic over any transport, for the `dm` and `group` scenarios: each client
+//! sends to targets of its own (a partner, or its group), closed-loop (at most `window`
+//! of its own unanswered) or open-loop at a fixed total rate (each message stamped with
+//! its intended send time, so queueing shows in the latency). Receivers record latency in
+//! HDR histograms and check that every message reaches each of its recipients once.
 
 use crate::report::{Progress, Report};
 use hdrhistogram::Histogram;
@@ -18,10 +18,10 @@ pub type Answer = Box<dyn FnOnce(Duration) -> Result<(), String> + Send>;
 
 /// One client as the scenario drives it.
 pub trait Endpoint: Send + Sync {
-    /// Sends `text` to client `to`.
-    fn send(&self, to: usize, text: &str) -> Answer;
-    /// The next message received, `(sender index, text)`, within `timeout`.
-    fn receive(&self, timeout: Duration) -> Option<(usize, String)>;
+    /// Sends `text` to target number `target` (a client in `dm`, a group in `group`).
+    fn send(&self, target: usize, text: &str) -> Answer;
+    /// The text of the next message received, within `timeout`.
+    fn receive(&self, timeout: Duration) -> Option<String>;
 }
 
 /// How the scenario paces its senders.
@@ -35,7 +35,7 @@ pub enum Pace {
 
 /// Scenario settings.
 #[derive(Debug, Clone)]
-pub struct DmOptions {
+pub struct TrafficOptions {
     /// Measured time.
     pub duration: Duration,
     /// Time before measuring starts (messages sent then are not counted).
@@ -44,10 +44,48 @@ pub struct DmOptions {
     pub pace: Pace,
     /// Bytes of padding in each message.
     pub size: usize,
-    /// How many partners each client writes to (chosen at random at the start; 0: any
-    /// other client). Each first message to a partner makes a conversation key (RSA),
+}
+
+/// Who talks to whom.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// For each client, the targets it picks from at random.
+    pub targets: Vec<Vec<usize>>,
+    /// For each target, the clients a message to it reaches (its sender excepted).
+    pub members: Vec<Vec<usize>>,
+}
+
+impl Plan {
+    /// Direct messages: each client writes to `peers` others chosen at random (all
+    /// others when 0). Each first message to a partner makes a conversation key (RSA),
     /// which the set-up pass does before the clock starts.
-    pub peers: usize,
+    pub fn direct(n: usize, peers: usize) -> Plan {
+        Plan {
+            targets: choose_partners(n, peers),
+            members: (0..n).map(|i| vec![i]).collect(),
+        }
+    }
+
+    /// Groups of `size` consecutive clients (the last one may be smaller); each client
+    /// writes to its own group.
+    pub fn groups(n: usize, size: usize) -> Plan {
+        let size = size.max(2);
+        let members: Vec<Vec<usize>> = (0..n)
+            .step_by(size)
+            .map(|first| (first..(first + size).min(n)).collect())
+            .collect();
+        Plan {
+            targets: (0..n).map(|i| vec![i / size]).collect(),
+            members,
+        }
+    }
+
+    fn recipients(&self, sender: usize, target: usize) -> impl Iterator<Item = usize> + '_ {
+        self.members[target]
+            .iter()
+            .copied()
+            .filter(move |&m| m != sender)
+    }
 }
 
 /// `SENDER:SEQ:MICROS:padding`: who sent it, its number, and its (intended) send time in
@@ -65,6 +103,9 @@ fn decode(text: &str) -> Option<(usize, u64, u64)> {
     ))
 }
 
+/// Width of a throughput-over-time bin.
+const BIN: Duration = Duration::from_millis(250);
+
 struct Shared {
     start: Instant,
     measuring_from: u64,
@@ -73,9 +114,11 @@ struct Shared {
     /// Every sender has its answers: what was acknowledged is in the receivers' queues.
     drained: AtomicBool,
     delivered: AtomicU64,
+    /// Measured deliveries per `BIN` since the start.
+    bins: Vec<AtomicU64>,
     errors: Mutex<HashMap<String, u64>>,
-    /// (sender, seq) acknowledged to the sender and sent in the measured window.
-    acked: Mutex<HashSet<(usize, u64)>>,
+    /// (sender, seq, target) acknowledged to the sender and sent in the measured window.
+    acked: Mutex<Vec<(usize, u64, usize)>>,
     clients: usize,
 }
 
@@ -89,25 +132,58 @@ impl Shared {
     }
 }
 
-/// Runs the `dm` scenario over `endpoints`; returns the report.
-pub fn run_dm(endpoints: Vec<Arc<dyn Endpoint>>, opts: &DmOptions, scenario: &str) -> Report {
+/// One message from each client to each of its targets, answered, before the clock
+/// starts: conversation and group keys (RSA) are made then, not during the measurement.
+pub fn set_up(endpoints: &[Arc<dyn Endpoint>], plan: &Plan) {
+    let threads: Vec<_> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (e, mine) = (e.clone(), plan.targets[i].clone());
+            thread::spawn(move || {
+                let answers: Vec<Answer> = mine.iter().map(|&t| e.send(t, "setup")).collect();
+                for a in answers {
+                    let _ = a(Duration::from_secs(120));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    // Drain the set-up messages from every inbox.
+    for e in endpoints {
+        while e.receive(Duration::from_millis(20)).is_some() {}
+    }
+}
+
+/// Runs traffic over `endpoints` as `plan` says (after [`set_up`]); returns the report.
+pub fn run(
+    endpoints: &[Arc<dyn Endpoint>],
+    plan: &Plan,
+    opts: &TrafficOptions,
+    scenario: &str,
+) -> Report {
     let n = endpoints.len();
-    assert!(n >= 2, "the dm scenario needs at least two clients");
+    assert!(n >= 2, "traffic needs at least two clients");
     let pad = "x".repeat(opts.size);
-    let partners = Arc::new(choose_partners(n, opts.peers));
-    set_up_conversations(&endpoints, &partners);
     let start = Instant::now();
+    let total = opts.warmup + opts.duration;
+    // Bins for the run and a drain of up to a minute after it.
+    let bins = (total + Duration::from_secs(60)).as_millis() / BIN.as_millis() + 1;
     let shared = Arc::new(Shared {
         start,
         measuring_from: opts.warmup.as_micros() as u64,
-        measuring_until: (opts.warmup + opts.duration).as_micros() as u64,
+        measuring_until: total.as_micros() as u64,
         stop: AtomicBool::new(false),
         drained: AtomicBool::new(false),
         delivered: AtomicU64::new(0),
+        bins: (0..bins).map(|_| AtomicU64::new(0)).collect(),
         errors: Mutex::new(HashMap::new()),
-        acked: Mutex::new(HashSet::new()),
+        acked: Mutex::new(Vec::new()),
         clients: n,
     });
+    let plan = Arc::new(plan.clone());
 
     let receivers: Vec<_> = endpoints
         .iter()
@@ -121,38 +197,45 @@ pub fn run_dm(endpoints: Vec<Arc<dyn Endpoint>>, opts: &DmOptions, scenario: &st
         .enumerate()
         .map(|(i, e)| {
             let (e, shared, pad, opts) = (e.clone(), shared.clone(), pad.clone(), opts.clone());
-            let partners = partners.clone();
-            thread::spawn(move || send_loop(i, &partners[i], &*e, &shared, &opts, &pad))
+            let plan = plan.clone();
+            thread::spawn(move || send_loop(i, &plan.targets[i], &*e, &shared, &opts, &pad))
         })
         .collect();
     let progress = Progress::start(scenario);
-    let end = opts.warmup + opts.duration;
-    while start.elapsed() < end {
+    while start.elapsed() < total {
         thread::sleep(Duration::from_millis(250));
         progress.show(
-            start.elapsed().min(end).as_secs_f64(),
-            end.as_secs_f64(),
+            start.elapsed().min(total).as_secs_f64(),
+            total.as_secs_f64(),
             shared.delivered.load(Ordering::Relaxed),
         );
     }
     shared.stop.store(true, Ordering::Release);
     let sent: u64 = senders.into_iter().map(|t| t.join().unwrap_or(0)).sum();
     shared.drained.store(true, Ordering::Release);
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-    let mut seen: HashSet<(usize, u64)> = HashSet::new();
+    let mut histogram = new_histogram();
+    let mut seen: Vec<HashSet<(usize, u64)>> = Vec::with_capacity(n);
     let mut duplicated = 0;
     for r in receivers {
         let (h, got, dups) = r.join().expect("receiver");
         histogram.add(&h).expect("same bounds");
         duplicated += dups;
-        seen.extend(got);
+        seen.push(got);
     }
     progress.finish();
-    let acked = shared.acked.lock();
-    let lost = acked.iter().filter(|k| !seen.contains(k)).count() as u64;
+    let lost = shared
+        .acked
+        .lock()
+        .iter()
+        .map(|&(sender, seq, target)| {
+            plan.recipients(sender, target)
+                .filter(|&r| !seen[r].contains(&(sender, seq)))
+                .count() as u64
+        })
+        .sum();
     let delivered = histogram.len();
     let errors = shared.errors.lock().clone();
-    Report::new(
+    let mut report = Report::new(
         scenario,
         n,
         opts.duration.as_secs_f64(),
@@ -163,7 +246,22 @@ pub fn run_dm(endpoints: Vec<Arc<dyn Endpoint>>, opts: &DmOptions, scenario: &st
         duplicated,
         errors,
         sent,
-    )
+    );
+    let first = (opts.warmup.as_millis() / BIN.as_millis()) as usize;
+    let last = (total.as_millis() / BIN.as_millis()) as usize;
+    report.throughput = (first..last.min(shared.bins.len()))
+        .map(|b| {
+            let t = (b - first) as f64 * BIN.as_secs_f64();
+            let per_sec = shared.bins[b].load(Ordering::Relaxed) as f64 / BIN.as_secs_f64();
+            (t, per_sec)
+        })
+        .collect();
+    report
+}
+
+/// An HDR histogram of microseconds, 1 us to 60 s, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 /// Each client's partners: `peers` others at random (all others when 0 or more).
@@ -189,49 +287,24 @@ fn choose_partners(n: usize, peers: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// One message from each client to each of its partners, answered, before the clock
-/// starts: conversation keys (RSA) are made then, not during the measurement.
-fn set_up_conversations(endpoints: &[Arc<dyn Endpoint>], partners: &[Vec<usize>]) {
-    let threads: Vec<_> = endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let (e, mine) = (e.clone(), partners[i].clone());
-            thread::spawn(move || {
-                let answers: Vec<Answer> = mine.iter().map(|&p| e.send(p, "setup")).collect();
-                for a in answers {
-                    let _ = a(Duration::from_secs(120));
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
-    }
-    // Drain the set-up messages from every inbox.
-    for e in endpoints {
-        while e.receive(Duration::from_millis(20)).is_some() {}
-    }
-}
-
 /// Sends until told to stop; returns how many messages it sent.
 fn send_loop(
     me: usize,
-    partners: &[usize],
+    targets: &[usize],
     endpoint: &dyn Endpoint,
     shared: &Shared,
-    opts: &DmOptions,
+    opts: &TrafficOptions,
     pad: &str,
 ) -> u64 {
     let mut seq = 0u64;
-    let mut outstanding: VecDeque<(u64, bool, Answer)> = VecDeque::new();
+    let mut outstanding: VecDeque<(u64, usize, bool, Answer)> = VecDeque::new();
     let mut rng_state = (me as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut next_peer = || {
+    let mut next_target = || {
         // xorshift: cheap, and enough to spread the destinations.
         rng_state ^= rng_state << 13;
         rng_state ^= rng_state >> 7;
         rng_state ^= rng_state << 17;
-        partners[(rng_state % partners.len() as u64) as usize]
+        targets[(rng_state % targets.len() as u64) as usize]
     };
     let clients = shared.clients as f64;
     let interval = match opts.pace {
@@ -242,17 +315,20 @@ fn send_loop(
         Pace::Window(w) => w.max(1),
         Pace::Rate(_) => usize::MAX,
     };
-    let settle = |item: (u64, bool, Answer), shared: &Shared| {
-        let (seq, measured, answer) = item;
+    let settle = |item: (u64, usize, bool, Answer), shared: &Shared| {
+        let (seq, target, measured, answer) = item;
         match answer(Duration::from_secs(60)) {
-            Ok(()) if measured => {
-                shared.acked.lock().insert((me, seq));
-            }
+            Ok(()) if measured => shared.acked.lock().push((me, seq, target)),
             Ok(()) => {}
             Err(code) => shared.error(code),
         }
     };
-    let mut intended = shared.micros();
+    // Open loop: each client starts at a different point of its interval, so that the
+    // total rate is even rather than in bursts.
+    let mut intended = shared.micros()
+        + interval.map_or(0, |iv| {
+            iv.as_micros() as u64 * me as u64 / shared.clients as u64
+        });
     while !shared.stop.load(Ordering::Acquire) {
         let stamp = match interval {
             Some(iv) => {
@@ -266,19 +342,18 @@ fn send_loop(
             None => shared.micros(),
         };
         let measured = stamp >= shared.measuring_from && stamp < shared.measuring_until;
-        let answer = endpoint.send(next_peer(), &encode(me, seq, stamp, pad));
-        outstanding.push_back((seq, measured, answer));
+        let target = next_target();
+        let answer = endpoint.send(target, &encode(me, seq, stamp, pad));
+        outstanding.push_back((seq, target, measured, answer));
         seq += 1;
         while outstanding.len() >= window {
             let item = outstanding.pop_front().expect("not empty");
             settle(item, shared);
         }
-        if interval.is_some() {
-            // Open loop: collect answers that are already in, without waiting.
-            while outstanding.len() > 4096 {
-                let item = outstanding.pop_front().expect("not empty");
-                settle(item, shared);
-            }
+        // Open loop: bound the answers held, without waiting on them otherwise.
+        while outstanding.len() > 4096 {
+            let item = outstanding.pop_front().expect("not empty");
+            settle(item, shared);
         }
     }
     for item in outstanding {
@@ -292,13 +367,14 @@ fn send_loop(
 fn receive_loop(
     endpoint: &dyn Endpoint,
     shared: &Shared,
-) -> (Histogram<u64>, Vec<(usize, u64)>, u64) {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+) -> (Histogram<u64>, HashSet<(usize, u64)>, u64) {
+    let mut h = new_histogram();
     let mut seen = HashSet::new();
     let mut duplicated = 0;
     loop {
         match endpoint.receive(Duration::from_millis(200)) {
-            Some((_, text)) => {
+            Some(text) if text == "setup" => {}
+            Some(text) => {
                 let Some((sender, seq, stamp)) = decode(&text) else {
                     shared.error("unreadable_message".into());
                     continue;
@@ -308,16 +384,18 @@ fn receive_loop(
                     continue;
                 }
                 if stamp >= shared.measuring_from && stamp < shared.measuring_until {
-                    let latency = shared.micros().saturating_sub(stamp).max(1);
-                    let _ = h.record(latency.min(60_000_000));
+                    let now = shared.micros();
+                    let _ = h.record(now.saturating_sub(stamp).clamp(1, 60_000_000));
                     shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    let bin = (now / BIN.as_micros() as u64) as usize;
+                    if let Some(b) = shared.bins.get(bin) {
+                        b.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             None if shared.drained.load(Ordering::Acquire) => break,
             None => {}
         }
     }
-    // Only the measured messages count towards `lost`.
-    let seen: Vec<_> = seen.into_iter().collect();
     (h, seen, duplicated)
 }
