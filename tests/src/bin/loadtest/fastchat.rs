@@ -7,7 +7,7 @@ use fastchat_client::{Client, ClientConfig, ErrorCode, Event, OkResult};
 use fastchat_tests::{Cluster, ClusterOptions, PrivatePostgres};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -82,12 +82,13 @@ pub fn password_of(name: &str) -> String {
 }
 
 /// Connects `names.len()` clients and signs each user up, or logs it in when it exists
-/// already (`--users` reuses them across runs), `workers` at a time. `home_of` gives a
-/// client its `HOME` (files need one).
+/// already (`--users` reuses them across runs), `workers` at a time. With `homes`, each
+/// user's `HOME` is `homes/NAME`: its private key is cached there, so that logging in
+/// again skips opening the backup (an scrypt), and files arrive there.
 pub fn log_in_all(
     config: &ClientConfig,
     names: &[String],
-    home_of: &(dyn Fn(usize) -> Option<PathBuf> + Sync),
+    homes: Option<&Path>,
     workers: usize,
 ) -> Result<Vec<Client>, String> {
     let slots: Vec<Mutex<Option<Client>>> = names.iter().map(|_| Mutex::new(None)).collect();
@@ -101,8 +102,8 @@ pub fn log_in_all(
                 if i >= names.len() || failure.lock().is_some() {
                     return;
                 }
-                let config = match home_of(i) {
-                    Some(home) => config.clone().with_home(home),
+                let config = match homes {
+                    Some(homes) => config.clone().with_home(homes.join(&names[i])),
                     None => config.clone(),
                 };
                 match log_in_one(&config, &names[i]) {

@@ -7,6 +7,7 @@ mod fastchat;
 mod plot;
 mod report;
 mod scenarios;
+mod summary;
 mod traffic;
 
 use clap::Parser;
@@ -24,7 +25,8 @@ use traffic::{Endpoint, Pace, Plan, TrafficOptions};
 #[command(name = "fastchat-loadtest", version)]
 struct Cli {
     /// `[baseline] SCENARIO`: `dm`, `group`, `file`, `offline`, `connections` or
-    /// `login`; after `baseline` (for `dm`), against the built-in relay instead.
+    /// `login`; after `baseline` (for `dm`), against the built-in relay instead. Or
+    /// `summary DIR`: the reports in DIR (as tests/bench.sh writes them) as a table.
     #[arg(required = true, num_args = 1..=2)]
     what: Vec<String>,
     /// Client threads (users).
@@ -69,8 +71,12 @@ struct Cli {
     #[arg(long)]
     users: Option<String>,
     /// Threads that sign up and log in users at the start.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     workers: usize,
+    /// Keep each user's HOME in DIR/NAME (its private key cached there: logging in again
+    /// skips an scrypt). Default: keys in memory only.
+    #[arg(long)]
+    homes: Option<PathBuf>,
     /// Start a cluster of N servers (with a PostgreSQL of its own).
     #[arg(long, conflicts_with = "balancer")]
     servers: Option<usize>,
@@ -200,6 +206,7 @@ fn run(cli: &Cli) -> Result<(Report, Vec<SweepPoint>), String> {
         names: &names,
         duration: Duration::from_secs_f64(cli.duration),
         workers: cli.workers,
+        homes: cli.homes.as_deref(),
     };
     let report = match scenario {
         "file" => scenarios::file(&setup, cli.file_size)?,
@@ -211,7 +218,7 @@ fn run(cli: &Cli) -> Result<(Report, Vec<SweepPoint>), String> {
                 return Err(format!("{scenario} needs at least 2 clients"));
             }
             eprintln!("logging in {} users", names.len());
-            let clients = log_in_all(&target.config, &names, &|_| None, cli.workers)?;
+            let clients = log_in_all(&target.config, &names, cli.homes.as_deref(), cli.workers)?;
             let (plan, targets) = if scenario == "group" {
                 let plan = Plan::groups(names.len(), cli.group_size);
                 let groups = create_groups(&clients, &names, &plan, &prefix)?;
@@ -263,6 +270,26 @@ fn create_groups(
     Ok(groups)
 }
 
+/// `summary DIR`: prints the benchmark table; `None` for any other command.
+fn summary(cli: &Cli) -> Option<ExitCode> {
+    let [command, dir] = cli.what.as_slice() else {
+        return None;
+    };
+    if command != "summary" {
+        return None;
+    }
+    Some(match summary::markdown(std::path::Path::new(dir)) {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fastchat-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
 fn main() -> ExitCode {
     // As in the server: each login's 16 MiB of scrypt goes back to the system when freed,
     // so that the memory figures show connections, not malloc's retention.
@@ -271,6 +298,9 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
     let cli = Cli::parse();
+    if let Some(code) = summary(&cli) {
+        return code;
+    }
     match run(&cli) {
         Ok((report, sweep)) => {
             report.print();

@@ -25,6 +25,8 @@ pub struct Setup<'a> {
     pub duration: Duration,
     /// Sign-up and login threads.
     pub workers: usize,
+    /// Where the users' `HOME`s are (`--homes`).
+    pub homes: Option<&'a Path>,
 }
 
 fn micros_since(start: Instant) -> u64 {
@@ -76,11 +78,11 @@ pub fn file(setup: &Setup, file_size: u64) -> Result<Report, String> {
     let pairs = (setup.names.len() / 2).max(1);
     let names = &setup.names[..pairs * 2];
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let homes = dir.path().to_path_buf();
+    let homes = dir.path().join("homes");
     let clients = log_in_all(
         &setup.target.config,
         names,
-        &|i| Some(homes.join(format!("home-{i}"))),
+        Some(setup.homes.unwrap_or(&homes)),
         setup.workers,
     )?;
     let clients: Vec<Arc<Client>> = clients.into_iter().map(Arc::new).collect();
@@ -230,7 +232,12 @@ pub fn offline(setup: &Setup, messages: u64, window: usize) -> Result<Report, St
         return Err("offline needs at least 2 clients (1 recipient, senders)".into());
     }
     let recipient = setup.names[0].clone();
-    let clients = log_in_all(&setup.target.config, setup.names, &|_| None, setup.workers)?;
+    let clients = log_in_all(
+        &setup.target.config,
+        setup.names,
+        setup.homes,
+        setup.workers,
+    )?;
     let mut clients = clients.into_iter();
     let reader = clients.next().expect("two clients");
     let senders: Vec<Arc<Client>> = clients.map(Arc::new).collect();
@@ -386,13 +393,11 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
     // A first tenth logs in before the memory is read, so that what a login warms once
     // (pools, arenas, caches) is not counted per connection.
     let warm = (setup.names.len() / 10).clamp(1, 100);
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let home_of = |i: usize| Some(dir.path().join(format!("home-{i}")));
     let login_at = Instant::now();
     let mut clients = log_in_all(
         &setup.target.config,
         &setup.names[..warm],
-        &home_of,
+        setup.homes,
         setup.workers,
     )?;
     thread::sleep(Duration::from_secs(1));
@@ -400,7 +405,7 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
     clients.extend(log_in_all(
         &setup.target.config,
         &setup.names[warm..],
-        &|i| home_of(warm + i),
+        setup.homes,
         setup.workers,
     )?);
     let login_secs = login_at.elapsed().as_secs_f64();
@@ -484,7 +489,12 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
 /// again for `duration`; logins per second, and the time of each (connect and login).
 pub fn login(setup: &Setup) -> Result<Report, String> {
     // Make sure the users exist, then start from logged out.
-    let clients = log_in_all(&setup.target.config, setup.names, &|_| None, setup.workers)?;
+    let clients = log_in_all(
+        &setup.target.config,
+        setup.names,
+        setup.homes,
+        setup.workers,
+    )?;
     for c in &clients {
         let _ = c.logout();
     }
