@@ -144,6 +144,18 @@ pub fn log_in_one(config: &ClientConfig, name: &str) -> Result<Client, String> {
             }
         };
         let password = password_of(name);
+        // A user whose key is cached in its HOME exists: log in at once. (A sign-up
+        // makes an RSA key pair before the server can say the name is taken.)
+        if config
+            .home
+            .as_ref()
+            .is_some_and(|home| home.join("keys").join(format!("{name}.key")).exists())
+        {
+            return client
+                .login(name, &password)
+                .map(|_| client)
+                .map_err(|e| format!("login {name}: {e}"));
+        }
         return match client.signup(name, &password) {
             Ok(_) => Ok(client),
             Err(e) if e.code == ErrorCode::NameTaken => client
