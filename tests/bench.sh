@@ -29,6 +29,10 @@ OUT=$REPO/docs/perf
 DOC=$REPO/docs/PERFORMANCE.md
 MARKER='<!-- hand-written below: tests/bench.sh keeps it -->'
 
+# The commit the binaries are built from (before this script rewrites docs/perf/).
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+
 ensure_build_deps
 log_info "building (cargo build --release --workspace --bins)"
 cargo build --release --workspace --bins
@@ -79,7 +83,7 @@ run() {
     local name=$1
     shift
     log_info "scenario $name: fastchat-loadtest $*"
-    if ! timeout 1200 "$LT" "$@" --out "$OUT/$name.json" --plot "$WORK/plots" \
+    if ! timeout --foreground 1200 "$LT" "$@" --out "$OUT/$name.json" --plot "$WORK/plots" \
         >"$WORK/$name.log" 2>&1; then
         log_warn "scenario $name failed: $(tail -3 "$WORK/$name.log")"
     fi
@@ -107,12 +111,11 @@ run login login --clients 8 --duration "$SECS" "${CLUSTER[@]}" "${REUSE[@]}"
 # The write-up.
 log_info "writing $DOC"
 kept=
-if [[ -f $DOC ]] && grep -qF "$MARKER" "$DOC"; then
+if [[ -f $DOC ]]; then
+    grep -qF "$MARKER" "$DOC" || die "$DOC has no '$MARKER' line: the hand-written part would be lost"
     kept=$(awk -v m="$MARKER" 'found { print } $0 == m { found = 1 }' "$DOC")
 fi
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
 mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 table=$("$LT" summary "$OUT") || table="(no reports: every scenario failed)"
 {

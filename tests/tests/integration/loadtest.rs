@@ -100,8 +100,12 @@ fn the_group_scenario_reaches_every_member_once_and_draws_its_charts() {
     let report = run_loadtest(&args, &dir.path().join("group.json"));
     check_report(&report);
     assert_eq!(report["scenario"], "group");
-    // Each group message reaches the 2 other members of its group of 3.
-    assert!(report["sent"].as_u64().unwrap() > 0);
+    // Each acknowledged group message reached the 2 other members of its group of 3
+    // (no errors, so every measured delivery is of an acknowledged message).
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    let acked = report["acked"].as_u64().unwrap();
+    assert!(acked > 0, "{report}");
+    assert_eq!(report["delivered"].as_u64().unwrap(), acked * 2, "{report}");
     for chart in ["latency", "throughput"] {
         let png = std::fs::read(plots.join(format!("fastchat-group-{chart}.png")))
             .unwrap_or_else(|e| panic!("no {chart} chart: {e}"));

@@ -136,18 +136,30 @@ fn run_traffic(
     endpoints: &[Arc<dyn Endpoint>],
     plan: &Plan,
     scenario: &str,
+    system: &str,
 ) -> (Report, Vec<SweepPoint>) {
     traffic::set_up(endpoints, plan);
     let mut opts = cli.traffic();
     if cli.sweep.is_empty() {
-        return (traffic::run(endpoints, plan, &opts, scenario), Vec::new());
+        let mut report = traffic::run(endpoints, plan, &opts, scenario);
+        report.system = system.into();
+        return (report, Vec::new());
     }
     let mut points = Vec::new();
-    let mut last = None;
+    let mut last: Option<Report> = None;
     for &rate in &cli.sweep {
         opts.pace = Pace::Rate(rate);
-        let report = traffic::run(endpoints, plan, &opts, scenario);
+        let mut report = traffic::run(endpoints, plan, &opts, scenario);
+        report.system = system.into();
         report.print();
+        // The report is the last rate's, but any loss at any rate fails the run.
+        if let Some(previous) = &last {
+            report.lost += previous.lost;
+            report.duplicated += previous.duplicated;
+            for (code, n) in &previous.errors {
+                *report.errors.entry(code.clone()).or_default() += n;
+            }
+        }
         points.push(SweepPoint {
             offered: rate,
             achieved: report.delivered_per_sec,
@@ -183,9 +195,7 @@ fn run(cli: &Cli) -> Result<(Report, Vec<SweepPoint>), String> {
             })
             .collect();
         let plan = Plan::direct(cli.clients, cli.peers);
-        let (mut report, sweep) = run_traffic(cli, &endpoints, &plan, scenario);
-        report.system = "baseline".into();
-        return Ok((report, sweep));
+        return Ok(run_traffic(cli, &endpoints, &plan, scenario, "baseline"));
     }
     if !["dm", "group", "file", "offline", "connections", "login"].contains(&scenario) {
         return Err(format!("unknown scenario {scenario:?}"));
@@ -238,7 +248,7 @@ fn run(cli: &Cli) -> Result<(Report, Vec<SweepPoint>), String> {
                     }) as Arc<dyn Endpoint>
                 })
                 .collect();
-            let (mut report, sweep) = run_traffic(cli, &endpoints, &plan, scenario);
+            let (mut report, sweep) = run_traffic(cli, &endpoints, &plan, scenario, "fastchat");
             for (code, n) in problems.lock().iter() {
                 *report.errors.entry(code.clone()).or_default() += n;
             }

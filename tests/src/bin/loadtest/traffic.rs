@@ -88,15 +88,17 @@ impl Plan {
     }
 }
 
-/// `SENDER:SEQ:MICROS:padding`: who sent it, its number, and its (intended) send time in
-/// microseconds since the run's start.
-fn encode(sender: usize, seq: u64, micros: u64, pad: &str) -> String {
-    format!("{sender}:{seq}:{micros}:{pad}")
+/// `RUN:SENDER:SEQ:MICROS:padding`: the run it belongs to (a late message of an earlier
+/// run, or of an earlier rate of a sweep, is not counted), who sent it, its number, and
+/// its (intended) send time in microseconds since the run's start.
+fn encode(run: u64, sender: usize, seq: u64, micros: u64, pad: &str) -> String {
+    format!("{run}:{sender}:{seq}:{micros}:{pad}")
 }
 
-fn decode(text: &str) -> Option<(usize, u64, u64)> {
-    let mut parts = text.splitn(4, ':');
+fn decode(text: &str) -> Option<(u64, usize, u64, u64)> {
+    let mut parts = text.splitn(5, ':');
     Some((
+        parts.next()?.parse().ok()?,
         parts.next()?.parse().ok()?,
         parts.next()?.parse().ok()?,
         parts.next()?.parse().ok()?,
@@ -112,6 +114,10 @@ const DRAIN_IDLE: Duration = Duration::from_secs(5);
 const BIN: Duration = Duration::from_millis(250);
 
 struct Shared {
+    /// This run's tag in every message.
+    run: u64,
+    /// Messages of other runs received (late ones), not counted.
+    stale: AtomicU64,
     start: Instant,
     measuring_from: u64,
     measuring_until: u64,
@@ -119,7 +125,7 @@ struct Shared {
     /// Every sender has its answers: what was acknowledged is in the receivers' queues.
     drained: AtomicBool,
     delivered: AtomicU64,
-    /// Measured deliveries per `BIN` since the start.
+    /// Deliveries (first copies) per `BIN` of arrival time since the start.
     bins: Vec<AtomicU64>,
     errors: Mutex<HashMap<String, u64>>,
     /// (sender, seq, target) acknowledged to the sender and sent in the measured window.
@@ -176,7 +182,12 @@ pub fn run(
     let total = opts.warmup + opts.duration;
     // Bins for the run and a drain of up to a minute after it.
     let bins = (total + Duration::from_secs(60)).as_millis() / BIN.as_millis() + 1;
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let shared = Arc::new(Shared {
+        run,
+        stale: AtomicU64::new(0),
         start,
         measuring_from: opts.warmup.as_micros() as u64,
         measuring_until: total.as_micros() as u64,
@@ -240,20 +251,34 @@ pub fn run(
         .sum();
     let delivered = histogram.len();
     let errors = shared.errors.lock().clone();
+    let acked = shared.acked.lock().len();
+    let first = (opts.warmup.as_millis() / BIN.as_millis()) as usize;
+    let last = (total.as_millis() / BIN.as_millis()) as usize;
+    // Throughput counts arrivals inside the measured window (whenever they were sent):
+    // under overload that is what the system carried, not what was offered.
+    let arrived: u64 = (first..last.min(shared.bins.len()))
+        .map(|b| shared.bins[b].load(Ordering::Relaxed))
+        .sum();
     let mut report = Report::new(
         scenario,
         n,
         opts.duration.as_secs_f64(),
         delivered,
-        delivered as f64 * opts.size as f64,
+        arrived as f64 * opts.size as f64,
         &histogram,
         lost,
         duplicated,
         errors,
         sent,
     );
-    let first = (opts.warmup.as_millis() / BIN.as_millis()) as usize;
-    let last = (total.as_millis() / BIN.as_millis()) as usize;
+    report.delivered_per_sec = arrived as f64 / opts.duration.as_secs_f64().max(1e-9);
+    report
+        .extra
+        .insert("acked".into(), serde_json::json!(acked));
+    report.extra.insert(
+        "stale".into(),
+        serde_json::json!(shared.stale.load(Ordering::Relaxed)),
+    );
     report.throughput = (first..last.min(shared.bins.len()))
         .map(|b| {
             let t = (b - first) as f64 * BIN.as_secs_f64();
@@ -348,7 +373,7 @@ fn send_loop(
         };
         let measured = stamp >= shared.measuring_from && stamp < shared.measuring_until;
         let target = next_target();
-        let answer = endpoint.send(target, &encode(me, seq, stamp, pad));
+        let answer = endpoint.send(target, &encode(shared.run, me, seq, stamp, pad));
         outstanding.push_back((seq, target, measured, answer));
         seq += 1;
         while outstanding.len() >= window {
@@ -385,22 +410,26 @@ fn receive_loop(
         match received {
             Some(text) if text == "setup" => {}
             Some(text) => {
-                let Some((sender, seq, stamp)) = decode(&text) else {
+                let Some((run, sender, seq, stamp)) = decode(&text) else {
                     shared.error("unreadable_message".into());
                     continue;
                 };
+                if run != shared.run {
+                    shared.stale.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if !seen.insert((sender, seq)) {
                     duplicated += 1;
                     continue;
                 }
+                let now = shared.micros();
+                let bin = (now / BIN.as_micros() as u64) as usize;
+                if let Some(b) = shared.bins.get(bin) {
+                    b.fetch_add(1, Ordering::Relaxed);
+                }
                 if stamp >= shared.measuring_from && stamp < shared.measuring_until {
-                    let now = shared.micros();
                     let _ = h.record(now.saturating_sub(stamp).clamp(1, 60_000_000));
                     shared.delivered.fetch_add(1, Ordering::Relaxed);
-                    let bin = (now / BIN.as_micros() as u64) as usize;
-                    if let Some(b) = shared.bins.get(bin) {
-                        b.fetch_add(1, Ordering::Relaxed);
-                    }
                 }
             }
             // Every sender has its answers, so what was acknowledged is delivered or
