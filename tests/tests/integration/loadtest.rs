@@ -3,20 +3,47 @@
 
 use fastchat_tests::Cluster;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+/// Runs the load tester (bounded: killed after `LOADTEST_LIMIT`), its output in a log
+/// beside `out` and shown if it fails; returns its JSON report.
 fn run_loadtest(args: &[&str], out: &std::path::Path) -> serde_json::Value {
-    let status = Command::new(fastchat_tests::bin("fastchat-loadtest"))
+    let log_path = out.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(fastchat_tests::bin("fastchat-loadtest"))
         .args(args)
         .arg("--out")
         .arg(out)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("fastchat-loadtest runs");
-    assert!(status.success(), "fastchat-loadtest {args:?} failed");
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("fastchat-loadtest starts");
+    let deadline = Instant::now() + LOADTEST_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("fastchat-loadtest {args:?} failed ({s}):\n{output}"),
+        None => {
+            panic!("fastchat-loadtest {args:?} still running after {LOADTEST_LIMIT:?}:\n{output}")
+        }
+    }
     serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap()
 }
+
+/// How long one brief load-test run may take (sign-ups included).
+const LOADTEST_LIMIT: Duration = Duration::from_secs(180);
 
 fn check_report(report: &serde_json::Value) {
     for key in [

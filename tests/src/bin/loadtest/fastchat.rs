@@ -60,6 +60,16 @@ impl Target {
     }
 }
 
+impl Target {
+    /// A memory figure (`VmRSS:`, `VmHWM:`) of every server whose pid is known, KiB.
+    pub fn servers_memory(&self, field: &str) -> Vec<u64> {
+        self.server_pids
+            .iter()
+            .filter_map(|&pid| memory_kib(pid, field))
+            .collect()
+    }
+}
+
 /// The pids in `DIR/run/server-*.pid` (as `run_cluster.sh` writes them).
 fn read_server_pids(data_dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(data_dir.join("run")) else {

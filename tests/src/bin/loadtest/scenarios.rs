@@ -39,13 +39,8 @@ fn count(errors: &Mutex<HashMap<String, u64>>, code: &str) {
 
 /// Peak resident memory (`VmHWM`) of the servers and of this process, KiB.
 fn peak_memory(target: &Target) -> serde_json::Value {
-    let servers: Vec<u64> = target
-        .server_pids
-        .iter()
-        .filter_map(|&pid| memory_kib(pid, "VmHWM:"))
-        .collect();
     json!({
-        "servers": servers,
+        "servers": target.servers_memory("VmHWM:"),
         "load_tester": memory_kib(std::process::id(), "VmHWM:"),
     })
 }
@@ -101,14 +96,15 @@ pub fn file(setup: &Setup, file_size: u64) -> Result<Report, String> {
     let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let last_arrival = Arc::new(AtomicU64::new(0));
-    let arrived = Arc::new(AtomicU64::new(0));
+    // Names of the files received whole (each once).
+    let received: Arc<Mutex<HashSet<String>>> = Arc::default();
     let receivers: Vec<_> = (0..pairs)
         .map(|p| {
             let (client, errors, stop) = (clients[2 * p + 1].clone(), errors.clone(), stop.clone());
-            let (last_arrival, arrived) = (last_arrival.clone(), arrived.clone());
+            let (last_arrival, received) = (last_arrival.clone(), received.clone());
             thread::spawn(move || {
                 let mut h = new_histogram();
-                let (mut got, mut dups, mut bytes) = (HashSet::new(), 0u64, 0u64);
+                let (mut dups, mut bytes) = (0u64, 0u64);
                 loop {
                     match client.events().recv_timeout(Duration::from_millis(200)) {
                         Ok(Event::File {
@@ -127,10 +123,9 @@ pub fn file(setup: &Setup, file_size: u64) -> Result<Report, String> {
                                 .next()
                                 .and_then(|s| s.parse().ok())
                                 .unwrap_or(now);
-                            let _ = h.record(now.saturating_sub(stamp).clamp(1, 60_000_000));
-                            bytes += n;
-                            if got.insert(name) {
-                                arrived.fetch_add(1, Ordering::Release);
+                            if received.lock().insert(name) {
+                                let _ = h.record(now.saturating_sub(stamp).clamp(1, 60_000_000));
+                                bytes += n;
                             } else {
                                 dups += 1;
                             }
@@ -143,7 +138,7 @@ pub fn file(setup: &Setup, file_size: u64) -> Result<Report, String> {
                         Err(_) => {}
                     }
                 }
-                (h, got, dups, bytes)
+                (h, dups, bytes)
             })
         })
         .collect();
@@ -184,21 +179,20 @@ pub fn file(setup: &Setup, file_size: u64) -> Result<Report, String> {
     // Every acknowledged file is at its receiver (or lost): wait for them, bounded.
     let wait_until = Instant::now() + Duration::from_secs(60);
     let expected = sent.lock().len() as u64;
-    while arrived.load(Ordering::Acquire) < expected && Instant::now() < wait_until {
+    while !sent.lock().is_subset(&received.lock()) && Instant::now() < wait_until {
         thread::sleep(Duration::from_millis(20));
     }
     let mut histogram = new_histogram();
-    let (mut received, mut duplicated, mut bytes) = (HashSet::new(), 0, 0);
+    let (mut duplicated, mut bytes) = (0, 0);
     stop.store(true, Ordering::Release);
     for r in receivers {
-        let (h, got, dups, b) = r.join().map_err(|_| "a receiver panicked")?;
+        let (h, dups, b) = r.join().map_err(|_| "a receiver panicked")?;
         histogram.add(&h).map_err(|e| e.to_string())?;
-        received.extend(got);
         duplicated += dups;
         bytes += b;
     }
     progress.finish();
-    let lost = sent.lock().difference(&received).count() as u64;
+    let lost = sent.lock().difference(&received.lock()).count() as u64;
     let elapsed = last_arrival.load(Ordering::Relaxed) as f64 / 1e6;
     let errors = errors.lock().clone();
     let mut report = Report::new(
@@ -304,7 +298,11 @@ pub fn offline(setup: &Setup, messages: u64, window: usize) -> Result<Report, St
     let mut last = login_at;
     let deadline = login_at + Duration::from_secs(60).max(setup.duration);
     let progress = Progress::start("offline");
-    while received < total_acked as u64 && Instant::now() < deadline {
+    // Until every acknowledged message is in (one refused but delivered anyway does not
+    // stand in for an acknowledged one still missing).
+    let expected: Vec<HashSet<u64>> = acked.iter().map(|s| s.iter().copied().collect()).collect();
+    let mut missing = total_acked;
+    while missing > 0 && Instant::now() < deadline {
         let Ok(event) = reader.events().recv_timeout(Duration::from_millis(500)) else {
             continue;
         };
@@ -330,6 +328,9 @@ pub fn offline(setup: &Setup, messages: u64, window: usize) -> Result<Report, St
         }
         next_seq[i] = next_seq[i].max(seq + 1);
         received += 1;
+        if expected[i].contains(&seq) {
+            missing -= 1;
+        }
         last = Instant::now();
         let _ = histogram.record((last - login_at).as_micros().clamp(1, 60_000_000) as u64);
         if received.is_multiple_of(5000) {
@@ -341,11 +342,7 @@ pub fn offline(setup: &Setup, messages: u64, window: usize) -> Result<Report, St
         }
     }
     progress.finish();
-    let lost = acked
-        .iter()
-        .enumerate()
-        .map(|(i, seqs)| seqs.iter().filter(|s| !seen[i].contains(s)).count() as u64)
-        .sum();
+    let lost = missing as u64;
     let drain_secs = (last - login_at).as_secs_f64();
     let errors = errors.lock().clone();
     let mut report = Report::new(
@@ -374,15 +371,6 @@ pub fn offline(setup: &Setup, messages: u64, window: usize) -> Result<Report, St
     Ok(report)
 }
 
-/// Resident memory of every server, KiB.
-fn servers_rss(target: &Target) -> Vec<u64> {
-    target
-        .server_pids
-        .iter()
-        .filter_map(|&pid| memory_kib(pid, "VmRSS:"))
-        .collect()
-}
-
 /// `connections`: every client logs in and stays idle; the servers' memory growth per
 /// connection, and the latency of messages between two of them, one at a time, at that
 /// load.
@@ -401,7 +389,7 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
         setup.workers,
     )?;
     thread::sleep(Duration::from_secs(1));
-    let before = servers_rss(setup.target);
+    let before = setup.target.servers_memory("VmRSS:");
     clients.extend(log_in_all(
         &setup.target.config,
         &setup.names[warm..],
@@ -411,7 +399,7 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
     let login_secs = login_at.elapsed().as_secs_f64();
     // Let the servers settle (buffers grown, threads started) before reading memory.
     thread::sleep(Duration::from_secs(2));
-    let after = servers_rss(setup.target);
+    let after = setup.target.servers_memory("VmRSS:");
     let n = clients.len();
     let grown: u64 = after
         .iter()
@@ -425,7 +413,8 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
         .map_err(|e| format!("setup: {e}"))?;
     while b.events().recv_timeout(Duration::from_millis(200)).is_ok() {}
     let mut histogram = new_histogram();
-    let (mut lost, mut errors) = (0u64, HashMap::new());
+    let (mut lost, mut duplicated, mut errors) = (0u64, 0u64, HashMap::new());
+    let mut seen_probes = HashSet::new();
     for seq in 0..probes {
         let sent_at = Instant::now();
         let text = format!("probe {seq}");
@@ -434,6 +423,9 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
         let deadline = sent_at + Duration::from_secs(10);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match b.events().recv_timeout(left) {
+                Ok(Event::Message { text: t, .. }) if !seen_probes.insert(t.clone()) => {
+                    duplicated += 1;
+                }
                 Ok(Event::Message { text: t, .. }) if t == text => {
                     let _ = histogram.record(sent_at.elapsed().as_micros().max(1) as u64);
                     got = true;
@@ -457,7 +449,7 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
         0.0,
         &histogram,
         lost,
-        0,
+        duplicated,
         errors,
         probes,
     );
