@@ -6,7 +6,7 @@
 use crate::error::ClientError;
 use crate::files::{OutgoingFile, CHUNK_BYTES};
 use crate::history::{Conversation, History, HistoryEntry};
-use crate::inbox::{run_inbox, Incoming};
+use crate::inbox::{run_inbox, Inbox};
 use crate::keyring::{Identity, Keyring};
 use crate::link::{self, Link};
 use crate::payload::Payload;
@@ -296,7 +296,7 @@ pub(crate) struct Inner {
     /// (user, token) to resume the session with after losing the link.
     pub(crate) resume: Mutex<Option<(String, String)>>,
     pub(crate) events: Sender<Event>,
-    pub(crate) inbox: Sender<Incoming>,
+    pub(crate) inbox: Inbox,
     /// Set while a retry pass is scheduled.
     retry_scheduled: AtomicBool,
 }
@@ -705,7 +705,7 @@ impl Client {
     /// Asks the balancer for a server, connects and says hello.
     pub fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
-        let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
+        let (inbox, inbox_rx) = Inbox::new();
         let inner = Arc::new(Inner {
             config: config.clone(),
             next_req: AtomicU64::new(1),
@@ -718,8 +718,8 @@ impl Client {
             history: History::new(config.home.clone()),
             session: AtomicU64::new(0),
             resume: Mutex::new(None),
-            events: events_tx.clone(),
-            inbox: inbox_tx,
+            events: events_tx,
+            inbox,
             retry_scheduled: AtomicBool::new(false),
         });
         let first = link::start(&inner, 1)?;
@@ -736,7 +736,7 @@ impl Client {
         thread::Builder::new()
             .name("fastchat-inbox".into())
             .stack_size(256 * 1024)
-            .spawn(move || run_inbox(inbox_inner, inbox_rx, events_tx))
+            .spawn(move || run_inbox(inbox_inner, inbox_rx))
             .map_err(ClientError::disconnected)?;
         Ok(Client {
             inner,
@@ -1142,6 +1142,7 @@ impl Client {
     /// Closes the client now; it does not reconnect.
     pub fn close(&self) {
         self.inner.give_up("closed by the client");
+        self.inner.history.flush();
     }
 }
 

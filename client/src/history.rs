@@ -2,12 +2,12 @@
 //! `HOME/history/ME/users/PEER.jsonl` or `HOME/history/ME/groups/GROUP.jsonl`. The
 //! servers keep no readable history; this is the only one.
 
+use crate::appender::Appender;
 use crate::error::ClientError;
 use fastchat_common::protocol::UnixMillis;
 use fastchat_common::ErrorCode;
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 
 /// A conversation: with a user, or in a group.
@@ -35,14 +35,15 @@ pub struct HistoryEntry {
 /// Appends to and reads the history files (nothing at all without a HOME).
 pub(crate) struct History {
     home: Option<PathBuf>,
-    lock: Mutex<()>,
+    /// Lines wait here for at most `FLUSH_AFTER`; reading flushes first.
+    appender: Appender,
 }
 
 impl History {
     pub fn new(home: Option<PathBuf>) -> History {
         History {
             home,
-            lock: Mutex::new(()),
+            appender: Appender::default(),
         }
     }
 
@@ -71,20 +72,9 @@ impl History {
         let Some(path) = self.path(me, conversation) else {
             return;
         };
-        let _guard = self.lock.lock();
         let mut line = serde_json::to_vec(entry).expect("entries serialize");
         line.push(b'\n');
-        let written = path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .unwrap_or(Ok(()))
-            .and_then(|_| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-            })
-            .and_then(|mut f| f.write_all(&line));
+        let written = self.appender.append(&path, &line);
         if let Err(e) = written {
             log::warn!("history not written to {}: {e}", path.display());
         }
@@ -100,7 +90,7 @@ impl History {
         let Some(path) = self.path(me, conversation) else {
             return Ok(Vec::new());
         };
-        let _guard = self.lock.lock();
+        self.appender.flush();
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -125,9 +115,81 @@ impl History {
         Ok(last.into())
     }
 
+    /// Writes out the lines not yet written.
+    pub fn flush(&self) {
+        self.appender.flush();
+    }
+
     /// Whether a group conversation has any history here.
     pub fn has_group(&self, me: &str, group: &str) -> bool {
+        self.appender.flush();
         self.path(me, &Conversation::Group(group.to_string()))
             .is_some_and(|p| p.exists())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: i64) -> HistoryEntry {
+        HistoryEntry {
+            id: format!("m{n}"),
+            from: "ann".into(),
+            text: format!("text {n}"),
+            sent_at: n,
+        }
+    }
+
+    #[test]
+    fn lines_written_through_open_files_read_back_across_many_conversations() {
+        let home = tempfile::tempdir().unwrap();
+        let history = History::new(Some(home.path().to_path_buf()));
+        // More conversations than files kept open, written to in turns.
+        for round in 0..3 {
+            for peer in 0..40 {
+                let c = Conversation::User(format!("peer{peer}"));
+                history.record("ann", &c, &entry(round));
+            }
+        }
+        for peer in [0, 39] {
+            let c = Conversation::User(format!("peer{peer}"));
+            let got = history.last("ann", &c, 10).unwrap();
+            assert_eq!(got, vec![entry(0), entry(1), entry(2)]);
+        }
+        assert_eq!(
+            history
+                .last("ann", &Conversation::Group("g".into()), 5)
+                .unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_removed_folder_is_made_again_on_the_next_message() {
+        let home = tempfile::tempdir().unwrap();
+        let history = History::new(Some(home.path().to_path_buf()));
+        let c = Conversation::Group("team".into());
+        history.record("ann", &c, &entry(1));
+        history.flush();
+        std::fs::remove_dir_all(home.path().join("history")).unwrap();
+        history.record("ann", &c, &entry(2));
+        assert_eq!(history.last("ann", &c, 10).unwrap(), vec![entry(2)]);
+        assert!(history.has_group("ann", "team"));
+    }
+
+    #[test]
+    fn names_that_would_leave_the_folder_are_not_written() {
+        let home = tempfile::tempdir().unwrap();
+        let history = History::new(Some(home.path().to_path_buf()));
+        for name in ["../x", ".hidden", "", "a/b"] {
+            history.record("ann", &Conversation::User(name.into()), &entry(1));
+        }
+        assert!(!home
+            .path()
+            .join("history")
+            .join("ann")
+            .join("users")
+            .exists());
     }
 }

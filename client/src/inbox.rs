@@ -6,14 +6,17 @@ use crate::connection::{call, send_receipt, Event, Inner};
 use crate::error::ClientError;
 use crate::files::{ChunkOutcome, Downloads, FileChunk, FileHeader};
 use crate::history::{Conversation, HistoryEntry};
-use crate::keyring::Identity;
+use crate::keyring::{Call, Identity};
 use crate::payload::Payload;
 use crossbeam_channel::{Receiver, Sender};
 use fastchat_common::e2e::{Envelope, EnvelopeKind};
 use fastchat_common::protocol::client::RequestBody;
 use fastchat_common::protocol::UnixMillis;
 use fastchat_common::{Blob, ErrorCode};
+use parking_lot::Mutex;
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -94,7 +97,7 @@ fn is_final(e: &ClientError) -> bool {
     )
 }
 
-fn open(inner: &Inner, me: &Identity, m: &Incoming) -> Outcome {
+fn open(inner: &Inner, me: &Identity, m: &Incoming, fetch: Call<'_>) -> Outcome {
     let refused =
         |why: &str| Outcome::Refused(ClientError::new(ErrorCode::Undecryptable, why.to_string()));
     if m.to != me.user {
@@ -107,14 +110,13 @@ fn open(inner: &Inner, me: &Identity, m: &Incoming) -> Outcome {
         Ok(e) => e,
         Err(e) => return refused(&e.to_string()),
     };
-    let fetch = |body: RequestBody| call(inner, body, KEY_FETCH_TIMEOUT);
     let plaintext = match envelope.kind() {
         EnvelopeKind::Direct { .. } if m.group.is_some() => {
             return refused("a direct envelope in a group message");
         }
         EnvelopeKind::Direct { key_id } => {
             let peer = if m.from == me.user { &m.to } else { &m.from };
-            let key = match inner.keyring.key_by_id(&fetch, me, peer, key_id) {
+            let key = match inner.keyring.key_by_id(fetch, me, peer, key_id) {
                 Ok(k) => k,
                 Err(e) if is_final(&e) => return Outcome::Refused(undecryptable(e)),
                 Err(e) => return Outcome::Retry(e),
@@ -125,7 +127,7 @@ fn open(inner: &Inner, me: &Identity, m: &Incoming) -> Outcome {
             if m.group.as_deref() != Some(group.as_str()) {
                 return refused("a group envelope for another group");
             }
-            let key = match inner.keyring.group_key(&fetch, me, group, *epoch) {
+            let key = match inner.keyring.group_key(fetch, me, group, *epoch) {
                 Ok(k) => k,
                 Err(e) if is_final(&e) => return Outcome::Refused(undecryptable(e)),
                 Err(e) => return Outcome::Retry(e),
@@ -157,124 +159,216 @@ fn undecryptable(e: ClientError) -> ClientError {
     }
 }
 
+/// What the inbox keeps between messages. The reader thread and the inbox thread both
+/// open messages, one at a time: the reader only while the inbox thread has nothing.
+pub(crate) struct Inbox {
+    state: Mutex<InboxState>,
+    /// Messages handed to the inbox thread and not yet done with.
+    queued: AtomicUsize,
+    tx: Sender<Incoming>,
+}
+
+#[derive(Default)]
+struct InboxState {
+    dedup: Dedup,
+    downloads: Option<Downloads>,
+}
+
+impl Inbox {
+    /// The inbox, and the receiving end that `run_inbox` drains.
+    pub fn new() -> (Inbox, Receiver<Incoming>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let inbox = Inbox {
+            state: Mutex::new(InboxState::default()),
+            queued: AtomicUsize::new(0),
+            tx,
+        };
+        (inbox, rx)
+    }
+}
+
+/// Takes a pushed message on the reader thread. A live message whose keys are at hand,
+/// with nothing ahead of it in the inbox thread, is opened here and now: one thread
+/// hand-off fewer per message. Anything that may have to wait (a key to fetch, keys being
+/// restored by a login, a receipt to seal for a stored message) goes to the inbox thread,
+/// and so does everything after it until that thread is done, so the order holds.
+pub(crate) fn receive(inner: &Inner, m: Incoming) {
+    let m = if !m.stored && inner.inbox.queued.load(Ordering::Acquire) == 0 {
+        match open_at_once(inner, m) {
+            Some(m) => m,
+            None => return,
+        }
+    } else {
+        m
+    };
+    inner.inbox.queued.fetch_add(1, Ordering::AcqRel);
+    let _ = inner.inbox.tx.send(m);
+}
+
+/// Opens `m` on the calling thread if that needs no request to the server. Gives it
+/// back untouched if it would.
+fn open_at_once(inner: &Inner, m: Incoming) -> Option<Incoming> {
+    let Some(me) = inner.keyring.identity() else {
+        return Some(m);
+    };
+    let mut state = inner.inbox.state.lock();
+    if settled_unopened(inner, &mut state, &m) {
+        return None;
+    }
+    let wanted_a_request = Cell::new(false);
+    let no_requests = |_: RequestBody| {
+        wanted_a_request.set(true);
+        Err(ClientError::new(
+            ErrorCode::Internal,
+            "not on the reader thread",
+        ))
+    };
+    let outcome = open(inner, &me, &m, &no_requests);
+    if wanted_a_request.get() {
+        return Some(m);
+    }
+    act(inner, &mut state, &me, m, outcome);
+    None
+}
+
 /// Runs until the reader stops sending (the connection ended).
-pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>, events: Sender<Event>) {
-    let mut dedup = Dedup::default();
-    let mut downloads = None;
+pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
     for m in rx {
         let Some(inner) = inner.upgrade() else { break };
-        let downloads =
-            downloads.get_or_insert_with(|| Downloads::new(inner.config.home.as_deref()));
-        if m.session != inner.session.load(std::sync::atomic::Ordering::Acquire) {
-            // Pushed to an earlier session: the server stored it again when that session
-            // ended, and will push it to a later one.
-            continue;
+        {
+            let mut state = inner.inbox.state.lock();
+            if settled_unopened(&inner, &mut state, &m) {
+                // Done with.
+            } else if let Some(me) = inner.keyring.wait_identity(IDENTITY_WAIT) {
+                let fetch = |body: RequestBody| call(&inner, body, KEY_FETCH_TIMEOUT);
+                let outcome = open(&inner, &me, &m, &fetch);
+                act(&inner, &mut state, &me, m, outcome);
+            } else {
+                log::warn!(
+                    "message {} from {} left for later: no keys loaded",
+                    m.id,
+                    m.from
+                );
+            }
         }
-        if dedup.contains(&m.from, &m.id) {
+        inner.inbox.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Ends, without opening it, a message pushed to an earlier session (the server stored it
+/// again when that session ended, and will push it to a later one) or one already
+/// received (acknowledged again). Returns whether it was one of those.
+fn settled_unopened(inner: &Inner, state: &mut InboxState, m: &Incoming) -> bool {
+    if m.session != inner.session.load(Ordering::Acquire) {
+        return true;
+    }
+    if state.dedup.contains(&m.from, &m.id) {
+        inner.ack(m.session, m.tag);
+        return true;
+    }
+    false
+}
+
+/// Acts on what opening a message gave: downloads, events, history, receipts, and the
+/// acknowledgement (unless it is to be delivered again later).
+fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcome: Outcome) {
+    let events = &inner.events;
+    let downloads = state
+        .downloads
+        .get_or_insert_with(|| Downloads::new(inner.config.home.as_deref()));
+    let dedup = &mut state.dedup;
+    match outcome {
+        Outcome::FileStart(header) => {
+            dedup.insert(&m.from, &m.id);
+            let name = header.name.clone();
+            if let Err(error) = downloads.start(&m.from, header) {
+                let _ = events.send(Event::FileFailed {
+                    from: m.from.clone(),
+                    name,
+                    error,
+                });
+            }
             inner.ack(m.session, m.tag);
-            continue;
         }
-        let Some(me) = inner.keyring.wait_identity(IDENTITY_WAIT) else {
-            log::warn!(
-                "message {} from {} left for later: no keys loaded",
-                m.id,
-                m.from
-            );
-            continue;
-        };
-        match open(&inner, &me, &m) {
-            Outcome::FileStart(header) => {
-                dedup.insert(&m.from, &m.id);
-                let name = header.name.clone();
-                if let Err(error) = downloads.start(&m.from, header) {
+        Outcome::FileChunk(chunk) => {
+            dedup.insert(&m.from, &m.id);
+            let name = downloads
+                .name_of(&m.from, &chunk.file_id)
+                .unwrap_or_default();
+            match downloads.chunk(&m.from, chunk) {
+                Ok(ChunkOutcome::Progress) => {}
+                Ok(ChunkOutcome::Done(file)) => {
+                    let _ = events.send(Event::File {
+                        from: m.from.clone(),
+                        group: m.group.clone(),
+                        name: file.name,
+                        path: file.path,
+                        bytes: file.bytes,
+                        sha256: file.sha256,
+                    });
+                }
+                Err(error) => {
                     let _ = events.send(Event::FileFailed {
                         from: m.from.clone(),
                         name,
                         error,
                     });
                 }
-                inner.ack(m.session, m.tag);
             }
-            Outcome::FileChunk(chunk) => {
-                dedup.insert(&m.from, &m.id);
-                let name = downloads
-                    .name_of(&m.from, &chunk.file_id)
-                    .unwrap_or_default();
-                match downloads.chunk(&m.from, chunk) {
-                    Ok(ChunkOutcome::Progress) => {}
-                    Ok(ChunkOutcome::Done(file)) => {
-                        let _ = events.send(Event::File {
-                            from: m.from.clone(),
-                            group: m.group.clone(),
-                            name: file.name,
-                            path: file.path,
-                            bytes: file.bytes,
-                            sha256: file.sha256,
-                        });
-                    }
-                    Err(error) => {
-                        let _ = events.send(Event::FileFailed {
-                            from: m.from.clone(),
-                            name,
-                            error,
-                        });
-                    }
-                }
-                inner.ack(m.session, m.tag);
+            inner.ack(m.session, m.tag);
+        }
+        Outcome::Receipt(id) => {
+            dedup.insert(&m.from, &m.id);
+            let _ = events.send(Event::Delivered { id, to: m.from });
+            inner.ack(m.session, m.tag);
+        }
+        Outcome::Opened(text) => {
+            dedup.insert(&m.from, &m.id);
+            if m.stored && m.group.is_none() {
+                // It waited in storage: tell the sender it has arrived now.
+                send_receipt(inner, me, &m.from, &m.id);
             }
-            Outcome::Receipt(id) => {
-                dedup.insert(&m.from, &m.id);
-                let _ = events.send(Event::Delivered { id, to: m.from });
-                inner.ack(m.session, m.tag);
-            }
-            Outcome::Opened(text) => {
-                dedup.insert(&m.from, &m.id);
-                if m.stored && m.group.is_none() {
-                    // It waited in storage: tell the sender it has arrived now.
-                    send_receipt(&inner, &me, &m.from, &m.id);
-                }
-                let conversation = match &m.group {
-                    Some(g) => Conversation::Group(g.clone()),
-                    None => Conversation::User(m.from.clone()),
-                };
-                let entry = HistoryEntry {
-                    id: m.id.clone(),
-                    from: m.from.clone(),
-                    text: text.clone(),
-                    sent_at: m.sent_at,
-                };
-                inner.history.record(&me.user, &conversation, &entry);
-                let event = match m.group {
-                    Some(group) => Event::GroupMessage {
-                        group,
-                        id: m.id,
-                        from: m.from,
-                        text,
-                        sent_at: m.sent_at,
-                    },
-                    None => Event::Message {
-                        id: m.id,
-                        from: m.from,
-                        to: m.to,
-                        text,
-                        sent_at: m.sent_at,
-                    },
-                };
-                let _ = events.send(event);
-                inner.ack(m.session, m.tag);
-            }
-            Outcome::Refused(error) => {
-                dedup.insert(&m.from, &m.id);
-                let _ = events.send(Event::Undecryptable {
+            let conversation = match &m.group {
+                Some(g) => Conversation::Group(g.clone()),
+                None => Conversation::User(m.from.clone()),
+            };
+            let entry = HistoryEntry {
+                id: m.id.clone(),
+                from: m.from.clone(),
+                text: text.clone(),
+                sent_at: m.sent_at,
+            };
+            inner.history.record(&me.user, &conversation, &entry);
+            let event = match m.group {
+                Some(group) => Event::GroupMessage {
+                    group,
                     id: m.id,
                     from: m.from,
-                    error,
-                });
-                inner.ack(m.session, m.tag);
-            }
-            Outcome::Retry(e) => {
-                log::warn!("message {} from {} left for later: {e}", m.id, m.from);
-            }
+                    text,
+                    sent_at: m.sent_at,
+                },
+                None => Event::Message {
+                    id: m.id,
+                    from: m.from,
+                    to: m.to,
+                    text,
+                    sent_at: m.sent_at,
+                },
+            };
+            let _ = events.send(event);
+            inner.ack(m.session, m.tag);
+        }
+        Outcome::Refused(error) => {
+            dedup.insert(&m.from, &m.id);
+            let _ = events.send(Event::Undecryptable {
+                id: m.id,
+                from: m.from,
+                error,
+            });
+            inner.ack(m.session, m.tag);
+        }
+        Outcome::Retry(e) => {
+            log::warn!("message {} from {} left for later: {e}", m.id, m.from);
         }
     }
 }

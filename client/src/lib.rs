@@ -3,6 +3,7 @@
 //! The terminal program, the tests and the load tester all use it.
 #![deny(missing_docs)]
 
+mod appender;
 mod balancer;
 mod connection;
 mod error;
@@ -14,6 +15,7 @@ mod link;
 mod payload;
 mod transport;
 
+pub use appender::flush_all as flush_history;
 pub use balancer::{ask_balancer, balancer_status, Assignment};
 pub use connection::{Client, ClientConfig, Event, Reply, ReplyHandle, SentFile, FILE_WINDOW};
 pub use error::ClientError;

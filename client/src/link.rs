@@ -99,11 +99,10 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
         .spawn(move || write_loop(writer, socket, out_rx))
         .map_err(ClientError::disconnected)?;
     let reader_inner = inner.clone();
-    let inbox = inner.inbox.clone();
     thread::Builder::new()
         .name("fastchat-reader".into())
         .stack_size(256 * 1024)
-        .spawn(move || read_loop(reader, id, reader_inner, inbox, alive))
+        .spawn(move || read_loop(reader, id, reader_inner, alive))
         .map_err(ClientError::disconnected)?;
     Ok(link)
 }
@@ -147,13 +146,7 @@ fn flush_acks(acks: &mut Vec<u64>, buf: &mut Vec<u8>) {
     encode_frame(&serde_json::to_vec(&ack).expect("serializes"), buf);
 }
 
-fn read_loop(
-    stream: TlsRead,
-    link_id: u64,
-    inner: Arc<Inner>,
-    inbox: Sender<Incoming>,
-    alive: Arc<AtomicBool>,
-) {
+fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, alive: Arc<AtomicBool>) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let reason = loop {
         let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
@@ -199,17 +192,20 @@ fn read_loop(
                 group,
                 stored,
             } => {
-                let _ = inbox.send(Incoming {
-                    stored,
-                    session: inner.session.load(Ordering::Acquire),
-                    tag,
-                    id,
-                    from,
-                    to,
-                    body,
-                    sent_at,
-                    group,
-                });
+                crate::inbox::receive(
+                    &inner,
+                    Incoming {
+                        stored,
+                        session: inner.session.load(Ordering::Acquire),
+                        tag,
+                        id,
+                        from,
+                        to,
+                        body,
+                        sent_at,
+                        group,
+                    },
+                );
             }
             ServerFrame::Group {
                 group,

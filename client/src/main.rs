@@ -82,6 +82,14 @@ fn main() -> ExitCode {
         simplelog::TerminalMode::Stderr,
         simplelog::ColorChoice::Never,
     );
+    // Interrupted (Ctrl-C, SIGTERM, SIGHUP): history lines still buffered are written
+    // before the process goes.
+    if let Err(e) = ctrlc::set_handler(|| {
+        fastchat_client::flush_history();
+        std::process::exit(130);
+    }) {
+        log::warn!("no signal handler: {e}");
+    }
     let mode = if cli.json { Mode::Json } else { Mode::Human };
     let output = Output::new(mode);
     let home = cli.home.clone().unwrap_or_else(default_home);

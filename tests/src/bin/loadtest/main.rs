@@ -300,6 +300,23 @@ fn summary(cli: &Cli) -> Option<ExitCode> {
     })
 }
 
+/// Thousands of clients each hold a socket and a few history files: the soft limit on
+/// open descriptors (often 1024) goes up to the hard one, as load tools do.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // As in the server: each login's 16 MiB of scrypt goes back to the system when freed,
     // so that the memory figures show connections, not malloc's retention.
@@ -307,6 +324,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
+    raise_descriptor_limit();
     let cli = Cli::parse();
     if let Some(code) = summary(&cli) {
         return code;
