@@ -227,7 +227,7 @@ impl ReplyHandle {
     }
 
     fn wait_once(&self, timeout: Duration) -> Reply {
-        match self.rx.recv_timeout(timeout) {
+        match fastchat_common::channel::recv_timeout(&self.rx, timeout) {
             Ok(reply) => reply,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 Err(ClientError::new(ErrorCode::Timeout, "no reply in time"))

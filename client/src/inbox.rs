@@ -233,7 +233,7 @@ fn open_at_once(inner: &Inner, m: Incoming) -> Option<Incoming> {
 
 /// Runs until the reader stops sending (the connection ended).
 pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
-    for m in rx {
+    while let Ok(m) = fastchat_common::channel::recv(&rx) {
         let Some(inner) = inner.upgrade() else { break };
         {
             let mut state = inner.inbox.state.lock();

@@ -110,7 +110,7 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
 fn write_loop(mut stream: TlsWrite, socket: TcpStream, rx: Receiver<Out>) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut acks = Vec::new();
-    while let Ok(first) = rx.recv() {
+    while let Ok(first) = fastchat_common::channel::recv(&rx) {
         buf.clear();
         let mut next = Some(first);
         while let Some(item) = next.take() {

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod blob;
+pub mod channel;
 pub mod e2e;
 pub mod error;
 pub mod frame;

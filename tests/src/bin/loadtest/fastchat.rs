@@ -210,7 +210,7 @@ impl Endpoint for FastChatEndpoint {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            match self.client.events().recv_timeout(left).ok()? {
+            match fastchat_common::channel::recv_timeout(self.client.events(), left).ok()? {
                 Event::Message { text, .. } | Event::GroupMessage { text, .. } => {
                     return Some(text)
                 }
