@@ -40,8 +40,10 @@ const FETCHERS: usize = 2;
 /// Allocations from this size up get their own mapping, returned to the system when
 /// freed. Without a fixed threshold glibc raises it after the first large free, and the
 /// 16 MiB that each scrypt (login, signup) allocates stays resident in every malloc
-/// arena that ever ran one: hundreds of MiB after a wave of logins.
-const MMAP_THRESHOLD: i32 = 256 * 1024;
+/// arena that ever ran one: hundreds of MiB after a wave of logins. Not lower: a
+/// writer's sealed batch (up to about 300 KiB) must come from the heap, not a fresh
+/// mapping each time (page faults took a tenth of a file transfer's CPU at 256 KiB).
+const MMAP_THRESHOLD: i32 = 1024 * 1024;
 
 fn main() -> ExitCode {
     // SAFETY: mallopt only sets a malloc parameter; called before any other thread.

@@ -322,7 +322,7 @@ fn main() -> ExitCode {
     // so that the memory figures show connections, not malloc's retention.
     // SAFETY: mallopt only sets a malloc parameter; called before any other thread.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
     }
     raise_descriptor_limit();
     let cli = Cli::parse();
