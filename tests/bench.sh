@@ -83,7 +83,7 @@ run() {
     local name=$1
     shift
     log_info "scenario $name: fastchat-loadtest $*"
-    if ! timeout --foreground 1200 "$LT" "$@" --out "$OUT/$name.json" --plot "$WORK/plots" \
+    if ! timeout --foreground "$LIMIT" "$LT" "$@" --out "$OUT/$name.json" --plot "$WORK/plots" \
         >"$WORK/$name.log" 2>&1; then
         log_warn "scenario $name failed: $(tail -3 "$WORK/$name.log")"
     fi
@@ -95,9 +95,34 @@ run() {
     done
 }
 
+# Each scenario is stopped after 20 minutes; logging thousands of users in costs about
+# 0.2 s of CPU each (scrypt on both sides, an RSA key for a new one), so `connections`
+# gets that on top.
+LIMIT=1200
+# Each idle client is a reader and a writer thread on each side: at 10,000 clients that
+# is more thread ids than the default kernel.pid_max (32768) allows, and more mappings
+# than one process may have (vm.max_map_count 65530, two per thread stack). As root,
+# raise them for the run (they are not restored: both are limits, not behaviour).
+raise_limit() {
+    local key=$1 want=$2 have
+    have=$(sysctl -n "$key" 2>/dev/null || echo 0)
+    ((have >= want)) && return 0
+    if sysctl -qw "$key=$want" 2>/dev/null; then
+        log_info "raised $key from $have to $want for $CONNECTIONS connections"
+    else
+        log_warn "$key is $have; $CONNECTIONS connections may need $want (run as root to raise it)"
+    fi
+}
+if ((CONNECTIONS > 3000)); then
+    raise_limit kernel.pid_max $((CONNECTIONS * 6 + 10000))
+    raise_limit kernel.threads-max $((CONNECTIONS * 6 + 10000))
+    raise_limit vm.max_map_count $((CONNECTIONS * 8 + 65530))
+fi
+
 # First, on the fresh servers: memory growth per connection is only visible on a heap
 # that earlier scenarios have not already grown (it signs the users up, too).
-run connections connections --clients "$CONNECTIONS" --probes 200 "${CLUSTER[@]}" "${REUSE[@]}"
+LIMIT=$((1200 + CONNECTIONS / 4)) run connections connections --clients "$CONNECTIONS" --probes 200 \
+    "${CLUSTER[@]}" "${REUSE[@]}"
 run baseline baseline dm --clients 100 --window 16 --duration "$SECS" --warmup "$WARM"
 run dm dm --clients 100 --window 16 --duration "$SECS" --warmup "$WARM" "${CLUSTER[@]}" "${REUSE[@]}"
 run dm-open dm --clients "$MANY" --sweep 2500,5000,10000 --duration "$SECS" --warmup "$WARM" \

@@ -6,7 +6,7 @@
 use crate::error::ClientError;
 use crate::files::{OutgoingFile, CHUNK_BYTES};
 use crate::history::{Conversation, History, HistoryEntry};
-use crate::inbox::{run_inbox, Inbox};
+use crate::inbox::Inbox;
 use crate::keyring::{Identity, Keyring};
 use crate::link::{self, Link};
 use crate::payload::Payload;
@@ -705,7 +705,6 @@ impl Client {
     /// Asks the balancer for a server, connects and says hello.
     pub fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
-        let (inbox, inbox_rx) = Inbox::new();
         let inner = Arc::new(Inner {
             config: config.clone(),
             next_req: AtomicU64::new(1),
@@ -719,7 +718,7 @@ impl Client {
             session: AtomicU64::new(0),
             resume: Mutex::new(None),
             events: events_tx,
-            inbox,
+            inbox: Inbox::new(),
             retry_scheduled: AtomicBool::new(false),
         });
         let first = link::start(&inner, 1)?;
@@ -731,13 +730,6 @@ impl Client {
             }
             *installed = Some(first);
         }
-        // Weak: the inbox must not keep the client alive (it ends when the client goes).
-        let inbox_inner = Arc::downgrade(&inner);
-        thread::Builder::new()
-            .name("fastchat-inbox".into())
-            .stack_size(256 * 1024)
-            .spawn(move || run_inbox(inbox_inner, inbox_rx))
-            .map_err(ClientError::disconnected)?;
         Ok(Client {
             inner,
             events: events_rx,

@@ -17,7 +17,8 @@ use parking_lot::Mutex;
 use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
+use std::thread;
 use std::time::Duration;
 
 /// How many message ids the inbox remembers to drop duplicates.
@@ -166,6 +167,9 @@ pub(crate) struct Inbox {
     /// Messages handed to the inbox thread and not yet done with.
     queued: AtomicUsize,
     tx: Sender<Incoming>,
+    /// The inbox thread's end, until the first hand-off starts it: most clients of a
+    /// load test never need one (ten thousand idle clients, ten thousand threads fewer).
+    rx: Mutex<Option<Receiver<Incoming>>>,
 }
 
 #[derive(Default)]
@@ -175,15 +179,36 @@ struct InboxState {
 }
 
 impl Inbox {
-    /// The inbox, and the receiving end that `run_inbox` drains.
-    pub fn new() -> (Inbox, Receiver<Incoming>) {
+    /// An inbox; its thread starts with the first message handed to it.
+    pub fn new() -> Inbox {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let inbox = Inbox {
+        Inbox {
             state: Mutex::new(InboxState::default()),
             queued: AtomicUsize::new(0),
             tx,
-        };
-        (inbox, rx)
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Starts the inbox thread if it is not running yet.
+    fn start_thread(inner: &Arc<Inner>) {
+        let mut rx = inner.inbox.rx.lock();
+        let Some(receiver) = rx.take() else { return };
+        // Weak: the inbox must not keep the client alive (it ends when the client goes).
+        let weak = Arc::downgrade(inner);
+        let spawned = thread::Builder::new()
+            .name("fastchat-inbox".into())
+            .stack_size(256 * 1024)
+            .spawn({
+                let receiver = receiver.clone();
+                move || run_inbox(weak, receiver)
+            });
+        if let Err(e) = spawned {
+            // Queued messages wait for the next attempt (at the next hand-off); unacked,
+            // they are stored and sent again by the server meanwhile if need be.
+            log::error!("no inbox thread: {e}");
+            *rx = Some(receiver);
+        }
     }
 }
 
@@ -192,7 +217,7 @@ impl Inbox {
 /// hand-off fewer per message. Anything that may have to wait (a key to fetch, keys being
 /// restored by a login, a receipt to seal for a stored message) goes to the inbox thread,
 /// and so does everything after it until that thread is done, so the order holds.
-pub(crate) fn receive(inner: &Inner, m: Incoming) {
+pub(crate) fn receive(inner: &Arc<Inner>, m: Incoming) {
     let m = if !m.stored && inner.inbox.queued.load(Ordering::Acquire) == 0 {
         match open_at_once(inner, m) {
             Some(m) => m,
@@ -203,6 +228,7 @@ pub(crate) fn receive(inner: &Inner, m: Incoming) {
     };
     inner.inbox.queued.fetch_add(1, Ordering::AcqRel);
     let _ = inner.inbox.tx.send(m);
+    Inbox::start_thread(inner);
 }
 
 /// Opens `m` on the calling thread if that needs no request to the server. Gives it

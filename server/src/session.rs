@@ -29,9 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Frames a client's writer queue holds before the client counts as a slow consumer.
-/// Each slot costs 32 bytes up front (64 KiB per connection); 2048 frames is seconds of
-/// traffic for one client, and the byte bound below is the one that matters for memory.
-pub const CLIENT_QUEUE: usize = 2048;
+/// Each slot costs 32 bytes up front (32 KiB per connection, the largest single part of
+/// an idle connection's memory); 1024 frames is still seconds of traffic for one client,
+/// and the byte bound below is the one that matters for large messages.
+pub const CLIENT_QUEUE: usize = 1024;
 /// Bytes of unwritten frames a client's queue holds before the client counts as a slow
 /// consumer (about 120 of the largest messages).
 pub const CLIENT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
