@@ -154,7 +154,7 @@ fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, alive: Arc<Atomic
             Ok(None) => break "the server closed the connection".to_string(),
             Err(e) => break e.to_string(),
         };
-        let frame = match serde_json::from_slice::<ServerFrame>(&body) {
+        let frame = match ServerFrame::from_json(&body) {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("unreadable frame from the server: {e}");

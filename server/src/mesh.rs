@@ -25,7 +25,7 @@ fn read_hello(stream: &mut impl Read) -> Result<(String, i64), String> {
     let body = read_frame(stream, MAX_PEER_FRAME)
         .map_err(|e| e.to_string())?
         .ok_or("closed before hello")?;
-    match serde_json::from_slice::<PeerFrame>(&body) {
+    match PeerFrame::from_json(&body) {
         Ok(PeerFrame::Hello {
             version,
             server,
@@ -160,7 +160,7 @@ fn run_link(
     let mut reader = BufReader::with_capacity(64 * 1024, tls_read);
     loop {
         match read_frame(&mut reader, MAX_PEER_FRAME) {
-            Ok(Some(body)) => match serde_json::from_slice::<PeerFrame>(&body) {
+            Ok(Some(body)) => match PeerFrame::from_json(&body) {
                 Ok(frame) => handle_peer_frame(&state, &peer, frame),
                 Err(e) => log::warn!("{peer}: unreadable frame: {e}"),
             },

@@ -184,7 +184,7 @@ impl ClientConn {
     }
 
     fn handle_frame(&mut self, body: &[u8]) -> Next {
-        let request: Request = match serde_json::from_slice(body) {
+        let request = match Request::from_json(body) {
             Ok(r) => r,
             Err(e) => {
                 // Answer with the request number if the frame has one.

@@ -6,6 +6,7 @@
 
 pub mod balancer;
 pub mod client;
+mod fast;
 pub mod peer;
 
 /// The protocol version every hello carries. Bumped on an incompatible change.
