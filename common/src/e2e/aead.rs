@@ -1,12 +1,24 @@
 //! AES-256-GCM with a random nonce: `seal` gives `nonce || ciphertext || tag`.
 
 use super::{E2eError, SymmetricKey};
-use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
+use openssl::cipher::{Cipher, CipherRef};
+use openssl::cipher_ctx::CipherCtx;
+use std::sync::OnceLock;
 
 const NONCE_BYTES: usize = 12;
 const TAG_BYTES: usize = 16;
 /// How many bytes [`seal`] adds to a plaintext: a 12-byte nonce and a 16-byte tag.
 pub const SEAL_OVERHEAD: usize = NONCE_BYTES + TAG_BYTES;
+
+/// AES-256-GCM, fetched from OpenSSL's provider once. `symm::Cipher::aes_256_gcm()`
+/// makes OpenSSL 3 look the implementation up again on every use, which cost more than
+/// sealing a short message.
+fn aes_256_gcm() -> &'static CipherRef {
+    static CIPHER: OnceLock<Cipher> = OnceLock::new();
+    CIPHER.get_or_init(|| {
+        Cipher::fetch(None, "AES-256-GCM", None).expect("OpenSSL provides AES-256-GCM")
+    })
+}
 
 /// Encrypts and authenticates `plaintext`, and authenticates `aad` (which is not included
 /// in the output: the opener must supply the same bytes). The nonce is 96 random bits, so
@@ -14,19 +26,18 @@ pub const SEAL_OVERHEAD: usize = NONCE_BYTES + TAG_BYTES;
 pub fn seal(key: &SymmetricKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_BYTES];
     openssl::rand::rand_bytes(&mut nonce).expect("OpenSSL random generator failed");
-    let mut tag = [0u8; TAG_BYTES];
-    let ciphertext = encrypt_aead(
-        Cipher::aes_256_gcm(),
-        key.as_bytes(),
-        Some(&nonce),
-        aad,
-        plaintext,
-        &mut tag,
-    )
-    .expect("AES-256-GCM with a 32-byte key and 12-byte nonce");
-    let mut sealed = Vec::with_capacity(SEAL_OVERHEAD + ciphertext.len());
+    let mut sealed = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len() + 16);
     sealed.extend_from_slice(&nonce);
-    sealed.extend_from_slice(&ciphertext);
+    let mut tag = [0u8; TAG_BYTES];
+    CipherCtx::new()
+        .and_then(|mut ctx| {
+            ctx.encrypt_init(Some(aes_256_gcm()), Some(key.as_bytes()), Some(&nonce))?;
+            ctx.cipher_update(aad, None)?;
+            ctx.cipher_update_vec(plaintext, &mut sealed)?;
+            ctx.cipher_final_vec(&mut sealed)?;
+            ctx.tag(&mut tag)
+        })
+        .expect("AES-256-GCM with a 32-byte key and 12-byte nonce");
     sealed.extend_from_slice(&tag);
     sealed
 }
@@ -39,15 +50,17 @@ pub fn open(key: &SymmetricKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, E2
     }
     let (nonce, rest) = sealed.split_at(NONCE_BYTES);
     let (ciphertext, tag) = rest.split_at(rest.len() - TAG_BYTES);
-    decrypt_aead(
-        Cipher::aes_256_gcm(),
-        key.as_bytes(),
-        Some(nonce),
-        aad,
-        ciphertext,
-        tag,
-    )
-    .map_err(|_| E2eError::Undecryptable)
+    let mut plaintext = Vec::with_capacity(ciphertext.len() + 16);
+    CipherCtx::new()
+        .and_then(|mut ctx| {
+            ctx.decrypt_init(Some(aes_256_gcm()), Some(key.as_bytes()), Some(nonce))?;
+            ctx.cipher_update(aad, None)?;
+            ctx.cipher_update_vec(ciphertext, &mut plaintext)?;
+            ctx.set_tag(tag)?;
+            ctx.cipher_final_vec(&mut plaintext)
+        })
+        .map_err(|_| E2eError::Undecryptable)?;
+    Ok(plaintext)
 }
 
 #[cfg(test)]
