@@ -7,13 +7,13 @@ use crate::balancer::ask_balancer;
 use crate::connection::{ClientConfig, Event, Inner, Out};
 use crate::error::ClientError;
 use crate::inbox::Incoming;
-use crate::transport::{connect, TlsConn, TlsRead, TlsWrite};
+use crate::transport::{connect, SharedSocket, TlsConn, TlsRead, TlsWrite};
 use crossbeam_channel::{Receiver, Sender};
 use fastchat_common::frame::{encode_frame, read_frame, write_frame, MAX_CLIENT_FRAME};
 use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
 use fastchat_common::protocol::PROTOCOL_VERSION;
 use std::io::{BufReader, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -27,7 +27,7 @@ pub(crate) struct Link {
     /// The writer thread's queue.
     pub out: Sender<Out>,
     /// A handle on the socket, to shut it down.
-    pub socket: TcpStream,
+    pub socket: SharedSocket,
     /// Cleared by the reader when the link has ended (checked by whoever installs it,
     /// in case it ended before it was installed).
     pub alive: Arc<AtomicBool>,
@@ -90,7 +90,7 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
         id,
         server,
         out,
-        socket: socket.try_clone().map_err(ClientError::disconnected)?,
+        socket: socket.clone(),
         alive: alive.clone(),
     };
     thread::Builder::new()
@@ -107,7 +107,7 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
     Ok(link)
 }
 
-fn write_loop(mut stream: TlsWrite, socket: TcpStream, rx: Receiver<Out>) {
+fn write_loop(mut stream: TlsWrite, socket: SharedSocket, rx: Receiver<Out>) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut acks = Vec::new();
     while let Ok(first) = fastchat_common::channel::recv(&rx) {

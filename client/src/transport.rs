@@ -4,22 +4,56 @@ use crate::error::ClientError;
 use fastchat_common::tls::{self, TlsError, TlsReader, TlsWriter};
 use fastchat_common::ErrorCode;
 use openssl::ssl::SslConnector;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Time allowed for connecting, the handshake, and each answer of a set-up exchange.
 pub(crate) const NET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Plaintext in from the server.
-pub(crate) type TlsRead = TlsReader<TcpStream, TcpStream>;
+pub(crate) type TlsRead = TlsReader<SharedSocket, SharedSocket>;
 /// Plaintext out to the server.
-pub(crate) type TlsWrite = TlsWriter<TcpStream>;
+pub(crate) type TlsWrite = TlsWriter<SharedSocket>;
 
 /// An open TLS connection: the socket (to set timeouts and shut it down) and its halves.
 pub(crate) struct TlsConn {
-    pub socket: TcpStream,
+    pub socket: SharedSocket,
     pub reader: TlsRead,
     pub writer: TlsWrite,
+}
+
+/// One socket, shared by a connection's reader, its writer and whoever may cut it:
+/// `&TcpStream` reads and writes, so the halves need no descriptor of their own.
+/// (`try_clone` gave each its own: four descriptors per connection, and 5,000 clients
+/// in one process ran out of them.)
+#[derive(Clone)]
+pub(crate) struct SharedSocket(Arc<TcpStream>);
+
+impl Read for SharedSocket {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for SharedSocket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+impl Deref for SharedSocket {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        &self.0
+    }
 }
 
 /// What a connection trusts: the cluster CA, loaded once.
@@ -67,11 +101,14 @@ fn tcp_connect(addr: &str) -> Result<TcpStream, ClientError> {
 /// must be signed by the cluster CA and name `HOST`. Reads time out after
 /// [`NET_TIMEOUT`] until the caller clears it.
 pub(crate) fn connect(trust: &Trust, addr: &str) -> Result<TlsConn, ClientError> {
-    let socket = tcp_connect(addr)?;
+    let socket = SharedSocket(Arc::new(tcp_connect(addr)?));
     let _ = socket.set_read_timeout(Some(NET_TIMEOUT));
-    let raw = socket.try_clone().map_err(ClientError::disconnected)?;
-    let sink = socket.try_clone().map_err(ClientError::disconnected)?;
-    match tls::connect(&trust.connector, host_of(addr), raw, sink) {
+    match tls::connect(
+        &trust.connector,
+        host_of(addr),
+        socket.clone(),
+        socket.clone(),
+    ) {
         Ok((reader, writer)) => Ok(TlsConn {
             socket,
             reader,
