@@ -1,7 +1,10 @@
 //! Buffered appending to the history files: lines wait in memory for at most
 //! [`FLUSH_AFTER`], then one thread per process writes them out. A busy client writes a
 //! line per message sent or received, and a `write` each (or worse, an `open`) cost more
-//! than the message itself.
+//! than the message itself. The price: a process killed outright (SIGKILL, a crash)
+//! loses the lines of its last 50 ms from its history, although those messages were
+//! acknowledged. Exiting normally, closing the client, or the terminal's Ctrl-C, SIGTERM
+//! or SIGHUP write them out first.
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -85,21 +88,11 @@ impl Appender {
 }
 
 impl OpenFiles {
+    /// Writes out every file's buffered lines. A failure is logged; the lines stay
+    /// buffered and the next append tries again.
     fn flush(&mut self) {
         for (path, file) in &mut self.files {
-            if file.out.buffer().is_empty() {
-                continue;
-            }
-            // A file deleted while open (its folder removed, say) is made again.
-            if !file.out.get_ref().metadata().is_ok_and(|m| m.nlink() > 0) {
-                if let Ok(fresh) = open_for_append(path) {
-                    let stale =
-                        std::mem::replace(&mut file.out, BufWriter::with_capacity(8 * 1024, fresh));
-                    let (_, pending) = stale.into_parts();
-                    let _ = file.out.write_all(&pending.unwrap_or_default());
-                }
-            }
-            if let Err(e) = file.out.flush() {
+            if let Err(e) = file.write_out(path) {
                 log::warn!("history not written to {}: {e}", path.display());
             }
         }
@@ -116,10 +109,26 @@ impl OpenFiles {
             return;
         };
         if let Some(mut file) = self.files.remove(&oldest) {
-            if let Err(e) = file.out.flush() {
+            if let Err(e) = file.write_out(&oldest) {
                 log::warn!("history not written to {}: {e}", oldest.display());
             }
         }
+    }
+}
+
+impl OpenFile {
+    /// Writes out the buffered lines. A file deleted while open (its folder removed,
+    /// say) is made again first, so the lines go somewhere the user can read.
+    fn write_out(&mut self, path: &Path) -> std::io::Result<()> {
+        if self.out.buffer().is_empty() {
+            return Ok(());
+        }
+        if !self.out.get_ref().metadata().is_ok_and(|m| m.nlink() > 0) {
+            let fresh = BufWriter::with_capacity(8 * 1024, open_for_append(path)?);
+            let (_, pending) = std::mem::replace(&mut self.out, fresh).into_parts();
+            self.out.write_all(&pending.unwrap_or_default())?;
+        }
+        self.out.flush()
     }
 }
 
@@ -145,6 +154,7 @@ fn open_for_append(path: &Path) -> std::io::Result<File> {
 struct Flusher {
     due: Mutex<Vec<Weak<Mutex<OpenFiles>>>>,
     wake: Condvar,
+    flushing: Mutex<()>,
 }
 
 static FLUSHER: OnceLock<Option<&'static Flusher>> = OnceLock::new();
@@ -154,6 +164,7 @@ fn flusher() -> Option<&'static Flusher> {
         let flusher: &'static Flusher = Box::leak(Box::new(Flusher {
             due: Mutex::new(Vec::new()),
             wake: Condvar::new(),
+            flushing: Mutex::new(()),
         }));
         std::thread::Builder::new()
             .name("fastchat-history".into())
@@ -188,6 +199,9 @@ fn run_flusher(flusher: &Flusher) {
 }
 
 fn flush_due(flusher: &Flusher) {
+    // One flush at a time: `flush_all` (before exiting) must not find the list emptied
+    // by the flusher thread while that thread has not written its lines out yet.
+    let _one_at_a_time = flusher.flushing.lock();
     let due = std::mem::take(&mut *flusher.due.lock());
     for open in due.iter().filter_map(Weak::upgrade) {
         open.lock().flush();

@@ -1,6 +1,7 @@
-//! The inbox thread: opens each pushed message (fetching keys as needed), drops
-//! duplicates, turns it into an event and acknowledges it. It runs apart from the
-//! reader so that waiting on a key fetch never stops replies from being read.
+//! Pushed messages: each is de-duplicated, opened (fetching keys as needed), turned into
+//! an event and acknowledged. The link's reader does it at once when that needs no
+//! request to the server; otherwise the inbox thread does, apart from the reader, so that
+//! waiting on a key fetch never stops replies from being read.
 
 use crate::connection::{call, send_receipt, Event, Inner};
 use crate::error::ClientError;
@@ -219,9 +220,17 @@ impl Inbox {
 /// and so does everything after it until that thread is done, so the order holds.
 pub(crate) fn receive(inner: &Arc<Inner>, m: Incoming) {
     let m = if !m.stored && inner.inbox.queued.load(Ordering::Acquire) == 0 {
-        match open_at_once(inner, m) {
-            Some(m) => m,
-            None => return,
+        // A panic here would end the reader without ending the link (no more replies,
+        // no reconnection): it costs this message instead, which stays unacknowledged
+        // and comes back from storage.
+        let (id, from) = (m.id.clone(), m.from.clone());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_at_once(inner, m))) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(_) => {
+                log::error!("message {id} from {from}: opening it panicked; left for later");
+                return;
+            }
         }
     } else {
         m

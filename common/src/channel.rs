@@ -40,7 +40,11 @@ pub fn recv_deadline<T>(rx: &Receiver<T>, deadline: Instant) -> Result<T, RecvTi
 
 /// Like `rx.recv_timeout(timeout)`, without spinning before it sleeps.
 pub fn recv_timeout<T>(rx: &Receiver<T>, timeout: Duration) -> Result<T, RecvTimeoutError> {
-    recv_deadline(rx, Instant::now() + timeout)
+    match Instant::now().checked_add(timeout) {
+        Some(deadline) => recv_deadline(rx, deadline),
+        // Beyond what an `Instant` can hold: no deadline at all.
+        None => recv(rx).map_err(|_| RecvTimeoutError::Disconnected),
+    }
 }
 
 #[cfg(test)]
@@ -72,6 +76,8 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(30));
         tx.send(7).unwrap();
         assert_eq!(recv_timeout(&rx, Duration::from_secs(5)), Ok(7));
+        tx.send(8).unwrap();
+        assert_eq!(recv_timeout(&rx, Duration::MAX), Ok(8));
         drop(tx);
         assert_eq!(
             recv_timeout(&rx, Duration::from_secs(5)),
