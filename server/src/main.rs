@@ -10,6 +10,7 @@ mod inflight;
 mod keys;
 mod mesh;
 mod notify;
+mod refused;
 mod reply;
 mod resume;
 mod router;

@@ -419,7 +419,10 @@ impl ClientConn {
         }
         let result = handle(self);
         if matches!(&result, Err((ErrorCode::Unavailable, _))) {
+            // Refused again: it keeps its place at the head.
             session.mark_refused(target, id);
+        } else {
+            session.turn_done(target, id);
         }
         result
     }

@@ -3,14 +3,15 @@
 //! messages held back while stored ones are being fetched, so that order is kept.
 
 use crate::conn::{to_body, OutQueue, Outgoing};
+use crate::refused::RefusedQueues;
 use crossbeam_channel::{SendTimeoutError, TrySendError};
 use fastchat_common::protocol::client::ServerFrame;
 use fastchat_common::Blob;
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where a pushed message came from, to tell its origin when the client acknowledges it.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,9 +62,8 @@ struct Shared {
     /// A clone of the connection's socket, to cut it when the queue cannot take `Close`.
     socket: TcpStream,
     state: Mutex<DeliveryState>,
-    /// Per message target, the ids refused for want of the database, in order, and
-    /// when that last changed (see `mark_refused`).
-    refused: Mutex<HashMap<String, (VecDeque<String>, Instant)>>,
+    /// The messages refused for want of the database, per target, in order.
+    refused: Mutex<RefusedQueues>,
 }
 
 /// A cheap, clonable reference to one logged-in session.
@@ -97,7 +97,7 @@ impl SessionHandle {
                 fetch_again: false,
                 pushed_seqs: HashSet::new(),
             }),
-            refused: Mutex::new(HashMap::new()),
+            refused: Mutex::new(RefusedQueues::default()),
         }))
     }
 
@@ -280,41 +280,17 @@ impl SessionHandle {
     /// of the database: the client will send it again, and until then (and in that
     /// order) later messages to the target are refused too (see `ClientConn::in_order`).
     pub fn mark_refused(&self, target: &str, id: &str) {
-        let mut refused = self.0.refused.lock();
-        let (queue, at) = refused
-            .entry(target.to_string())
-            .or_insert_with(|| (VecDeque::new(), Instant::now()));
-        if !queue.iter().any(|q| q == id) {
-            queue.push_back(id.to_string());
-        }
-        *at = Instant::now();
+        self.0.refused.lock().mark(target, id);
     }
 
-    /// Whether message `id` to `target` may go now: yes when nothing refused is waiting
-    /// for it, or when it is the first of the refused ones (which it then leaves).
-    /// Otherwise it joins the refused ones and must be refused.
+    /// Whether message `id` to `target` may go now (see [`RefusedQueues::take_turn`]).
     pub fn take_turn(&self, target: &str, id: &str, patience: Duration) -> bool {
-        let mut refused = self.0.refused.lock();
-        let Some((queue, at)) = refused.get_mut(target) else {
-            return true;
-        };
-        if at.elapsed() > patience || queue.is_empty() {
-            // The client gives up re-sending after about a minute: so does the rule.
-            refused.remove(target);
-            return true;
-        }
-        if queue.front().is_some_and(|head| head == id) {
-            queue.pop_front();
-            *at = Instant::now();
-            if queue.is_empty() {
-                refused.remove(target);
-            }
-            return true;
-        }
-        if !queue.iter().any(|q| q == id) {
-            queue.push_back(id.to_string());
-        }
-        false
+        self.0.refused.lock().take_turn(target, id, patience)
+    }
+
+    /// Message `id` to `target` went through, or was refused for good.
+    pub fn turn_done(&self, target: &str, id: &str) {
+        self.0.refused.lock().done(target, id);
     }
 
     /// Whether the session has ended.
