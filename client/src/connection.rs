@@ -402,17 +402,13 @@ fn resendable(body: &RequestBody) -> bool {
 }
 
 /// Sends a request on the installed link, or keeps it for the next one while
-/// reconnecting; the reply arrives on the handle. A direct message's delivery is
-/// reported as `Event::Delivered`.
+/// reconnecting; the reply arrives on the handle.
 fn send_request(inner: &Inner, body: RequestBody) -> ReplyHandle {
-    let to = match &body {
-        RequestBody::Send { to, .. } => Some(to.clone()),
-        _ => None,
-    };
-    send_request_to(inner, body, to)
+    send_request_to(inner, body, None)
 }
 
-/// [`send_request`], reporting the delivery to `to` (if any) when the `ok` says so.
+/// [`send_request`], reporting the delivery to `to` as `Event::Delivered` when the `ok`
+/// says the message reached it (only a text does: not a file's chunks, not a receipt).
 fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> ReplyHandle {
     if inner.closed.load(Ordering::Acquire) {
         return ReplyHandle::ready(Err(ClientError::disconnected("connection closed")));
@@ -618,7 +614,7 @@ pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, id: &str) {
                 body: Blob::from_bytes(&body),
             };
             // No `Delivered` event for the receipt itself.
-            let _ = send_request_to(inner, send, None);
+            let _ = send_request(inner, send);
         }
         Err(e) => log::warn!("no receipt to {to} for {id}: {e}"),
     }
@@ -902,7 +898,12 @@ impl Client {
         let handle = match self.seal_direct(&id, to, &payload) {
             Ok(body) => {
                 self.record_sent(Conversation::User(to.to_string()), &id, text);
-                self.send_body(&id, to, &body)
+                let send = RequestBody::Send {
+                    id: id.clone(),
+                    to: to.to_string(),
+                    body: Blob::from_bytes(&body),
+                };
+                send_request_to(&self.inner, send, Some(to.to_string()))
             }
             Err(e) => ReplyHandle::ready(Err(e)),
         };

@@ -61,6 +61,15 @@ fn a_20_mib_file_reaches_a_user_a_group_and_an_offline_user_byte_identical() {
     );
     assert!(saved.starts_with(bob_home.path().join("downloads")));
     assert!(std::fs::read(&saved).unwrap() == data, "bob's copy differs");
+    // The sender hears that a text was delivered, never of each of a file's chunks:
+    // the first delivery it is told of is the text's.
+    let (text_id, handle) = alice.send_text("bob", "did it arrive?");
+    handle.wait(WAIT).unwrap();
+    let first = wait_event(&alice, WAIT, "a delivery", |e| match e {
+        Event::Delivered { id, .. } => Some(id),
+        _ => None,
+    });
+    assert_eq!(first, text_id, "a delivery reported before the text's");
 
     alice
         .group_create("crew", &["bob".into(), "carol".into()])

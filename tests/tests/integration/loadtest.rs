@@ -66,8 +66,14 @@ fn check_report(report: &serde_json::Value) {
             "latency_us.{p} in {report}"
         );
     }
+    for key in ["duration_s", "delivered_per_sec", "bytes_per_sec"] {
+        assert!(report[key].is_number(), "{key} in {report}");
+    }
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["duplicated"], 0, "{report}");
+    // A refused send is not counted as lost (it was never acknowledged): any error
+    // fails the run too.
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
     assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
 }
 
@@ -92,11 +98,19 @@ fn the_dm_scenario_and_its_baseline_run_with_nothing_lost() {
     assert_eq!(fastchat["scenario"], "dm");
     assert_eq!(fastchat["clients"], 6);
 
-    let mut args = vec!["baseline", "dm", "--rate", "500"];
+    // The baseline as a sweep: one open-loop run per rate, each in the report.
+    let mut args = vec!["baseline", "dm", "--sweep", "200,500"];
     args.extend(common);
     let baseline = run_loadtest(&args, &dir.path().join("baseline.json"));
     check_report(&baseline);
     assert_eq!(baseline["system"], "baseline");
+    let offered: Vec<f64> = baseline["sweep"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sweep in {baseline}"))
+        .iter()
+        .map(|point| point["offered"].as_f64().unwrap())
+        .collect();
+    assert_eq!(offered, [200.0, 500.0], "{baseline}");
 }
 
 #[test]
@@ -128,8 +142,7 @@ fn the_group_scenario_reaches_every_member_once_and_draws_its_charts() {
     check_report(&report);
     assert_eq!(report["scenario"], "group");
     // Each acknowledged group message reached the 2 other members of its group of 3
-    // (no errors, so every measured delivery is of an acknowledged message).
-    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    // (no errors, checked above, so every measured delivery is of an acknowledged one).
     let acked = report["acked"].as_u64().unwrap();
     assert!(acked > 0, "{report}");
     assert_eq!(report["delivered"].as_u64().unwrap(), acked * 2, "{report}");
