@@ -602,7 +602,7 @@ pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, id: &str) {
         .keyring
         .sending_key(&fetch, me, to)
         .and_then(|(key_id, key)| {
-            let plaintext = serde_json::to_vec(&payload).expect("payloads serialize");
+            let plaintext = payload.encode();
             seal_direct(&key, &key_id, &me.user, to, &receipt_id, &plaintext)
                 .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
         });
@@ -658,7 +658,7 @@ fn send_group_payload(inner: &Inner, id: &str, group: &str, payload: &Payload) -
         .keyring
         .group_sending_key(&fetch, &me, group)
         .and_then(|(epoch, key)| {
-            let plaintext = serde_json::to_vec(payload).expect("payloads serialize");
+            let plaintext = payload.encode();
             seal_group(&key, group, epoch, &me.user, id, &plaintext)
                 .map(|body| (epoch, body))
                 .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
@@ -915,7 +915,7 @@ impl Client {
         let inner = &self.inner;
         let fetch = |body: RequestBody| call(inner, body, NET_TIMEOUT);
         let (key_id, key) = inner.keyring.sending_key(&fetch, &me, to)?;
-        let plaintext = serde_json::to_vec(payload).expect("payloads serialize");
+        let plaintext = payload.encode();
         seal_direct(&key, &key_id, &me.user, to, id, &plaintext)
             .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
     }

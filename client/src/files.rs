@@ -6,7 +6,7 @@
 //! gives the file its (safe, unused) name.
 
 use crate::error::ClientError;
-use fastchat_common::e2e::{open_chunk, seal_chunk, FileKey, SymmetricKey};
+use fastchat_common::e2e::{open_chunk, seal_chunk, FileKey, SymmetricKey, FILE_CHUNK_BYTES};
 use fastchat_common::ids::hex;
 use fastchat_common::{Blob, ErrorCode};
 use openssl::sha::Sha256;
@@ -15,9 +15,18 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Plaintext bytes per chunk: sealed, base64 inside the JSON payload, then sealed again
-/// in the message envelope, a chunk stays well under the 64 KiB message limit.
-pub const CHUNK_BYTES: usize = 40 * 1024;
+/// Plaintext bytes per chunk this client sends: sealed, framed in binary
+/// (`chunk_payload`), then sealed again in the message envelope, a chunk stays under
+/// the server's message limit.
+pub const CHUNK_BYTES: usize = FILE_CHUNK_BYTES;
+
+/// The chunk size of a `file_start` that does not say: what clients sent before they
+/// said it.
+const LEGACY_CHUNK_BYTES: u64 = 40 * 1024;
+
+fn legacy_chunk_bytes() -> u64 {
+    LEGACY_CHUNK_BYTES
+}
 
 /// Files that may be arriving at once, from everyone together.
 const MAX_TRANSFERS: usize = 16;
@@ -37,9 +46,14 @@ pub struct FileHeader {
     pub key: Blob,
     /// How many chunks follow.
     pub chunks: u64,
+    /// Plaintext bytes in every chunk but the last (40 KiB when absent).
+    #[serde(default = "legacy_chunk_bytes")]
+    pub chunk_bytes: u64,
 }
 
-/// One chunk, sealed with the file's key.
+/// One chunk, sealed with the file's key. It travels as a binary payload
+/// (`chunk_payload`); the JSON form, with `data` in base64, is what earlier clients
+/// sent and is still understood.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileChunk {
     /// The transfer.
@@ -48,8 +62,25 @@ pub struct FileChunk {
     pub index: u64,
     /// Whether it is the last.
     pub last: bool,
-    /// `seal_chunk` output.
-    pub data: Blob,
+    /// `seal_chunk` output (base64 in the JSON form).
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// `Vec<u8>` as base64 text, for the JSON form of a chunk.
+mod base64_bytes {
+    use fastchat_common::Blob;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        Blob::from_bytes(bytes).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Blob::deserialize(d)?
+            .to_bytes()
+            .ok_or_else(|| serde::de::Error::custom("a chunk is not base64"))
+    }
 }
 
 fn local(e: impl std::fmt::Display) -> ClientError {
@@ -105,6 +136,7 @@ impl OutgoingFile {
                 sha256: hex(&hasher.finish()),
                 key: Blob::from_bytes(key.key.as_bytes()),
                 chunks,
+                chunk_bytes: CHUNK_BYTES as u64,
             },
             key,
             file,
@@ -140,7 +172,7 @@ impl OutgoingFile {
             file_id: self.key.file_id.clone(),
             index,
             last,
-            data: Blob::from_bytes(&sealed),
+            data: sealed,
         }))
     }
 }
@@ -248,7 +280,10 @@ impl Downloads {
                 "{MAX_TRANSFERS} files are arriving already; this one is refused"
             )));
         }
-        if header.chunks != header.size.div_ceil(CHUNK_BYTES as u64).max(1) {
+        if header.chunk_bytes == 0
+            || header.chunk_bytes > FILE_CHUNK_BYTES as u64
+            || header.chunks != header.size.div_ceil(header.chunk_bytes).max(1)
+        {
             return Err(damaged("the announced size and chunk count disagree"));
         }
         // A name of our own for every transfer, created new: no other transfer (nor
@@ -319,12 +354,14 @@ impl Downloads {
         if chunk.last != expect_last {
             return Err(damaged("the transfer was cut short or runs over"));
         }
-        let sealed = chunk
-            .data
-            .to_bytes()
-            .ok_or_else(|| damaged("a chunk is not base64"))?;
-        let plain = open_chunk(&t.key, &t.header.file_id, chunk.index, chunk.last, &sealed)
-            .map_err(|_| damaged(format!("chunk {} does not open", chunk.index)))?;
+        let plain = open_chunk(
+            &t.key,
+            &t.header.file_id,
+            chunk.index,
+            chunk.last,
+            &chunk.data,
+        )
+        .map_err(|_| damaged(format!("chunk {} does not open", chunk.index)))?;
         if t.written + plain.len() as u64 > t.header.size {
             return Err(damaged("more bytes than announced"));
         }
@@ -430,9 +467,7 @@ mod tests {
         let mut out = OutgoingFile::open(&src, u64::MAX).unwrap();
         downloads.start("alice", out.header.clone()).unwrap();
         let mut chunk = out.next_chunk().unwrap().unwrap();
-        let mut bytes = chunk.data.to_bytes().unwrap();
-        bytes[20] ^= 1;
-        chunk.data = Blob::from_bytes(&bytes);
+        chunk.data[20] ^= 1;
         assert_eq!(
             downloads.chunk("alice", chunk).err().unwrap().code,
             ErrorCode::DamagedFile

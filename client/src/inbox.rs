@@ -141,7 +141,7 @@ fn open(inner: &Inner, me: &Identity, m: &Incoming, fetch: Call<'_>) -> Outcome 
         Ok(p) => p,
         Err(e) => return refused(&e.to_string()),
     };
-    match serde_json::from_slice::<Payload>(&plaintext) {
+    match Payload::decode(&plaintext) {
         Ok(Payload::Text { text }) => Outcome::Opened(text),
         Ok(Payload::Receipt { id }) if m.group.is_none() => Outcome::Receipt(id),
         Ok(Payload::Receipt { .. }) => refused("a receipt in a group message"),

@@ -23,7 +23,9 @@ mod wire;
 pub use aead::{open, seal, SEAL_OVERHEAD};
 pub use backup::{open_key_backup, seal_key_backup};
 pub use envelope::{seal_direct, seal_group, Envelope, EnvelopeKind};
-pub use file::{open_chunk, seal_chunk, FileKey, FILE_CHUNK_BYTES};
+pub use file::{
+    chunk_payload, open_chunk, seal_chunk, ChunkPayload, FileKey, BINARY_PAYLOAD, FILE_CHUNK_BYTES,
+};
 pub use keys::{
     sign, unwrap_key, verify, wrap_key, PublicKey, SymmetricKey, UserKeys, RSA_BITS,
     SYMMETRIC_KEY_BYTES,
