@@ -2,7 +2,7 @@
 //! hello exchange, and the link reader that applies what peers tell us.
 
 use crate::conn::{out_queue, spawn_writer, to_body, Outgoing};
-use crate::router::PeerLink;
+use crate::router::{Heard, PeerLink};
 use crate::state::{ServerState, LINK_WAIT};
 use crate::tls::{TlsRead, TlsWrite};
 use fastchat_common::frame::{read_frame, write_frame, MAX_PEER_FRAME};
@@ -142,10 +142,12 @@ fn run_link(
             return;
         }
     };
+    let heard = Heard::new();
     let link = PeerLink {
         name: peer.clone(),
         link_id,
         out: out.clone(),
+        heard: heard.clone(),
     };
     // Install, then snapshot: a login racing with this is told twice, never missed.
     if let Some(old) = state.router.add_peer(link) {
@@ -160,10 +162,13 @@ fn run_link(
     let mut reader = BufReader::with_capacity(64 * 1024, tls_read);
     loop {
         match read_frame(&mut reader, MAX_PEER_FRAME) {
-            Ok(Some(body)) => match PeerFrame::from_json(&body) {
-                Ok(frame) => handle_peer_frame(&state, &peer, frame),
-                Err(e) => log::warn!("{peer}: unreadable frame: {e}"),
-            },
+            Ok(Some(body)) => {
+                heard.touch();
+                match PeerFrame::from_json(&body) {
+                    Ok(frame) => handle_peer_frame(&state, &peer, frame),
+                    Err(e) => log::warn!("{peer}: unreadable frame: {e}"),
+                }
+            }
             Ok(None) => break,
             Err(e) => {
                 log::info!("{peer}: link read failed: {e}");

@@ -7,7 +7,9 @@ use crossbeam_channel::SendTimeoutError;
 use fastchat_common::protocol::peer::PeerFrame;
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Where a user is.
 #[derive(Clone)]
@@ -27,6 +29,43 @@ pub struct PeerLink {
     pub link_id: u64,
     /// The link's writer queue.
     pub out: OutQueue,
+    /// When the link last brought a frame.
+    pub heard: Heard,
+}
+
+/// When a link last brought a frame. A peer whose database heartbeat is late (a
+/// database slowed down by an overloaded machine) but whose link keeps bringing frames
+/// is alive, and is not dropped as dead.
+#[derive(Clone)]
+pub struct Heard(Arc<AtomicU64>);
+
+/// Milliseconds on a monotonic clock that starts with the process.
+fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Heard {
+    /// Heard now.
+    pub fn new() -> Heard {
+        Heard(Arc::new(AtomicU64::new(monotonic_ms())))
+    }
+
+    /// A frame arrived.
+    pub fn touch(&self) {
+        self.0.store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a frame arrived within `window`.
+    pub fn within(&self, window: Duration) -> bool {
+        monotonic_ms().saturating_sub(self.0.load(Ordering::Relaxed)) < window.as_millis() as u64
+    }
+}
+
+impl Default for Heard {
+    fn default() -> Heard {
+        Heard::new()
+    }
 }
 
 impl PeerLink {

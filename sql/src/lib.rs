@@ -25,7 +25,7 @@ pub use migrate::{migrate, MIGRATIONS};
 pub use pending::{
     delete_pending, store_pending, take_pending, NewPending, PendingCursor, PendingMessage,
 };
-pub use pool::{connect, pool, Pool, PooledClient};
+pub use pool::{connect, connect_for_maintenance, pool, Pool, PooledClient};
 pub use presence::{clear_presence, clear_server_presence, set_presence};
 pub use resume::{issue_resume_token, redeem_resume_token, revoke_resume_token};
 pub use servers::{

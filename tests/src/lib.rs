@@ -14,4 +14,4 @@ mod wait;
 pub use cluster::{bin, free_port, make_pki, signal_and_wait, Cluster, ClusterOptions};
 pub use database::{PrivatePostgres, TestDb};
 pub use raw::RawConn;
-pub use wait::{next_message, wait_event, wait_for, wait_until};
+pub use wait::{next_message, sent_stored, wait_event, wait_for, wait_until};

@@ -56,3 +56,12 @@ pub fn next_message(client: &Client, timeout: Duration) -> (String, String) {
         _ => None,
     })
 }
+
+/// Whether a send's answer says "stored" (the recipient was not reachable) rather than
+/// delivered; panics on an error or another answer.
+pub fn sent_stored(reply: fastchat_client::Reply) -> bool {
+    match reply.expect("send ok") {
+        Some(fastchat_client::OkResult::Sent { stored, .. }) => stored,
+        other => panic!("unexpected ok payload {other:?}"),
+    }
+}

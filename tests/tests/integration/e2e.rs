@@ -7,7 +7,7 @@ use fastchat_client::{Client, Conversation, ErrorCode, Event};
 use fastchat_common::e2e::open_key_backup;
 use fastchat_common::password::{login_secret, verify_password};
 use fastchat_common::Blob;
-use fastchat_tests::{next_message, wait_event, wait_until, Cluster};
+use fastchat_tests::{next_message, sent_stored, wait_event, wait_until, Cluster};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -41,14 +41,6 @@ fn dump_database(cluster: &Cluster) -> String {
         dump.push('\n');
     }
     dump
-}
-
-/// Whether a send was answered "stored" (the recipient was offline).
-fn stored(reply: fastchat_client::Reply) -> bool {
-    matches!(
-        reply.expect("send ok"),
-        Some(fastchat_client::OkResult::Sent { stored: true, .. })
-    )
 }
 
 fn stored_backup(cluster: &Cluster, user: &str) -> String {
@@ -101,14 +93,14 @@ fn the_database_and_the_logs_hold_no_plaintext_no_private_key_and_no_password() 
     let offline = "offline-plaintext-51be2d";
     alice.send_text("bob", live).1.wait(WAIT).unwrap();
     assert_eq!(next_message(&bob, WAIT), ("alice".into(), live.into()));
-    assert!(stored(alice.send_text("carol", offline).1.wait(WAIT)));
+    assert!(sent_stored(alice.send_text("carol", offline).1.wait(WAIT)));
     assert_eq!(cluster.pending_count(), 1);
     // A group message: bob (online) reads it, carol's copy is stored.
     let group_text = "group-plaintext-9d41e7";
     alice
         .group_create("club", &["bob".into(), "carol".into()])
         .unwrap();
-    assert!(stored(
+    assert!(sent_stored(
         alice.send_group_text("club", group_text).1.wait(WAIT)
     ));
     let got = fastchat_tests::wait_event(&bob, WAIT, "the group message", |e| match e {
@@ -224,7 +216,7 @@ fn a_fresh_home_restores_the_key_from_the_backup_and_passwd_reseals_it() {
     drop(bob);
 
     let alice = cluster.user("alice", Some("server-1"));
-    assert!(stored(
+    assert!(sent_stored(
         alice.send_text("bob", "while you were away").1.wait(WAIT)
     ));
 
@@ -289,10 +281,10 @@ fn a_flipped_byte_or_a_replay_to_another_user_gives_undecryptable() {
     let carol = cluster.user("carol", Some("server-2"));
     bob.logout().unwrap();
     carol.logout().unwrap();
-    assert!(stored(
+    assert!(sent_stored(
         alice.send_text("bob", "tamper with me").1.wait(WAIT)
     ));
-    assert!(stored(
+    assert!(sent_stored(
         alice.send_text("bob", "and then this one").1.wait(WAIT)
     ));
 
@@ -393,7 +385,7 @@ fn a_connection_keeps_its_keys_through_a_refused_login_and_a_relogin() {
     );
     // Log out and back in on the same connection: what was stored meanwhile opens.
     bob.logout().unwrap();
-    assert!(stored(
+    assert!(sent_stored(
         alice.send_text("bob", "while logged out").1.wait(WAIT)
     ));
     bob.login("bob", "bob-password").unwrap();

@@ -294,3 +294,120 @@ fn messages_refused_during_a_postgresql_outage_are_retried_and_arrive_in_order()
         );
     }
 }
+
+/// Sends `text` from `from` to `to` and returns whether the cluster stored it (rather
+/// than delivering it live).
+fn stored(from: &Client, to: &str, text: &str) -> bool {
+    fastchat_tests::sent_stored(from.send_text(to, text).1.wait(WAIT))
+}
+
+#[test]
+fn a_peer_whose_heartbeat_is_late_but_whose_link_is_busy_is_kept() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-2"));
+
+    // server-2's heartbeat is made 10 s old every 20 ms, as when the database is too
+    // slow to take it; meanwhile alice writes to bob, so the link from server-2 keeps
+    // bringing `delivered` frames.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ager = {
+        let mut db = cluster.db.connect();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                db.execute(
+                    "UPDATE servers SET heartbeat = now() - interval '10 seconds' \
+                     WHERE name = 'server-2'",
+                    &[],
+                )
+                .expect("age the heartbeat");
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut sent = 0;
+    let started = Instant::now();
+    while !cluster
+        .log("server-1")
+        .contains("server-2's heartbeat is late")
+    {
+        assert!(
+            started.elapsed() < WAIT,
+            "server-1 never noticed the late heartbeat"
+        );
+        assert!(
+            !stored(&alice, "bob", &sent.to_string()),
+            "message {sent} was stored"
+        );
+        sent += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+    // A few more rounds of the stale check, still live.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert!(
+            !stored(&alice, "bob", &sent.to_string()),
+            "message {sent} was stored"
+        );
+        sent += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    ager.join().unwrap();
+    assert!(
+        !cluster
+            .log("server-1")
+            .contains("server-2 missed its heartbeats"),
+        "the busy link was dropped"
+    );
+    for k in 0..sent {
+        assert_eq!(
+            fastchat_tests::next_message(&bob, WAIT),
+            ("alice".into(), k.to_string())
+        );
+    }
+}
+
+#[test]
+fn a_hung_server_is_dropped_and_its_users_messages_wait_until_it_is_back() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-2"));
+    assert!(!stored(&alice, "bob", "before"));
+    assert_eq!(
+        fastchat_tests::next_message(&bob, WAIT),
+        ("alice".into(), "before".into())
+    );
+
+    // A stopped process neither heartbeats nor talks on its link: it is presumed dead.
+    let pid = cluster.server_pid(1).expect("server-2 runs") as libc::pid_t;
+    // SAFETY: a signal to the child process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let resume = || {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    };
+    let dropped = Instant::now();
+    while !cluster
+        .log("server-1")
+        .contains("server-2 missed its heartbeats")
+    {
+        if dropped.elapsed() > WAIT {
+            resume();
+            panic!("the hung server-2 was never dropped");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let stored_while_hung = stored(&alice, "bob", "while hung");
+    resume();
+    assert!(
+        stored_while_hung,
+        "a message to a hung server's user is stored"
+    );
+    assert_eq!(
+        fastchat_tests::next_message(&bob, WAIT),
+        ("alice".into(), "while hung".into())
+    );
+    cluster.wait_meshed(2);
+}

@@ -1,15 +1,7 @@
 //! Direct messages: same server, across servers, offline in order, deletion after ack.
 
 use crate::WAIT;
-use fastchat_client::OkResult;
-use fastchat_tests::{next_message, wait_until, Cluster};
-
-fn sent_stored(reply: fastchat_client::Reply) -> bool {
-    match reply.expect("send ok") {
-        Some(OkResult::Sent { stored, .. }) => stored,
-        other => panic!("unexpected ok payload {other:?}"),
-    }
-}
+use fastchat_tests::{next_message, sent_stored, wait_until, Cluster};
 
 #[test]
 fn direct_message_on_the_same_server() {
