@@ -127,6 +127,9 @@ run baseline baseline dm --clients 100 --window 16 --duration "$SECS" --warmup "
 run dm dm --clients 100 --window 16 --duration "$SECS" --warmup "$WARM" "${CLUSTER[@]}" "${REUSE[@]}"
 run dm-open dm --clients "$MANY" --sweep 2500,5000,10000 --duration "$SECS" --warmup "$WARM" \
     "${CLUSTER[@]}" "${REUSE[@]}"
+# The ceiling for the open loop: the relay with as many clients at the same rates.
+run baseline-open baseline dm --clients "$MANY" --sweep 2500,5000,10000 --duration "$SECS" \
+    --warmup "$WARM"
 run group group --clients "$MANY" --group-size "$GROUPS_OF" --rate 2000 --duration "$SECS" \
     --warmup "$WARM" "${CLUSTER[@]}" "${REUSE[@]}"
 run file file --clients 2 --file-size "$FILE" --duration 0 "${CLUSTER[@]}"

@@ -58,15 +58,48 @@ pub fn markdown(dir: &Path) -> Result<String, String> {
         let clean = v["lost"] == 0 && v["duplicated"] == 0;
         let _ = writeln!(
             out,
-            "| `dm` open loop | {} clients at 10,000 msg/s | {:.0} msg/s delivered, p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, max {:.1} ms; {} | p50 ≤ 1 ms, p99 ≤ 10 ms, 0 lost, 0 duplicated | {} |",
+            "| `dm` open loop | {} clients at 10,000 msg/s | {:.0} msg/s delivered, p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, max {:.1} ms; {}{} | p50 ≤ 1 ms, p99 ≤ 10 ms, 0 lost, 0 duplicated | {} |",
             v["clients"],
             f(&v, "delivered_per_sec"),
             ms(&v, "p90"),
             ms(&v, "max"),
             integrity(&v),
+            load(dir, "baseline-open").map_or(String::new(), |b| format!(
+                "; baseline at the same rate p50 {:.2} ms, p99 {:.2} ms",
+                ms(&b, "p50"),
+                ms(&b, "p99")
+            )),
             verdict(p50 <= 1.0 && p99 <= 10.0 && clean)
         );
         rows += 1;
+    }
+    for (name, what) in [("dm-open", "FastChat"), ("baseline-open", "baseline")] {
+        let Some(v) = load(dir, name) else {
+            continue;
+        };
+        let points: Vec<String> = v["sweep"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{:.0}/s: {:.0}/s carried, p50 {:.2} ms, p99 {:.2} ms",
+                    f(p, "offered"),
+                    f(p, "achieved"),
+                    f(p, "p50_us") / 1000.0,
+                    f(p, "p99_us") / 1000.0
+                )
+            })
+            .collect();
+        if !points.is_empty() {
+            let _ = writeln!(
+                out,
+                "| `dm` open-loop sweep, {what} | {} clients | {} | (for comparison) | |",
+                v["clients"],
+                points.join("; ")
+            );
+            rows += 1;
+        }
     }
     if let Some(v) = load(dir, "group") {
         let p99 = ms(&v, "p99");
