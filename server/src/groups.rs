@@ -2,15 +2,17 @@
 //! listings, key records, and group messages fanned out to every other member, each
 //! copy delivered live or stored like a direct message.
 
+use crate::group_cache::Membership;
 use crate::notify::notify;
 use crate::reply::{GroupReply, ReplyTo};
 use crate::session::{refuse, store_refusal, Refusal};
 use crate::session_handle::SessionHandle;
-use crate::state::ServerState;
+use crate::state::{ServerState, LINK_WAIT};
 use fastchat_common::e2e::GroupKeyRecord;
 use fastchat_common::names::is_valid_name;
 use fastchat_common::protocol::client::{GroupMember, GroupSummary, OkResult, ServerFrame};
 use fastchat_common::protocol::now_millis;
+use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::{GroupError, GroupInfo, GroupRefusal, NewPending};
 
@@ -87,6 +89,20 @@ fn announce(
     notify(state, members, &frame);
 }
 
+/// After a membership change is committed, before it is announced or answered: every
+/// server forgets what it cached of the group (see `group_cache.rs`). A peer that does
+/// not answer the fence within 2 s forgets it when the frame arrives.
+fn forget_everywhere(state: &ServerState, group: &str) {
+    state.group_cache.forget(group);
+    let changed = PeerFrame::GroupChanged {
+        group: group.to_string(),
+    };
+    for link in state.router.peers() {
+        link.send(&changed, LINK_WAIT);
+    }
+    crate::session::fence_peers(state);
+}
+
 fn names(group: &GroupInfo) -> Vec<String> {
     group.members.iter().map(|(m, _)| m.clone()).collect()
 }
@@ -107,6 +123,9 @@ pub fn create(
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
     let info = fastchat_sql::create_group(&mut db, group, me, members, max_size(state))
         .map_err(group_refusal)?;
+    drop(db);
+    // A group of this name may have been deleted and cached before.
+    forget_everywhere(state, group);
     for (member, _) in &info.members {
         let change = if member == me { "created" } else { "added" };
         announce(state, &names(&info), group, change, member, info.epoch);
@@ -120,6 +139,8 @@ pub fn add(state: &ServerState, me: &str, group: &str, user: &str) -> Result<OkR
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
     let info = fastchat_sql::add_member(&mut db, group, me, user, max_size(state))
         .map_err(group_refusal)?;
+    drop(db);
+    forget_everywhere(state, group);
     announce(state, &names(&info), group, "added", user, info.epoch);
     Ok(group_result(&info))
 }
@@ -134,6 +155,8 @@ pub fn remove(
     check_name(group)?;
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
     let change = fastchat_sql::remove_member(&mut db, group, me, user).map_err(group_refusal)?;
+    drop(db);
+    forget_everywhere(state, group);
     let what = if me == user { "left" } else { "removed" };
     if let Some(info) = &change.group {
         // The one who went hears of it too.
@@ -233,9 +256,21 @@ pub fn send(
     body: Blob,
 ) -> Result<(), Refusal> {
     check_name(group)?;
-    let info = {
-        let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
-        fastchat_sql::group_info(&mut db, group, session.user()).map_err(group_refusal)?
+    let info = match state.group_cache.get(group) {
+        // The cache answers only what it can answer exactly; anything else (a stale
+        // epoch, not a member, unknown) is read again, and refused as before.
+        (Some(cached), _) if cached.epoch as u64 == epoch && cached.has(session.user()) => cached,
+        (_, generation) => {
+            let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
+            let read =
+                fastchat_sql::group_info(&mut db, group, session.user()).map_err(group_refusal)?;
+            drop(db);
+            let membership = std::sync::Arc::new(Membership::from(&read));
+            state
+                .group_cache
+                .fill(generation, group, membership.clone());
+            membership
+        }
     };
     if info.epoch as u64 != epoch {
         return refuse(
@@ -250,7 +285,6 @@ pub fn send(
     let others: Vec<&String> = info
         .members
         .iter()
-        .map(|(m, _)| m)
         .filter(|m| m.as_str() != session.user())
         .collect();
     let reply = GroupReply::new(

@@ -4,6 +4,7 @@ mod acceptor;
 mod config;
 mod conn;
 mod friends;
+mod group_cache;
 mod groups;
 mod heartbeat;
 mod inflight;
@@ -120,6 +121,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         next_conn_id: AtomicU64::new(0),
         clients: AtomicU64::new(0),
         known_users: Default::default(),
+        group_cache: Default::default(),
         orphaned: Default::default(),
         fences: Default::default(),
         storing: Default::default(),

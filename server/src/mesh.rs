@@ -149,6 +149,8 @@ fn run_link(
         out: out.clone(),
         heard: heard.clone(),
     };
+    // Changes made while there was no link were not heard of.
+    state.group_cache.forget_all();
     // Install, then snapshot: a login racing with this is told twice, never missed.
     if let Some(old) = state.router.add_peer(link) {
         let _ = old.out.try_send(Outgoing::Close);
@@ -187,6 +189,8 @@ fn run_link(
 /// A link is gone: the peer's users are unreachable until it comes back, and messages
 /// in flight through it are stored.
 pub fn link_down(state: &ServerState, peer: &str) {
+    // Until a link is up again, changes made there go unheard.
+    state.group_cache.forget_all();
     let users = state.router.remove_server_users(peer);
     let flights = state.inflight.take_via(peer);
     log::info!(
@@ -258,6 +262,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
             }
         }
         PeerFrame::Notify { users, frame } => crate::notify::on_notify(state, &users, &frame),
+        PeerFrame::GroupChanged { group } => state.group_cache.forget(&group),
         PeerFrame::Fence { token } => {
             if let Some(link) = state.router.peer(peer) {
                 link.send(&PeerFrame::FenceAck { token }, LINK_WAIT);

@@ -45,6 +45,8 @@ pub struct ServerState {
     pub clients: AtomicU64,
     /// Users known to exist (accounts are never deleted, so a hit is final).
     pub known_users: RwLock<HashSet<String>>,
+    /// Group memberships for `group_send`, forgotten at every change.
+    pub group_cache: crate::group_cache::GroupCache,
     /// Users we stored messages for while we knew no server for them: when one shows up
     /// on a peer, that peer is told to fetch.
     pub orphaned: Mutex<HashSet<String>>,

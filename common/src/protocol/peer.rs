@@ -71,6 +71,11 @@ pub enum PeerFrame {
         /// The user.
         user: String,
     },
+    /// The membership of `group` changed: forget what is cached of it.
+    GroupChanged {
+        /// The group.
+        group: String,
+    },
     /// Answer with `fence_ack` once every frame before this one is processed.
     Fence {
         /// Echoed in the ack.

@@ -261,3 +261,59 @@ fn the_group_size_limit_and_the_admin_hand_over() {
     assert_eq!(code(alice.group_members("trio")), ErrorCode::UnknownGroup);
     alice.group_create("trio", &[]).unwrap();
 }
+
+/// Sends a hand-made `group_send` under `epoch` and returns the answer to it (pushed
+/// frames before it are skipped).
+fn raw_group_send(
+    raw: &mut fastchat_tests::RawConn,
+    req: u64,
+    group: &str,
+    epoch: u64,
+) -> serde_json::Value {
+    raw.send_json(&serde_json::json!({
+        "req": req, "type": "group_send", "id": format!("raw-{req}"), "group": group,
+        "epoch": epoch, "body": "AQIDBA==",
+    }));
+    loop {
+        let frame = raw.recv().expect("an answer");
+        if frame["req"] == req {
+            return frame;
+        }
+    }
+}
+
+#[test]
+fn a_membership_change_on_one_server_is_seen_at_once_by_group_sends_on_another() {
+    let cluster = Cluster::start(2);
+    // rae writes by hand on server-1: it can name an old epoch, which a client never
+    // keeps doing; alice, the admin, and carol are on server-2.
+    let mut rae = cluster.raw_user("rae", 0);
+    let alice = cluster.user("alice", Some("server-2"));
+    let carol = cluster.user("carol", Some("server-2"));
+    let created = alice.group_create("crew", &["rae".to_string(), "carol".to_string()]);
+    let Ok(Some(OkResult::Group { epoch, .. })) = created else {
+        panic!("group not created: {created:?}");
+    };
+    // The first send reads the membership (and keeps it); the second uses what was kept.
+    for req in [10, 11] {
+        let answer = raw_group_send(&mut rae, req, "crew", epoch);
+        assert_eq!(answer["type"], "ok", "{answer}");
+    }
+
+    // carol is removed on server-2; server-1 must not deliver an old-epoch message to her.
+    alice.group_remove("crew", "carol").unwrap();
+    let answer = raw_group_send(&mut rae, 12, "crew", epoch);
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["code"], "stale_epoch", "{answer}");
+    let answer = raw_group_send(&mut rae, 13, "crew", epoch + 1);
+    assert_eq!(answer["type"], "ok", "{answer}");
+
+    // carol got the two messages of her epoch (unreadable: hand-made bodies) and no more.
+    let mut copies = 0;
+    while let Ok(event) = carol.events().recv_timeout(Duration::from_millis(1500)) {
+        if matches!(event, Event::Message { .. } | Event::Undecryptable { .. }) {
+            copies += 1;
+        }
+    }
+    assert_eq!(copies, 2, "carol's copies");
+}
