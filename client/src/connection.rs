@@ -593,11 +593,13 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
     Ok(server)
 }
 
-/// Seals a receipt for message `id` and sends it to its sender, without waiting.
-pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, id: &str) {
+/// Seals one receipt for the messages `ids` (all from `to`) and sends it to their
+/// sender, without waiting.
+pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, ids: Vec<String>) {
     let fetch = |body: RequestBody| call(inner, body, NET_TIMEOUT);
     let receipt_id = new_message_id();
-    let payload = Payload::Receipt { id: id.to_string() };
+    let count = ids.len();
+    let payload = Payload::Receipt { id: None, ids };
     let sealed = inner
         .keyring
         .sending_key(&fetch, me, to)
@@ -616,7 +618,7 @@ pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, id: &str) {
             // No `Delivered` event for the receipt itself.
             let _ = send_request(inner, send);
         }
-        Err(e) => log::warn!("no receipt to {to} for {id}: {e}"),
+        Err(e) => log::warn!("no receipt to {to} for {count} messages: {e}"),
     }
 }
 

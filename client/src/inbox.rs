@@ -16,7 +16,7 @@ use fastchat_common::protocol::UnixMillis;
 use fastchat_common::{Blob, ErrorCode};
 use parking_lot::Mutex;
 use std::cell::Cell;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
@@ -74,8 +74,8 @@ impl Dedup {
 enum Outcome {
     /// Show it.
     Opened(String),
-    /// A receipt for our message with this id.
-    Receipt(String),
+    /// A receipt for our messages with these ids.
+    Receipt(Vec<String>),
     /// A file announced.
     FileStart(FileHeader),
     /// A chunk of a file.
@@ -143,7 +143,9 @@ fn open(inner: &Inner, me: &Identity, m: &Incoming, fetch: Call<'_>) -> Outcome 
     };
     match Payload::decode(&plaintext) {
         Ok(Payload::Text { text }) => Outcome::Opened(text),
-        Ok(Payload::Receipt { id }) if m.group.is_none() => Outcome::Receipt(id),
+        Ok(Payload::Receipt { id, ids }) if m.group.is_none() => {
+            Outcome::Receipt(id.into_iter().chain(ids).collect())
+        }
         Ok(Payload::Receipt { .. }) => refused("a receipt in a group message"),
         Ok(Payload::FileStart(header)) => Outcome::FileStart(header),
         Ok(Payload::FileChunk(chunk)) => Outcome::FileChunk(chunk),
@@ -177,6 +179,32 @@ pub(crate) struct Inbox {
 struct InboxState {
     dedup: Dedup,
     downloads: Option<Downloads>,
+    /// Stored messages opened whose receipts are not sent yet, by (recipient, sender):
+    /// the recipient is who we were logged in as.
+    receipts: HashMap<(String, String), Vec<String>>,
+}
+
+/// Ids in one receipt at most (about 35 bytes each, sealed in one message).
+const RECEIPT_IDS: usize = 512;
+
+impl InboxState {
+    /// Sends the receipts gathered so far, one per sender; those gathered for another
+    /// login than the current one are dropped (the receipt is a courtesy: the message
+    /// itself is delivered and acknowledged).
+    fn send_receipts(&mut self, inner: &Inner) {
+        if self.receipts.is_empty() {
+            return;
+        }
+        let me = inner.keyring.identity();
+        for ((recipient, to), ids) in self.receipts.drain() {
+            match &me {
+                Some(me) if me.user == recipient && !ids.is_empty() => {
+                    send_receipt(inner, me, &to, ids)
+                }
+                _ => log::info!("{} receipts to {to} dropped: logged out", ids.len()),
+            }
+        }
+    }
 }
 
 impl Inbox {
@@ -286,6 +314,12 @@ pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
                 );
             }
         }
+        // A stored queue arrives in a burst: one receipt per sender for the whole
+        // burst, not one per message (100,000 queued messages were 100,000 receipts,
+        // each a message of its own).
+        if rx.is_empty() {
+            inner.inbox.state.lock().send_receipts(&inner);
+        }
         inner.inbox.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -352,16 +386,28 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
             }
             inner.ack(m.session, m.tag);
         }
-        Outcome::Receipt(id) => {
+        Outcome::Receipt(ids) => {
             dedup.insert(&m.from, &m.id);
-            let _ = events.send(Event::Delivered { id, to: m.from });
+            for id in ids {
+                let _ = events.send(Event::Delivered {
+                    id,
+                    to: m.from.clone(),
+                });
+            }
             inner.ack(m.session, m.tag);
         }
         Outcome::Opened(text) => {
             dedup.insert(&m.from, &m.id);
             if m.stored && m.group.is_none() {
-                // It waited in storage: tell the sender it has arrived now.
-                send_receipt(inner, me, &m.from, &m.id);
+                // It waited in storage: tell the sender it has arrived now (in a
+                // receipt for as many as the inbox has open in a row, see `run_inbox`).
+                let key = (me.user.clone(), m.from.clone());
+                let ids = state.receipts.entry(key).or_default();
+                ids.push(m.id.clone());
+                if ids.len() >= RECEIPT_IDS {
+                    let ids = std::mem::take(ids);
+                    send_receipt(inner, me, &m.from, ids);
+                }
             }
             let conversation = match &m.group {
                 Some(g) => Conversation::Group(g.clone()),

@@ -19,11 +19,15 @@ pub(crate) enum Payload {
     FileStart(crate::files::FileHeader),
     /// One chunk of a file.
     FileChunk(FileChunk),
-    /// A delivery receipt: the direct message `id` waited in storage and has now
+    /// A delivery receipt: the direct messages named waited in storage and have now
     /// reached the recipient, who sends this back. Never shown, never answered.
     Receipt {
-        /// The id of the message delivered.
-        id: String,
+        /// One message's id (what earlier clients sent; still understood).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The ids of the messages delivered, oldest first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<String>,
     },
 }
 
@@ -73,6 +77,22 @@ mod tests {
         let text = Payload::Text { text: "hi".into() };
         assert_eq!(text.encode(), br#"{"t":"text","text":"hi"}"#);
         assert_eq!(Payload::decode(&text.encode()).unwrap(), text);
+    }
+
+    #[test]
+    fn a_receipt_names_many_messages_and_an_earlier_clients_one() {
+        let many = Payload::Receipt {
+            id: None,
+            ids: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(many.encode(), br#"{"t":"receipt","ids":["a","b"]}"#);
+        assert_eq!(
+            Payload::decode(br#"{"t":"receipt","id":"a"}"#).unwrap(),
+            Payload::Receipt {
+                id: Some("a".into()),
+                ids: vec![]
+            }
+        );
     }
 
     #[test]

@@ -62,9 +62,11 @@ fn offline_messages_arrive_in_order_at_login_and_are_deleted_after_ack() {
             .map(|r| r.get::<_, i64>(0) == 0)
             .unwrap_or(false)
     });
+    let mut ids = Vec::new();
     for i in 0..50 {
-        let (_, h) = alice.send_text("bob", &format!("offline {i}"));
+        let (id, h) = alice.send_text("bob", &format!("offline {i}"));
         assert!(sent_stored(h.wait(WAIT)), "bob is offline: stored");
+        ids.push(id);
     }
     assert_eq!(cluster.pending_count(), 50);
 
@@ -79,6 +81,22 @@ fn offline_messages_arrive_in_order_at_login_and_are_deleted_after_ack() {
     wait_until("acknowledged messages deleted", WAIT, || {
         cluster.pending_count() == 0
     });
+    // alice hears of each delivery once, by receipt.
+    let mut delivered = Vec::new();
+    while delivered.len() < ids.len() {
+        delivered.push(fastchat_tests::wait_event(
+            &alice,
+            WAIT,
+            "a receipt",
+            |e| match e {
+                fastchat_client::Event::Delivered { id, to } if to == "bob" => Some(id),
+                _ => None,
+            },
+        ));
+    }
+    delivered.sort();
+    ids.sort();
+    assert_eq!(delivered, ids);
 
     // Nothing is delivered twice at the next login.
     bob.logout().unwrap();
