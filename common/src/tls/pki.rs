@@ -178,6 +178,32 @@ mod tests {
         .unwrap()
     }
 
+    /// Whether a context frees its record buffers when they are empty.
+    fn releases_buffers(ctx: &openssl::ssl::SslContextRef) -> bool {
+        use foreign_types::ForeignTypeRef;
+        const SSL_CTRL_MODE: std::os::raw::c_int = 33;
+        // SAFETY: a valid context; SSL_CTRL_MODE with 0 only reads the mode bits.
+        let mode = unsafe {
+            openssl_sys::SSL_CTX_ctrl(ctx.as_ptr(), SSL_CTRL_MODE, 0, std::ptr::null_mut())
+        };
+        mode & openssl::ssl::SslMode::RELEASE_BUFFERS.bits() != 0
+    }
+
+    #[test]
+    fn only_the_servers_client_connections_give_their_buffers_back() {
+        let ca = make_ca("test").unwrap();
+        let id = identity(&ca, &issue(&ca, "server-1").unwrap());
+        assert!(releases_buffers(acceptor(&id, false).unwrap().context()));
+        assert!(!releases_buffers(acceptor(&id, true).unwrap().context()));
+        let ca_pem = ca.cert.as_bytes();
+        assert!(!releases_buffers(
+            connector(ca_pem, None).unwrap().context()
+        ));
+        assert!(!releases_buffers(
+            connector(ca_pem, Some(&id)).unwrap().context()
+        ));
+    }
+
     /// Both halves over a real loopback socket: the server pushes to an idle client
     /// while the client's reader is blocked, and mutual TLS reports the peer's name.
     #[test]
