@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How many message ids the inbox remembers to drop duplicates.
 const DEDUP_MEMORY: usize = 1 << 20;
@@ -182,28 +182,42 @@ struct InboxState {
     /// Stored messages opened whose receipts are not sent yet, by (recipient, sender):
     /// the recipient is who we were logged in as.
     receipts: HashMap<(String, String), Vec<String>>,
+    /// When the oldest of those was opened.
+    receipts_since: Option<Instant>,
 }
 
-/// Ids in one receipt at most (about 35 bytes each, sealed in one message).
+/// Ids in one receipt at most.
 const RECEIPT_IDS: usize = 512;
+/// Bytes of ids in one receipt at most: an id is 1-64 bytes, and even escaped for JSON
+/// (six bytes for one at worst) a receipt stays under the message size limit.
+const RECEIPT_ID_BYTES: usize = 8 * 1024;
+/// How long a receipt may wait for more ids while the inbox stays busy.
+const RECEIPT_WAIT: Duration = Duration::from_millis(200);
 
 impl InboxState {
     /// Sends the receipts gathered so far, one per sender; those gathered for another
     /// login than the current one are dropped (the receipt is a courtesy: the message
     /// itself is delivered and acknowledged).
     fn send_receipts(&mut self, inner: &Inner) {
+        self.receipts_since = None;
         if self.receipts.is_empty() {
             return;
         }
         let me = inner.keyring.identity();
         for ((recipient, to), ids) in self.receipts.drain() {
             match &me {
-                Some(me) if me.user == recipient && !ids.is_empty() => {
-                    send_receipt(inner, me, &to, ids)
-                }
+                _ if ids.is_empty() => {}
+                Some(me) if me.user == recipient => send_receipt(inner, me, &to, ids),
                 _ => log::info!("{} receipts to {to} dropped: logged out", ids.len()),
             }
         }
+    }
+
+    /// Whether the receipts gathered should go now: the inbox has nothing more queued,
+    /// or the oldest has waited long enough.
+    fn receipts_due(&self, idle: bool) -> bool {
+        self.receipts_since
+            .is_some_and(|since| idle || since.elapsed() >= RECEIPT_WAIT)
     }
 }
 
@@ -315,11 +329,13 @@ pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
             }
         }
         // A stored queue arrives in a burst: one receipt per sender for the whole
-        // burst, not one per message (100,000 queued messages were 100,000 receipts,
-        // each a message of its own).
-        if rx.is_empty() {
-            inner.inbox.state.lock().send_receipts(&inner);
+        // burst (or every 200 ms of it), not one per message (100,000 queued messages
+        // were 100,000 receipts, each a message of its own).
+        let mut state = inner.inbox.state.lock();
+        if state.receipts_due(rx.is_empty()) {
+            state.send_receipts(&inner);
         }
+        drop(state);
         inner.inbox.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -402,9 +418,11 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
                 // It waited in storage: tell the sender it has arrived now (in a
                 // receipt for as many as the inbox has open in a row, see `run_inbox`).
                 let key = (me.user.clone(), m.from.clone());
+                state.receipts_since.get_or_insert_with(Instant::now);
                 let ids = state.receipts.entry(key).or_default();
                 ids.push(m.id.clone());
-                if ids.len() >= RECEIPT_IDS {
+                let bytes: usize = ids.iter().map(String::len).sum();
+                if ids.len() >= RECEIPT_IDS || bytes >= RECEIPT_ID_BYTES {
                     let ids = std::mem::take(ids);
                     send_receipt(inner, me, &m.from, ids);
                 }

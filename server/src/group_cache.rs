@@ -13,15 +13,23 @@
 //!   since it may have missed a change meanwhile;
 //! - a membership read from the database before a change may come back after the change
 //!   was forgotten: it is kept only if nothing was forgotten since the read began
-//!   (`generation`).
+//!   (`generation`);
+//! - a membership is used for at most [`LIFETIME`] after its read began, and a change
+//!   that could not fence every live server (one not linked, or not answering in time)
+//!   waits that long before it is answered: whatever was read before the change has
+//!   expired everywhere by then.
 
 use fastchat_sql::GroupInfo;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Groups held at most; past that the cache starts again empty.
 const MAX_GROUPS: usize = 10_000;
+
+/// How long a membership read from the database may be used, from when the read began.
+pub const LIFETIME: Duration = Duration::from_secs(1);
 
 /// One group's membership at one epoch.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,6 +38,12 @@ pub struct Membership {
     pub epoch: i64,
     /// The members' names.
     pub members: Vec<String>,
+}
+
+/// A membership and when the read that found it began.
+struct Entry {
+    membership: Arc<Membership>,
+    read_at: Instant,
 }
 
 impl Membership {
@@ -58,28 +72,58 @@ pub struct GroupCache {
 struct Inner {
     /// Advances with every forgetting.
     generation: u64,
-    groups: HashMap<String, Arc<Membership>>,
+    groups: HashMap<String, Entry>,
+}
+
+/// What [`GroupCache::get`] gives back when it has nothing to use: pass it to
+/// [`GroupCache::fill`] with what the database says.
+#[derive(Debug)]
+pub struct Miss {
+    generation: u64,
+    read_at: Instant,
 }
 
 impl GroupCache {
-    /// The cached membership of `group`, if any, and the generation to pass to
-    /// [`GroupCache::fill`] after reading it from the database instead.
-    pub fn get(&self, group: &str) -> (Option<Arc<Membership>>, u64) {
+    /// The cached membership of `group` if it is still young enough, else a [`Miss`]
+    /// to fill once the database is read (the read begins now).
+    pub fn get(&self, group: &str) -> Result<Arc<Membership>, Miss> {
+        let now = Instant::now();
         let inner = self.inner.read();
-        (inner.groups.get(group).cloned(), inner.generation)
+        match inner.groups.get(group) {
+            Some(e) if now.duration_since(e.read_at) < LIFETIME => Ok(e.membership.clone()),
+            _ => Err(Miss {
+                generation: inner.generation,
+                read_at: now,
+            }),
+        }
     }
 
-    /// Keeps `membership`, read from the database after [`GroupCache::get`] returned
-    /// `generation`, unless something was forgotten since.
-    pub fn fill(&self, generation: u64, group: &str, membership: Arc<Membership>) {
+    /// A [`Miss`] for a read beginning now (when what [`GroupCache::get`] gave cannot
+    /// answer: another epoch, another sender).
+    pub fn miss(&self) -> Miss {
+        Miss {
+            generation: self.inner.read().generation,
+            read_at: Instant::now(),
+        }
+    }
+
+    /// Keeps `membership`, read from the database after [`GroupCache::get`] missed,
+    /// unless something was forgotten since.
+    pub fn fill(&self, miss: Miss, group: &str, membership: Arc<Membership>) {
         let mut inner = self.inner.write();
-        if inner.generation != generation {
+        if inner.generation != miss.generation {
             return;
         }
         if inner.groups.len() >= MAX_GROUPS && !inner.groups.contains_key(group) {
             inner.groups.clear();
         }
-        inner.groups.insert(group.to_string(), membership);
+        inner.groups.insert(
+            group.to_string(),
+            Entry {
+                membership,
+                read_at: miss.read_at,
+            },
+        );
     }
 
     /// Forgets `group` (its membership changed).
@@ -111,31 +155,38 @@ mod tests {
     #[test]
     fn a_read_that_began_before_a_change_is_not_kept() {
         let cache = GroupCache::default();
-        let (none, generation) = cache.get("g");
-        assert!(none.is_none());
+        let miss = cache.get("g").unwrap_err();
         // The read is under way when the group changes.
         cache.forget("g");
-        cache.fill(generation, "g", membership(1, &["a", "b"]));
-        assert!(cache.get("g").0.is_none());
+        cache.fill(miss, "g", membership(1, &["a", "b"]));
+        assert!(cache.get("g").is_err());
 
-        let (_, generation) = cache.get("g");
-        cache.fill(generation, "g", membership(2, &["a"]));
-        let (kept, _) = cache.get("g");
-        assert_eq!(kept.unwrap().epoch, 2);
+        let miss = cache.get("g").unwrap_err();
+        cache.fill(miss, "g", membership(2, &["a"]));
+        assert_eq!(cache.get("g").unwrap().epoch, 2);
     }
 
     #[test]
     fn forgetting_one_or_all() {
         let cache = GroupCache::default();
         for g in ["g", "h"] {
-            let (_, generation) = cache.get(g);
-            cache.fill(generation, g, membership(1, &["a"]));
+            let miss = cache.get(g).unwrap_err();
+            cache.fill(miss, g, membership(1, &["a"]));
         }
         cache.forget("g");
-        assert!(cache.get("g").0.is_none());
-        assert!(cache.get("h").0.unwrap().has("a"));
-        assert!(!cache.get("h").0.unwrap().has("b"));
+        assert!(cache.get("g").is_err());
+        assert!(cache.get("h").unwrap().has("a"));
+        assert!(!cache.get("h").unwrap().has("b"));
         cache.forget_all();
-        assert!(cache.get("h").0.is_none());
+        assert!(cache.get("h").is_err());
+    }
+
+    #[test]
+    fn a_membership_expires_a_lifetime_after_its_read_began() {
+        let cache = GroupCache::default();
+        let mut miss = cache.get("g").unwrap_err();
+        miss.read_at -= LIFETIME;
+        cache.fill(miss, "g", membership(1, &["a"]));
+        assert!(cache.get("g").is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! listings, key records, and group messages fanned out to every other member, each
 //! copy delivered live or stored like a direct message.
 
-use crate::group_cache::Membership;
+use crate::group_cache::{Membership, LIFETIME};
 use crate::notify::notify;
 use crate::reply::{GroupReply, ReplyTo};
 use crate::session::{refuse, store_refusal, Refusal};
@@ -15,6 +15,7 @@ use fastchat_common::protocol::now_millis;
 use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::{GroupError, GroupInfo, GroupRefusal, NewPending};
+use std::time::Instant;
 
 /// Longest group key record accepted (JSON; a wrapped copy per member).
 const MAX_RECORD_PER_MEMBER: usize = 1024;
@@ -89,10 +90,13 @@ fn announce(
     notify(state, members, &frame);
 }
 
-/// After a membership change is committed, before it is announced or answered: every
-/// server forgets what it cached of the group (see `group_cache.rs`). A peer that does
-/// not answer the fence within 2 s forgets it when the frame arrives.
+/// After a membership change is committed (or may have been), before it is announced
+/// or answered: every server forgets what it cached of the group (see
+/// `group_cache.rs`). When some live server cannot be told (no link to it, or no answer
+/// to the fence in time), this waits until what it may have read before the change has
+/// expired.
 fn forget_everywhere(state: &ServerState, group: &str) {
+    let committed = Instant::now();
     state.group_cache.forget(group);
     let changed = PeerFrame::GroupChanged {
         group: group.to_string(),
@@ -100,7 +104,30 @@ fn forget_everywhere(state: &ServerState, group: &str) {
     for link in state.router.peers() {
         link.send(&changed, LINK_WAIT);
     }
-    crate::session::fence_peers(state);
+    let told = crate::session::fence_peers(state);
+    let untold = state
+        .live_servers
+        .read()
+        .iter()
+        .filter(|s| !told.contains(*s))
+        .count();
+    if untold > 0 {
+        log::info!("{group}: {untold} live servers not told of the change; waiting out the cache");
+        std::thread::sleep(LIFETIME.saturating_sub(committed.elapsed()));
+    }
+}
+
+/// A change's outcome, after forgetting the group everywhere unless it was refused
+/// outright (a database failure may have come after the commit).
+fn forgotten<T>(
+    state: &ServerState,
+    group: &str,
+    outcome: Result<T, GroupError>,
+) -> Result<T, GroupError> {
+    if !matches!(outcome, Err(GroupError::Refused(_))) {
+        forget_everywhere(state, group);
+    }
+    outcome
 }
 
 fn names(group: &GroupInfo) -> Vec<String> {
@@ -121,11 +148,10 @@ pub fn create(
         );
     }
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
-    let info = fastchat_sql::create_group(&mut db, group, me, members, max_size(state))
-        .map_err(group_refusal)?;
+    let outcome = fastchat_sql::create_group(&mut db, group, me, members, max_size(state));
     drop(db);
     // A group of this name may have been deleted and cached before.
-    forget_everywhere(state, group);
+    let info = forgotten(state, group, outcome).map_err(group_refusal)?;
     for (member, _) in &info.members {
         let change = if member == me { "created" } else { "added" };
         announce(state, &names(&info), group, change, member, info.epoch);
@@ -137,10 +163,9 @@ pub fn create(
 pub fn add(state: &ServerState, me: &str, group: &str, user: &str) -> Result<OkResult, Refusal> {
     check_name(group)?;
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
-    let info = fastchat_sql::add_member(&mut db, group, me, user, max_size(state))
-        .map_err(group_refusal)?;
+    let outcome = fastchat_sql::add_member(&mut db, group, me, user, max_size(state));
     drop(db);
-    forget_everywhere(state, group);
+    let info = forgotten(state, group, outcome).map_err(group_refusal)?;
     announce(state, &names(&info), group, "added", user, info.epoch);
     Ok(group_result(&info))
 }
@@ -154,9 +179,9 @@ pub fn remove(
 ) -> Result<Option<OkResult>, Refusal> {
     check_name(group)?;
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
-    let change = fastchat_sql::remove_member(&mut db, group, me, user).map_err(group_refusal)?;
+    let outcome = fastchat_sql::remove_member(&mut db, group, me, user);
     drop(db);
-    forget_everywhere(state, group);
+    let change = forgotten(state, group, outcome).map_err(group_refusal)?;
     let what = if me == user { "left" } else { "removed" };
     if let Some(info) = &change.group {
         // The one who went hears of it too.
@@ -256,19 +281,19 @@ pub fn send(
     body: Blob,
 ) -> Result<(), Refusal> {
     check_name(group)?;
-    let info = match state.group_cache.get(group) {
+    let cached = state.group_cache.get(group);
+    let info = match cached {
         // The cache answers only what it can answer exactly; anything else (a stale
         // epoch, not a member, unknown) is read again, and refused as before.
-        (Some(cached), _) if cached.epoch as u64 == epoch && cached.has(session.user()) => cached,
-        (_, generation) => {
+        Ok(cached) if cached.epoch as u64 == epoch && cached.has(session.user()) => cached,
+        _ => {
+            let miss = cached.err().unwrap_or_else(|| state.group_cache.miss());
             let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
             let read =
                 fastchat_sql::group_info(&mut db, group, session.user()).map_err(group_refusal)?;
             drop(db);
             let membership = std::sync::Arc::new(Membership::from(&read));
-            state
-                .group_cache
-                .fill(generation, group, membership.clone());
+            state.group_cache.fill(miss, group, membership.clone());
             membership
         }
     };

@@ -4,7 +4,7 @@
 use crate::mesh::{dial_peer, link_down};
 use crate::state::ServerState;
 use parking_lot::Mutex;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
@@ -16,6 +16,11 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// A server is presumed dead when its heartbeat is this old and its link brought
 /// nothing for as long.
 const STALE_AFTER: Duration = Duration::from_millis(fastchat_sql::HEARTBEAT_TIMEOUT_MS as u64);
+
+/// How long a busy link keeps a server whose heartbeat is late: past this, its
+/// maintenance has stopped (a hung database connection, say) even if its links still
+/// answer, and it is dropped like a dead one.
+const MAX_GRACE: Duration = Duration::from_millis(3 * fastchat_sql::HEARTBEAT_TIMEOUT_MS as u64);
 
 /// The maintenance loop's own database connection, outside the pool. Through the pool,
 /// a heartbeat could wait up to 5 s behind client requests (a burst of key lookups, say)
@@ -45,6 +50,8 @@ pub fn run_maintenance(state: Arc<ServerState>) {
         url: state.config.database_url.clone(),
         client: None,
     };
+    // Servers seen with a late heartbeat, since when (kept while their links are busy).
+    let mut late_since: HashMap<String, Instant> = HashMap::new();
     // Other servers call this one dead after 3 s without a heartbeat: say when a tick
     // starts late or runs long, so that an overloaded machine shows in the log.
     let mut due = Instant::now();
@@ -54,7 +61,7 @@ pub fn run_maintenance(state: Arc<ServerState>) {
         if late >= HEARTBEAT_INTERVAL {
             log::warn!("maintenance woke {} ms late", late.as_millis());
         }
-        tick(&state, &dialing, &mut db);
+        tick(&state, &dialing, &mut db, &mut late_since);
         let spent = started.elapsed();
         if spent >= HEARTBEAT_INTERVAL {
             log::warn!("maintenance took {} ms", spent.as_millis());
@@ -66,7 +73,12 @@ pub fn run_maintenance(state: Arc<ServerState>) {
     }
 }
 
-fn tick(state: &Arc<ServerState>, dialing: &Arc<Mutex<HashSet<String>>>, own: &mut OwnConnection) {
+fn tick(
+    state: &Arc<ServerState>,
+    dialing: &Arc<Mutex<HashSet<String>>>,
+    own: &mut OwnConnection,
+    late_since: &mut HashMap<String, Instant>,
+) {
     for entry in state.inflight.take_expired(Instant::now()) {
         log::info!(
             "delivery of {} to {} timed out; storing it",
@@ -97,6 +109,11 @@ fn tick(state: &Arc<ServerState>, dialing: &Arc<Mutex<HashSet<String>>>, own: &m
 
     match fastchat_sql::live_servers(db) {
         Ok(servers) => {
+            *state.live_servers.write() = servers
+                .iter()
+                .filter(|row| row.name != state.name())
+                .map(|row| row.name.clone())
+                .collect();
             for row in servers {
                 if row.name == state.name()
                     || row.incarnation >= state.incarnation
@@ -128,12 +145,15 @@ fn tick(state: &Arc<ServerState>, dialing: &Arc<Mutex<HashSet<String>>>, own: &m
 
     match fastchat_sql::stale_servers(db) {
         Ok(stale) => {
+            let now = Instant::now();
+            late_since.retain(|name, _| stale.contains(name));
             for name in stale {
                 if name == state.name() {
                     continue;
                 }
+                let since = *late_since.entry(name.clone()).or_insert(now);
                 if let Some(link) = state.router.peer(&name) {
-                    if link.heard.within(STALE_AFTER) {
+                    if link.heard.within(STALE_AFTER) && now.duration_since(since) < MAX_GRACE {
                         log::warn!("{name}'s heartbeat is late, but its link is busy; keeping it");
                         continue;
                     }

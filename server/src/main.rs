@@ -124,6 +124,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         group_cache: Default::default(),
         orphaned: Default::default(),
         fences: Default::default(),
+        live_servers: Default::default(),
         storing: Default::default(),
     });
 

@@ -183,6 +183,9 @@ fn run_link(
     let _ = writer.join();
     if state.router.remove_peer(&peer, link_id) {
         link_down(&state, &peer);
+    } else {
+        // Replaced by a newer link: a `group_changed` still unread on this one is lost.
+        state.group_cache.forget_all();
     }
 }
 
@@ -270,7 +273,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
         }
         PeerFrame::FenceAck { token } => {
             if let Some(waiter) = state.fences.lock().get(&token) {
-                let _ = waiter.try_send(());
+                let _ = waiter.try_send(peer.to_string());
             }
         }
     }

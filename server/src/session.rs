@@ -22,6 +22,7 @@ use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::protocol::{now_millis, MAX_BODY_BYTES, PROTOCOL_VERSION};
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::{NewPending, StoreError};
+use std::collections::HashSet;
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -668,11 +669,13 @@ const DUMMY_HASH: &str =
     "scrypt$14$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
 /// Waits (bounded) until every peer has processed everything this server sent it before
-/// now, so that a presence change is known across the mesh before we go on.
-pub fn fence_peers(state: &ServerState) {
+/// now, so that a presence change is known across the mesh before we go on. Returns the
+/// names of the peers that answered in time.
+pub fn fence_peers(state: &ServerState) -> HashSet<String> {
+    let mut answered = HashSet::new();
     let peers = state.router.peers();
     if peers.is_empty() {
-        return;
+        return answered;
     }
     let token = state.conn_id();
     let (tx, rx) = crossbeam_channel::bounded(peers.len());
@@ -685,10 +688,16 @@ pub fn fence_peers(state: &ServerState) {
     }
     let deadline = Instant::now() + FENCE_TIMEOUT;
     for _ in 0..expected {
-        if rx.recv_deadline(deadline).is_err() {
-            log::warn!("fence {token}: not every peer answered in time");
-            break;
+        match rx.recv_deadline(deadline) {
+            Ok(peer) => {
+                answered.insert(peer);
+            }
+            Err(_) => {
+                log::warn!("fence {token}: not every peer answered in time");
+                break;
+            }
         }
     }
     state.fences.lock().remove(&token);
+    answered
 }

@@ -52,8 +52,10 @@ pub struct ServerState {
     pub orphaned: Mutex<HashSet<String>>,
     /// Per recipient, what is on its way to storage (see [`StoreBacklog`]).
     pub storing: Mutex<StoreBacklog>,
-    /// Fences awaiting acknowledgement: token -> where each ack is signalled.
-    pub fences: Mutex<HashMap<u64, Sender<()>>>,
+    /// Fences awaiting acknowledgement: token -> where each ack (the peer's name) goes.
+    pub fences: Mutex<HashMap<u64, Sender<String>>>,
+    /// The other live servers, as of the maintenance loop's last listing.
+    pub live_servers: RwLock<HashSet<String>>,
 }
 
 /// Recipients with messages on their way to storage, or whose last store failed.

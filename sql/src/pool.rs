@@ -19,9 +19,20 @@ pub fn connect(url: &str) -> Result<postgres::Client, StoreError> {
 /// Opens one connection whose commits do not wait for the write-ahead log to reach
 /// disk: for heartbeats, rewritten every half second, where a commit lost in a crash
 /// costs nothing and waiting for a busy disk could make a live server look dead.
+/// It never waits long: connecting, a silent peer (keepalives, unacknowledged data)
+/// and each statement are bounded, so a database gone half-open cannot stop the
+/// heartbeats for good.
 pub fn connect_for_maintenance(url: &str) -> Result<postgres::Client, StoreError> {
-    let mut client = connect(url)?;
-    client.batch_execute("SET synchronous_commit TO off")?;
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e: postgres::Error| StoreError::Unavailable(format!("bad database url: {e}")))?;
+    config
+        .connect_timeout(Duration::from_secs(5))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .tcp_user_timeout(Duration::from_secs(10));
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute("SET synchronous_commit TO off; SET statement_timeout TO '5s'")?;
     Ok(client)
 }
 
