@@ -14,7 +14,8 @@
 //! - a membership read from the database before a change may come back after the change
 //!   was forgotten: it is kept only if nothing was forgotten since the read began
 //!   (`generation`);
-//! - a membership is used for at most [`LIFETIME`] after its read began, and a change
+//! - a membership is used for at most [`LIFETIME`] after its read began (one sender
+//!   reads it again past half of that), and a change
 //!   that could not fence every live server (one not linked, or not answering in time)
 //!   waits that long before it is answered: whatever was read before the change has
 //!   expired everywhere by then.
@@ -22,6 +23,7 @@
 use fastchat_sql::GroupInfo;
 use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,10 +42,12 @@ pub struct Membership {
     pub members: Vec<String>,
 }
 
-/// A membership and when the read that found it began.
+/// A membership, when the read that found it began, and whether a sender is reading
+/// it again already.
 struct Entry {
     membership: Arc<Membership>,
     read_at: Instant,
+    refreshing: AtomicBool,
 }
 
 impl Membership {
@@ -85,16 +89,29 @@ pub struct Miss {
 
 impl GroupCache {
     /// The cached membership of `group` if it is still young enough, else a [`Miss`]
-    /// to fill once the database is read (the read begins now).
+    /// to fill once the database is read (the read begins now). Past half its lifetime,
+    /// one caller gets a `Miss` and reads it again while the others still use it: when
+    /// every entry simply expired, every sender to the group at that moment read the
+    /// database at once, and at 2,000 group messages/s the pool ran dry again.
     pub fn get(&self, group: &str) -> Result<Arc<Membership>, Miss> {
         let now = Instant::now();
         let inner = self.inner.read();
+        let miss = Miss {
+            generation: inner.generation,
+            read_at: now,
+        };
         match inner.groups.get(group) {
-            Some(e) if now.duration_since(e.read_at) < LIFETIME => Ok(e.membership.clone()),
-            _ => Err(Miss {
-                generation: inner.generation,
-                read_at: now,
-            }),
+            Some(e) => {
+                let age = now.duration_since(e.read_at);
+                if age >= LIFETIME
+                    || (age >= LIFETIME / 2 && !e.refreshing.swap(true, Ordering::AcqRel))
+                {
+                    Err(miss)
+                } else {
+                    Ok(e.membership.clone())
+                }
+            }
+            None => Err(miss),
         }
     }
 
@@ -122,6 +139,7 @@ impl GroupCache {
             Entry {
                 membership,
                 read_at: miss.read_at,
+                refreshing: AtomicBool::new(false),
             },
         );
     }
@@ -179,6 +197,21 @@ mod tests {
         assert!(!cache.get("h").unwrap().has("b"));
         cache.forget_all();
         assert!(cache.get("h").is_err());
+    }
+
+    #[test]
+    fn past_half_its_lifetime_one_caller_reads_again_and_the_others_still_use_it() {
+        let cache = GroupCache::default();
+        let mut miss = cache.get("g").unwrap_err();
+        miss.read_at -= LIFETIME / 2;
+        cache.fill(miss, "g", membership(1, &["a"]));
+        let refresh = cache.get("g").unwrap_err();
+        assert!(
+            cache.get("g").is_ok(),
+            "someone is reading it again already"
+        );
+        cache.fill(refresh, "g", membership(1, &["a"]));
+        assert!(cache.get("g").is_ok());
     }
 
     #[test]

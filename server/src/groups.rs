@@ -287,8 +287,10 @@ pub fn send(
         // epoch, not a member, unknown) is read again, and refused as before.
         Ok(cached) if cached.epoch as u64 == epoch && cached.has(session.user()) => cached,
         _ => {
-            let miss = cached.err().unwrap_or_else(|| state.group_cache.miss());
             let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
+            // The read begins now, not before the wait for a connection: under load
+            // that wait alone could outlast the cache's lifetime.
+            let miss = state.group_cache.miss();
             let read =
                 fastchat_sql::group_info(&mut db, group, session.user()).map_err(group_refusal)?;
             drop(db);
