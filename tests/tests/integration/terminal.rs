@@ -5,17 +5,19 @@ use crate::WAIT;
 use fastchat_client::{Conversation, Event};
 use fastchat_tests::{wait_event, Cluster};
 use serde_json::Value;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Runs `fastchat --json` with `lines` on standard input (one every `pace`), and
-/// returns every JSON object it printed.
+/// Runs `fastchat --json` with `lines` on standard input (one every `pace`), keeps its
+/// input open until it has printed an object for which `until` holds (or `WAIT` has
+/// passed), and returns every JSON object it printed.
 fn run_terminal(
     cluster: &Cluster,
     home: &std::path::Path,
     lines: &[&str],
     pace: Duration,
+    until: impl Fn(&Value) -> bool,
 ) -> Vec<Value> {
     let mut child = Command::new(fastchat_tests::bin("fastchat"))
         .args(["--json", "--balancer", &cluster.balancer, "--ca"])
@@ -27,22 +29,39 @@ fn run_terminal(
         .stderr(Stdio::null())
         .spawn()
         .expect("fastchat starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let value: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+            if tx.send(value).is_err() {
+                break;
+            }
+        }
+    });
     let mut stdin = child.stdin.take().unwrap();
     for line in lines {
         writeln!(stdin, "{line}").unwrap();
         std::thread::sleep(pace);
     }
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !out.iter().any(&until) {
+        match rx.recv_deadline(deadline) {
+            Ok(value) => out.push(value),
+            Err(_) => break,
+        }
+    }
     drop(stdin);
-    let out = fastchat_tests::wait_for("fastchat to exit", Duration::from_secs(60), || {
+    let status = fastchat_tests::wait_for("fastchat to exit", Duration::from_secs(60), || {
         child.try_wait().ok().flatten()
     });
-    assert!(out.success());
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect()
+    assert!(status.success());
+    reader.join().unwrap();
+    out.extend(rx.try_iter());
+    out
 }
 
 fn find(out: &[Value], pred: impl Fn(&Value) -> bool) -> &Value {
@@ -73,6 +92,7 @@ fn receipts_groups_and_history_through_the_terminal() {
             "/group members pals",
         ],
         Duration::from_millis(100),
+        |v| v["event"] == "delivered",
     );
     // A live message is reported delivered at once.
     let delivered = find(&out, |v| v["event"] == "delivered");
@@ -107,7 +127,8 @@ fn receipts_groups_and_history_through_the_terminal() {
         &cluster,
         home.path(),
         &["/login alice alice-pw"],
-        Duration::from_millis(1500),
+        Duration::ZERO,
+        |v| v["event"] == "delivered",
     );
     let receipt = find(&out, |v| v["event"] == "delivered");
     assert_eq!(receipt["to"], "carol");
