@@ -128,8 +128,9 @@ struct Shared {
     /// Deliveries (first copies) per `BIN` of arrival time since the start.
     bins: Vec<AtomicU64>,
     errors: Mutex<HashMap<String, u64>>,
-    /// (sender, seq, target) acknowledged to the sender and sent in the measured window.
-    acked: Mutex<Vec<(usize, u64, usize)>>,
+    /// (sender, seq, target, sent in the measured window) acknowledged to the sender:
+    /// every one counts for `lost`, warm-up and draining included.
+    acked: Mutex<Vec<(usize, u64, usize, bool)>>,
     clients: usize,
 }
 
@@ -243,7 +244,7 @@ pub fn run(
         .acked
         .lock()
         .iter()
-        .map(|&(sender, seq, target)| {
+        .map(|&(sender, seq, target, _)| {
             plan.recipients(sender, target)
                 .filter(|&r| !seen[r].contains(&(sender, seq)))
                 .count() as u64
@@ -251,7 +252,7 @@ pub fn run(
         .sum();
     let delivered = histogram.len();
     let errors = shared.errors.lock().clone();
-    let acked = shared.acked.lock().len();
+    let acked = shared.acked.lock().iter().filter(|a| a.3).count();
     let first = (opts.warmup.as_millis() / BIN.as_millis()) as usize;
     let last = (total.as_millis() / BIN.as_millis()) as usize;
     // Throughput counts arrivals inside the measured window (whenever they were sent):
@@ -348,8 +349,7 @@ fn send_loop(
     let settle = |item: (u64, usize, bool, Answer), shared: &Shared| {
         let (seq, target, measured, answer) = item;
         match answer(Duration::from_secs(60)) {
-            Ok(()) if measured => shared.acked.lock().push((me, seq, target)),
-            Ok(()) => {}
+            Ok(()) => shared.acked.lock().push((me, seq, target, measured)),
             Err(code) => shared.error(code),
         }
     };
