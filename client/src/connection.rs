@@ -363,13 +363,19 @@ impl Inner {
     }
 
     /// Acknowledges a pushed message, if the session it came in is still the current
-    /// one (otherwise its tag would name another message).
+    /// one (otherwise its tag would name another message). On a link's reader thread
+    /// the reader writes the acknowledgements itself when it has read all it was sent
+    /// (`crate::link::take_reader_ack`); elsewhere they go through the writer thread.
     pub(crate) fn ack(&self, session: u64, tag: u64) {
+        if self.session.load(Ordering::Acquire) != session {
+            return;
+        }
+        if crate::link::take_reader_ack(tag) {
+            return;
+        }
         let link = self.link.lock();
         if let Some(link) = link.as_ref() {
-            if self.session.load(Ordering::Acquire) == session {
-                let _ = link.out.send(Out::Ack(tag));
-            }
+            let _ = link.out.send(Out::Ack(tag));
         }
     }
 

@@ -12,6 +12,8 @@ use crossbeam_channel::{Receiver, Sender};
 use fastchat_common::frame::{encode_frame, read_frame, write_frame, MAX_CLIENT_FRAME};
 use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
 use fastchat_common::protocol::PROTOCOL_VERSION;
+use parking_lot::Mutex;
+use std::cell::RefCell;
 use std::io::{BufReader, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,6 +88,9 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
     } = conn;
     let (out, out_rx) = crossbeam_channel::unbounded();
     let alive = Arc::new(AtomicBool::new(true));
+    // Shared by the writer thread and the reader, which writes its acknowledgements.
+    let writer = Arc::new(Mutex::new(writer));
+    let reader_writer = writer.clone();
     let link = Link {
         id,
         server,
@@ -102,12 +107,42 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
     thread::Builder::new()
         .name("fastchat-reader".into())
         .stack_size(256 * 1024)
-        .spawn(move || read_loop(reader, id, reader_inner, alive))
+        .spawn(move || read_loop(reader, reader_writer, id, reader_inner, alive))
         .map_err(ClientError::disconnected)?;
     Ok(link)
 }
 
-fn write_loop(mut stream: TlsWrite, socket: SharedSocket, rx: Receiver<Out>) {
+thread_local! {
+    /// On a link's reader thread: the acknowledgements it will write itself once it has
+    /// read everything the server sent so far. Without it, every message received woke
+    /// the writer thread just to send its acknowledgement.
+    static READER_ACKS: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
+}
+
+/// Keeps `tag` for the reader thread to acknowledge; `false` on any other thread.
+pub(crate) fn take_reader_ack(tag: u64) -> bool {
+    READER_ACKS.with(|acks| match acks.borrow_mut().as_mut() {
+        Some(acks) => {
+            acks.push(tag);
+            true
+        }
+        None => false,
+    })
+}
+
+/// Writes the acknowledgements the reader thread kept, as one frame.
+fn write_reader_acks(writer: &Mutex<TlsWrite>) {
+    let mut acks = READER_ACKS.with(|acks| acks.borrow_mut().as_mut().map(std::mem::take));
+    let Some(acks) = acks.as_mut().filter(|a| !a.is_empty()) else {
+        return;
+    };
+    let mut buf = Vec::new();
+    flush_acks(acks, &mut buf);
+    // A failed write ends the link, which the reader sees next.
+    let _ = writer.lock().write_all(&buf);
+}
+
+fn write_loop(stream: Arc<Mutex<TlsWrite>>, socket: SharedSocket, rx: Receiver<Out>) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut acks = Vec::new();
     while let Ok(first) = fastchat_common::channel::recv(&rx) {
@@ -126,7 +161,7 @@ fn write_loop(mut stream: TlsWrite, socket: SharedSocket, rx: Receiver<Out>) {
             }
         }
         flush_acks(&mut acks, &mut buf);
-        if stream.write_all(&buf).is_err() {
+        if stream.lock().write_all(&buf).is_err() {
             break;
         }
     }
@@ -146,9 +181,20 @@ fn flush_acks(acks: &mut Vec<u64>, buf: &mut Vec<u8>) {
     encode_frame(&serde_json::to_vec(&ack).expect("serializes"), buf);
 }
 
-fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, alive: Arc<AtomicBool>) {
+fn read_loop(
+    stream: TlsRead,
+    writer: Arc<Mutex<TlsWrite>>,
+    link_id: u64,
+    inner: Arc<Inner>,
+    alive: Arc<AtomicBool>,
+) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    READER_ACKS.with(|acks| *acks.borrow_mut() = Some(Vec::new()));
     let reason = loop {
+        if reader.buffer().is_empty() {
+            // All that was read is handled: acknowledge it before waiting for more.
+            write_reader_acks(&writer);
+        }
         let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
             Ok(Some(body)) => body,
             Ok(None) => break "the server closed the connection".to_string(),
@@ -234,6 +280,7 @@ fn read_loop(stream: TlsRead, link_id: u64, inner: Arc<Inner>, alive: Arc<Atomic
             }
         }
     };
+    READER_ACKS.with(|acks| *acks.borrow_mut() = None);
     alive.store(false, Ordering::Release);
     crate::connection::link_ended(&inner, link_id, reason);
 }
