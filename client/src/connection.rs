@@ -599,31 +599,41 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
     Ok(server)
 }
 
+/// Seals `payload` as the direct message `id` from `me` to `to`, under their
+/// conversation key (fetched or made first if need be).
+fn seal_direct_payload(
+    inner: &Inner,
+    me: &Identity,
+    to: &str,
+    id: &str,
+    payload: &Payload,
+) -> Result<Vec<u8>, ClientError> {
+    let fetch = |body: RequestBody| call(inner, body, NET_TIMEOUT);
+    let (key_id, key) = inner.keyring.sending_key(&fetch, me, to)?;
+    seal_direct(&key, &key_id, &me.user, to, id, &payload.encode())
+        .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
+}
+
+/// Sends the sealed direct message `id` to `to`; with `report`, its delivery becomes an
+/// `Event::Delivered` when the `ok` says it reached `to`.
+fn send_sealed(inner: &Inner, id: &str, to: &str, body: &[u8], report: bool) -> ReplyHandle {
+    let send = RequestBody::Send {
+        id: id.to_string(),
+        to: to.to_string(),
+        body: Blob::from_bytes(body),
+    };
+    send_request_to(inner, send, report.then(|| to.to_string()))
+}
+
 /// Seals one receipt for the messages `ids` (all from `to`) and sends it to their
 /// sender, without waiting.
 pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, ids: Vec<String>) {
-    let fetch = |body: RequestBody| call(inner, body, NET_TIMEOUT);
     let receipt_id = new_message_id();
     let count = ids.len();
     let payload = Payload::Receipt { id: None, ids };
-    let sealed = inner
-        .keyring
-        .sending_key(&fetch, me, to)
-        .and_then(|(key_id, key)| {
-            let plaintext = payload.encode();
-            seal_direct(&key, &key_id, &me.user, to, &receipt_id, &plaintext)
-                .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
-        });
-    match sealed {
-        Ok(body) => {
-            let send = RequestBody::Send {
-                id: receipt_id,
-                to: to.to_string(),
-                body: Blob::from_bytes(&body),
-            };
-            // No `Delivered` event for the receipt itself.
-            let _ = send_request(inner, send);
-        }
+    match seal_direct_payload(inner, me, to, &receipt_id, &payload) {
+        // No `Delivered` event for the receipt itself.
+        Ok(body) => drop(send_sealed(inner, &receipt_id, to, &body, false)),
         Err(e) => log::warn!("no receipt to {to} for {count} messages: {e}"),
     }
 }
@@ -906,12 +916,7 @@ impl Client {
         let handle = match self.seal_direct(&id, to, &payload) {
             Ok(body) => {
                 self.record_sent(Conversation::User(to.to_string()), &id, text);
-                let send = RequestBody::Send {
-                    id: id.clone(),
-                    to: to.to_string(),
-                    body: Blob::from_bytes(&body),
-                };
-                send_request_to(&self.inner, send, Some(to.to_string()))
+                send_sealed(&self.inner, &id, to, &body, true)
             }
             Err(e) => ReplyHandle::ready(Err(e)),
         };
@@ -919,13 +924,7 @@ impl Client {
     }
 
     fn seal_direct(&self, id: &str, to: &str, payload: &Payload) -> Result<Vec<u8>, ClientError> {
-        let me = self.identity()?;
-        let inner = &self.inner;
-        let fetch = |body: RequestBody| call(inner, body, NET_TIMEOUT);
-        let (key_id, key) = inner.keyring.sending_key(&fetch, &me, to)?;
-        let plaintext = payload.encode();
-        seal_direct(&key, &key_id, &me.user, to, id, &plaintext)
-            .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
+        seal_direct_payload(&self.inner, &self.identity()?, to, id, payload)
     }
 
     /// Sends a text to `group`, sealed under the group's current key epoch; returns the
@@ -1113,11 +1112,7 @@ impl Client {
     /// Sends a direct message whose body is exactly `body` (already sealed; tests use
     /// it to send what a real client never would).
     pub fn send_body(&self, id: &str, to: &str, body: &[u8]) -> ReplyHandle {
-        self.request(RequestBody::Send {
-            id: id.into(),
-            to: to.into(),
-            body: Blob::from_bytes(body),
-        })
+        send_sealed(&self.inner, id, to, body, false)
     }
 
     /// Sends raw bytes as one frame (tests use it to send malformed requests).

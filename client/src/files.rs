@@ -22,10 +22,8 @@ pub const CHUNK_BYTES: usize = FILE_CHUNK_BYTES;
 
 /// The chunk size of a `file_start` that does not say: what clients sent before they
 /// said it.
-const LEGACY_CHUNK_BYTES: u64 = 40 * 1024;
-
 fn legacy_chunk_bytes() -> u64 {
-    LEGACY_CHUNK_BYTES
+    40 * 1024
 }
 
 /// Files that may be arriving at once, from everyone together.

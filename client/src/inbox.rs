@@ -184,7 +184,12 @@ struct InboxState {
     receipts: HashMap<(String, String), Vec<String>>,
     /// When the oldest of those was opened.
     receipts_since: Option<Instant>,
+    /// Some sender's receipt is as large as one may be.
+    receipts_full: bool,
 }
+
+/// Receipts to send: (recipient, sender) and the ids.
+type Receipts = Vec<((String, String), Vec<String>)>;
 
 /// Ids in one receipt at most.
 const RECEIPT_IDS: usize = 512;
@@ -195,29 +200,46 @@ const RECEIPT_ID_BYTES: usize = 8 * 1024;
 const RECEIPT_WAIT: Duration = Duration::from_millis(200);
 
 impl InboxState {
-    /// Sends the receipts gathered so far, one per sender; those gathered for another
-    /// login than the current one are dropped (the receipt is a courtesy: the message
-    /// itself is delivered and acknowledged).
-    fn send_receipts(&mut self, inner: &Inner) {
-        self.receipts_since = None;
-        if self.receipts.is_empty() {
-            return;
-        }
-        let me = inner.keyring.identity();
-        for ((recipient, to), ids) in self.receipts.drain() {
-            match &me {
-                _ if ids.is_empty() => {}
-                Some(me) if me.user == recipient => send_receipt(inner, me, &to, ids),
-                _ => log::info!("{} receipts to {to} dropped: logged out", ids.len()),
-            }
-        }
+    /// Keeps `id` (a stored message from `from` to `me`, opened) for the next receipt.
+    fn add_receipt(&mut self, me: &str, from: &str, id: &str) {
+        self.receipts_since.get_or_insert_with(Instant::now);
+        let ids = self
+            .receipts
+            .entry((me.to_string(), from.to_string()))
+            .or_default();
+        ids.push(id.to_string());
+        let bytes: usize = ids.iter().map(String::len).sum();
+        self.receipts_full |= ids.len() >= RECEIPT_IDS || bytes >= RECEIPT_ID_BYTES;
     }
 
-    /// Whether the receipts gathered should go now: the inbox has nothing more queued,
-    /// or the oldest has waited long enough.
-    fn receipts_due(&self, idle: bool) -> bool {
-        self.receipts_since
-            .is_some_and(|since| idle || since.elapsed() >= RECEIPT_WAIT)
+    /// The receipts gathered, if they should go now: the inbox has nothing more queued,
+    /// the oldest has waited long enough, or one is full.
+    fn take_due_receipts(&mut self, idle: bool) -> Receipts {
+        let due = self
+            .receipts_since
+            .is_some_and(|since| idle || self.receipts_full || since.elapsed() >= RECEIPT_WAIT);
+        if !due {
+            return Vec::new();
+        }
+        self.receipts_since = None;
+        self.receipts_full = false;
+        self.receipts.drain().collect()
+    }
+}
+
+/// Sends receipts, one per sender, with no lock held (sealing one may have to fetch a
+/// key). Those gathered under another login than the current one are dropped: the
+/// receipt is a courtesy, the message itself is delivered and acknowledged.
+fn send_receipts(inner: &Inner, receipts: Receipts) {
+    if receipts.is_empty() {
+        return;
+    }
+    let me = inner.keyring.identity();
+    for ((recipient, to), ids) in receipts {
+        match &me {
+            Some(me) if me.user == recipient => send_receipt(inner, me, &to, ids),
+            _ => log::info!("{} receipts to {to} dropped: logged out", ids.len()),
+        }
     }
 }
 
@@ -331,11 +353,8 @@ pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
         // A stored queue arrives in a burst: one receipt per sender for the whole
         // burst (or every 200 ms of it), not one per message (100,000 queued messages
         // were 100,000 receipts, each a message of its own).
-        let mut state = inner.inbox.state.lock();
-        if state.receipts_due(rx.is_empty()) {
-            state.send_receipts(&inner);
-        }
-        drop(state);
+        let due = inner.inbox.state.lock().take_due_receipts(rx.is_empty());
+        send_receipts(&inner, due);
         inner.inbox.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -415,17 +434,9 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
         Outcome::Opened(text) => {
             dedup.insert(&m.from, &m.id);
             if m.stored && m.group.is_none() {
-                // It waited in storage: tell the sender it has arrived now (in a
-                // receipt for as many as the inbox has open in a row, see `run_inbox`).
-                let key = (me.user.clone(), m.from.clone());
-                state.receipts_since.get_or_insert_with(Instant::now);
-                let ids = state.receipts.entry(key).or_default();
-                ids.push(m.id.clone());
-                let bytes: usize = ids.iter().map(String::len).sum();
-                if ids.len() >= RECEIPT_IDS || bytes >= RECEIPT_ID_BYTES {
-                    let ids = std::mem::take(ids);
-                    send_receipt(inner, me, &m.from, ids);
-                }
+                // It waited in storage: tell the sender it has arrived now, in one
+                // receipt for all the inbox opens in a row (`run_inbox` sends it).
+                state.add_receipt(&me.user, &m.from, &m.id);
             }
             let conversation = match &m.group {
                 Some(g) => Conversation::Group(g.clone()),
@@ -469,5 +480,40 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
         Outcome::Retry(e) => {
             log::warn!("message {} from {} left for later: {e}", m.id, m.from);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_go_when_the_inbox_is_idle_or_one_is_full() {
+        let mut state = InboxState::default();
+        assert!(state.take_due_receipts(true).is_empty(), "nothing gathered");
+        state.add_receipt("bob", "alice", "m1");
+        state.add_receipt("bob", "alice", "m2");
+        state.add_receipt("bob", "carol", "m3");
+        assert!(state.take_due_receipts(false).is_empty(), "busy: they wait");
+        let mut due = state.take_due_receipts(true);
+        due.sort();
+        assert_eq!(
+            due,
+            vec![
+                (
+                    ("bob".into(), "alice".into()),
+                    vec!["m1".into(), "m2".into()]
+                ),
+                (("bob".into(), "carol".into()), vec!["m3".into()]),
+            ]
+        );
+        assert!(state.take_due_receipts(true).is_empty(), "sent once");
+
+        for i in 0..RECEIPT_IDS {
+            state.add_receipt("bob", "alice", &i.to_string());
+        }
+        let due = state.take_due_receipts(false);
+        assert_eq!(due.len(), 1, "a full receipt goes even while busy");
+        assert_eq!(due[0].1.len(), RECEIPT_IDS);
     }
 }
