@@ -5,6 +5,12 @@
 //! loses the lines of its last 50 ms from its history, although those messages were
 //! acknowledged. Exiting normally, closing the client, or the terminal's Ctrl-C, SIGTERM
 //! or SIGHUP write them out first.
+//!
+//! Files stay open between writes, the least recently written closed first: a client
+//! talking with many peers would otherwise open and close a file for nearly every line.
+//! One appender keeps at most [`OPEN_FILES`], and all appenders of a process together at
+//! most a quarter of its descriptor limit, so that the history never takes the
+//! descriptors its connections need.
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -12,6 +18,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -19,7 +26,30 @@ use std::time::Duration;
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 /// How many files one appender keeps open, the least recently written closed first.
-const OPEN_FILES: usize = 16;
+const OPEN_FILES: usize = 128;
+
+/// Files open in all appenders of the process.
+static OPEN_TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// How many files all appenders of the process keep open together: a quarter of the
+/// process's descriptor limit, read once. An appender over it closes one of its own
+/// before opening another.
+fn open_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+        if read {
+            usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX)
+        } else {
+            256
+        }
+    })
+}
 
 /// Appends lines to files, buffered. Readers of the files call [`Appender::flush`]
 /// first; [`flush_all`] writes out every appender of the process (before exiting).
@@ -48,18 +78,19 @@ impl Appender {
         open.clock += 1;
         let clock = open.clock;
         if !open.files.contains_key(path) {
+            if open.files.len() >= OPEN_FILES || OPEN_TOTAL.load(Ordering::Relaxed) >= open_budget()
+            {
+                open.close_oldest();
+            }
             let file = match open_for_append(path) {
                 // Out of descriptors: give back ours and try once more.
                 Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
-                    open.flush();
-                    open.files.clear();
+                    open.close_all();
                     open_for_append(path)?
                 }
                 other => other?,
             };
-            if open.files.len() >= OPEN_FILES {
-                open.close_oldest();
-            }
+            OPEN_TOTAL.fetch_add(1, Ordering::Relaxed);
             open.files.insert(
                 path.to_path_buf(),
                 OpenFile {
@@ -99,6 +130,13 @@ impl OpenFiles {
         self.dirty = false;
     }
 
+    /// Writes out and closes every file.
+    fn close_all(&mut self) {
+        self.flush();
+        OPEN_TOTAL.fetch_sub(self.files.len(), Ordering::Relaxed);
+        self.files.clear();
+    }
+
     fn close_oldest(&mut self) {
         let Some(oldest) = self
             .files
@@ -109,6 +147,7 @@ impl OpenFiles {
             return;
         };
         if let Some(mut file) = self.files.remove(&oldest) {
+            OPEN_TOTAL.fetch_sub(1, Ordering::Relaxed);
             if let Err(e) = file.write_out(&oldest) {
                 log::warn!("history not written to {}: {e}", oldest.display());
             }
@@ -134,19 +173,27 @@ impl OpenFile {
 
 impl Drop for OpenFiles {
     fn drop(&mut self) {
-        self.flush();
+        self.close_all();
     }
 }
 
-/// Opens a file for appending, creating it and its folders as needed.
+/// Opens a file for appending, creating it and, when they are missing, its folders.
 fn open_for_append(path: &Path) -> std::io::Result<File> {
-    if let Some(folder) = path.parent() {
-        std::fs::create_dir_all(folder)?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(folder) = path.parent() {
+                std::fs::create_dir_all(folder)?;
+            }
+            open()
+        }
+        other => other,
     }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
 }
 
 /// The process's flusher: appenders with buffered lines, and the thread that writes

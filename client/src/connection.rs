@@ -5,7 +5,7 @@
 
 use crate::error::ClientError;
 use crate::files::{OutgoingFile, CHUNK_BYTES};
-use crate::history::{Conversation, History, HistoryEntry};
+use crate::history::{Conversation, ConversationRef, EntryRef, History, HistoryEntry};
 use crate::inbox::Inbox;
 use crate::keyring::{Identity, Keyring};
 use crate::link::{self, Link};
@@ -915,7 +915,7 @@ impl Client {
         };
         let handle = match self.seal_direct(&id, to, &payload) {
             Ok(body) => {
-                self.record_sent(Conversation::User(to.to_string()), &id, text);
+                self.record_sent(ConversationRef::User(to), &id, text);
                 send_sealed(&self.inner, &id, to, &body, true)
             }
             Err(e) => ReplyHandle::ready(Err(e)),
@@ -935,7 +935,7 @@ impl Client {
             Ok(p) => p,
             Err(e) => return (id, ReplyHandle::ready(Err(e))),
         };
-        self.record_sent(Conversation::Group(group.to_string()), &id, text);
+        self.record_sent(ConversationRef::Group(group), &id, text);
         let handle = send_group_payload(&self.inner, &id, group, &payload);
         let (inner, retry_id, group, retry_payload) =
             (self.inner.clone(), id.clone(), group.to_string(), payload);
@@ -946,15 +946,15 @@ impl Client {
         (id, handle)
     }
 
-    fn record_sent(&self, conversation: Conversation, id: &str, text: &str) {
+    fn record_sent(&self, conversation: ConversationRef<'_>, id: &str, text: &str) {
         if let Some(me) = self.inner.keyring.identity() {
-            let entry = HistoryEntry {
-                id: id.to_string(),
-                from: me.user.clone(),
-                text: text.to_string(),
+            let entry = EntryRef {
+                id,
+                from: &me.user,
+                text,
                 sent_at: fastchat_common::protocol::now_millis(),
             };
-            self.inner.history.record(&me.user, &conversation, &entry);
+            self.inner.history.record(&me.user, conversation, &entry);
         }
     }
 

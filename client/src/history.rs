@@ -32,6 +32,44 @@ pub struct HistoryEntry {
     pub sent_at: UnixMillis,
 }
 
+/// A line about to be written: a [`HistoryEntry`] that borrows what it holds, so that
+/// recording a message copies nothing but the line itself.
+#[derive(Serialize)]
+pub(crate) struct EntryRef<'a> {
+    pub id: &'a str,
+    pub from: &'a str,
+    pub text: &'a str,
+    pub sent_at: UnixMillis,
+}
+
+/// Which conversation a line goes to, borrowed (see [`Conversation`]).
+#[derive(Clone, Copy)]
+pub(crate) enum ConversationRef<'a> {
+    User(&'a str),
+    Group(&'a str),
+}
+
+#[cfg(test)]
+impl HistoryEntry {
+    pub(crate) fn borrow(&self) -> EntryRef<'_> {
+        EntryRef {
+            id: &self.id,
+            from: &self.from,
+            text: &self.text,
+            sent_at: self.sent_at,
+        }
+    }
+}
+
+impl Conversation {
+    pub(crate) fn borrow(&self) -> ConversationRef<'_> {
+        match self {
+            Conversation::User(u) => ConversationRef::User(u),
+            Conversation::Group(g) => ConversationRef::Group(g),
+        }
+    }
+}
+
 /// Appends to and reads the history files (nothing at all without a HOME).
 pub(crate) struct History {
     home: Option<PathBuf>,
@@ -47,32 +85,38 @@ impl History {
         }
     }
 
-    fn path(&self, me: &str, conversation: &Conversation) -> Option<PathBuf> {
+    fn path(&self, me: &str, conversation: ConversationRef<'_>) -> Option<PathBuf> {
         let (dir, name) = match conversation {
-            Conversation::User(u) => ("users", u),
-            Conversation::Group(g) => ("groups", g),
+            ConversationRef::User(u) => ("users", u),
+            ConversationRef::Group(g) => ("groups", g),
         };
         // Names are checked by the servers (no separators, no dots-only names), but a
         // hostile server could send anything: refuse what could leave the folder.
         if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
             return None;
         }
-        Some(
-            self.home
-                .as_ref()?
-                .join("history")
-                .join(me)
-                .join(dir)
-                .join(format!("{name}.jsonl")),
-        )
+        let home = self.home.as_ref()?;
+        // One allocation: this runs for every message sent or opened.
+        let mut path = PathBuf::with_capacity(
+            home.as_os_str().len() + me.len() + name.len() + "/history///.jsonl".len() + 6,
+        );
+        path.push(home);
+        path.push("history");
+        path.push(me);
+        path.push(dir);
+        path.push(name);
+        path.as_mut_os_string().push(".jsonl");
+        Some(path)
     }
 
     /// Appends a message; failures are only logged (the message itself is not lost).
-    pub fn record(&self, me: &str, conversation: &Conversation, entry: &HistoryEntry) {
+    pub fn record(&self, me: &str, conversation: ConversationRef<'_>, entry: &EntryRef<'_>) {
         let Some(path) = self.path(me, conversation) else {
             return;
         };
-        let mut line = serde_json::to_vec(entry).expect("entries serialize");
+        let mut line =
+            Vec::with_capacity(64 + entry.id.len() + entry.from.len() + entry.text.len());
+        serde_json::to_writer(&mut line, entry).expect("entries serialize");
         line.push(b'\n');
         let written = self.appender.append(&path, &line);
         if let Err(e) = written {
@@ -87,7 +131,7 @@ impl History {
         conversation: &Conversation,
         n: usize,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
-        let Some(path) = self.path(me, conversation) else {
+        let Some(path) = self.path(me, conversation.borrow()) else {
             return Ok(Vec::new());
         };
         self.appender.flush();
@@ -123,7 +167,7 @@ impl History {
     /// Whether a group conversation has any history here.
     pub fn has_group(&self, me: &str, group: &str) -> bool {
         self.appender.flush();
-        self.path(me, &Conversation::Group(group.to_string()))
+        self.path(me, ConversationRef::Group(group))
             .is_some_and(|p| p.exists())
     }
 }
@@ -149,7 +193,7 @@ mod tests {
         for round in 0..3 {
             for peer in 0..40 {
                 let c = Conversation::User(format!("peer{peer}"));
-                history.record("ann", &c, &entry(round));
+                history.record("ann", c.borrow(), &entry(round).borrow());
             }
         }
         for peer in [0, 39] {
@@ -170,10 +214,10 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let history = History::new(Some(home.path().to_path_buf()));
         let c = Conversation::Group("team".into());
-        history.record("ann", &c, &entry(1));
+        history.record("ann", c.borrow(), &entry(1).borrow());
         history.flush();
         std::fs::remove_dir_all(home.path().join("history")).unwrap();
-        history.record("ann", &c, &entry(2));
+        history.record("ann", c.borrow(), &entry(2).borrow());
         assert_eq!(history.last("ann", &c, 10).unwrap(), vec![entry(2)]);
         assert!(history.has_group("ann", "team"));
     }
@@ -183,7 +227,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let history = History::new(Some(home.path().to_path_buf()));
         for name in ["../x", ".hidden", "", "a/b"] {
-            history.record("ann", &Conversation::User(name.into()), &entry(1));
+            history.record("ann", ConversationRef::User(name), &entry(1).borrow());
         }
         assert!(!home
             .path()

@@ -6,7 +6,7 @@
 use crate::connection::{call, send_receipt, Event, Inner};
 use crate::error::ClientError;
 use crate::files::{ChunkOutcome, Downloads, FileChunk, FileHeader};
-use crate::history::{Conversation, HistoryEntry};
+use crate::history::{ConversationRef, EntryRef};
 use crate::keyring::{Call, Identity};
 use crate::payload::Payload;
 use crossbeam_channel::{Receiver, Sender};
@@ -46,27 +46,60 @@ pub(crate) struct Incoming {
 }
 
 /// Remembers recently seen `(sender, id)` pairs, forgetting the oldest beyond a bound.
-#[derive(Default)]
+/// A pair is kept as one string, `sender NUL id`: user names hold no NUL, so the first
+/// one separates the two (`common::names` checks them). One allocation per message,
+/// shared by the set and the order.
 struct Dedup {
-    seen: HashSet<(String, String)>,
-    order: VecDeque<(String, String)>,
+    seen: HashSet<Arc<str>>,
+    order: VecDeque<Arc<str>>,
+    /// Where a pair is put together to be looked up, without allocating.
+    scratch: String,
+    /// How many pairs it remembers.
+    limit: usize,
+}
+
+impl Default for Dedup {
+    fn default() -> Dedup {
+        Dedup::remembering(DEDUP_MEMORY)
+    }
 }
 
 impl Dedup {
-    fn contains(&self, from: &str, id: &str) -> bool {
-        self.seen.contains(&(from.to_string(), id.to_string()))
+    fn remembering(limit: usize) -> Dedup {
+        Dedup {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            scratch: String::new(),
+            limit,
+        }
+    }
+
+    fn key(&mut self, from: &str, id: &str) -> &str {
+        self.scratch.clear();
+        self.scratch.push_str(from);
+        self.scratch.push('\0');
+        self.scratch.push_str(id);
+        &self.scratch
+    }
+
+    fn contains(&mut self, from: &str, id: &str) -> bool {
+        self.key(from, id);
+        self.seen.contains(self.scratch.as_str())
     }
 
     fn insert(&mut self, from: &str, id: &str) {
-        let key = (from.to_string(), id.to_string());
-        if self.order.len() >= DEDUP_MEMORY {
+        self.key(from, id);
+        if self.seen.contains(self.scratch.as_str()) {
+            return;
+        }
+        if self.order.len() >= self.limit {
             if let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
         }
-        if self.seen.insert(key.clone()) {
-            self.order.push_back(key);
-        }
+        let key: Arc<str> = Arc::from(self.scratch.as_str());
+        self.seen.insert(key.clone());
+        self.order.push_back(key);
     }
 }
 
@@ -439,16 +472,16 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
                 state.add_receipt(&me.user, &m.from, &m.id);
             }
             let conversation = match &m.group {
-                Some(g) => Conversation::Group(g.clone()),
-                None => Conversation::User(m.from.clone()),
+                Some(g) => ConversationRef::Group(g),
+                None => ConversationRef::User(&m.from),
             };
-            let entry = HistoryEntry {
-                id: m.id.clone(),
-                from: m.from.clone(),
-                text: text.clone(),
+            let entry = EntryRef {
+                id: &m.id,
+                from: &m.from,
+                text: &text,
                 sent_at: m.sent_at,
             };
-            inner.history.record(&me.user, &conversation, &entry);
+            inner.history.record(&me.user, conversation, &entry);
             let event = match m.group {
                 Some(group) => Event::GroupMessage {
                     group,
@@ -486,6 +519,25 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dedup_tells_pairs_apart_and_forgets_the_oldest() {
+        let mut dedup = Dedup::remembering(2);
+        dedup.insert("ann", "1");
+        assert!(dedup.contains("ann", "1"));
+        assert!(!dedup.contains("ann", "2"));
+        assert!(!dedup.contains("bob", "1"));
+        // Ids may hold anything (names hold no NUL, so the first one separates).
+        dedup.insert("a", "b\0c");
+        assert!(!dedup.contains("a", "b") && !dedup.contains("ab", "c"));
+        assert!(dedup.contains("a", "b\0c"));
+        // Inserting a pair again does not push another one out.
+        dedup.insert("ann", "1");
+        assert!(dedup.contains("a", "b\0c"));
+        dedup.insert("bob", "9");
+        assert!(!dedup.contains("ann", "1"), "the oldest is forgotten");
+        assert!(dedup.contains("a", "b\0c") && dedup.contains("bob", "9"));
+    }
 
     #[test]
     fn receipts_go_when_the_inbox_is_idle_or_one_is_full() {
