@@ -132,6 +132,9 @@ run baseline-open baseline dm --clients "$MANY" --sweep 2500,5000,10000 --durati
     --warmup "$WARM"
 run group group --clients "$MANY" --group-size "$GROUPS_OF" --rate 2000 --duration "$SECS" \
     --warmup "$WARM" "${CLUSTER[@]}" "${REUSE[@]}"
+# Its ceiling: the relay fanning out the same groups at the same rate.
+run baseline-group baseline group --clients "$MANY" --group-size "$GROUPS_OF" --rate 2000 \
+    --duration "$SECS" --warmup "$WARM"
 run file file --clients 2 --file-size "$FILE" --duration 0 "${CLUSTER[@]}"
 run offline offline --clients 11 --messages "$QUEUED" --window 256 "${CLUSTER[@]}"
 run login login --clients 8 --duration "$SECS" "${CLUSTER[@]}" "${REUSE[@]}"

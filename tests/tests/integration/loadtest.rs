@@ -151,6 +151,32 @@ fn the_group_scenario_reaches_every_member_once_and_draws_its_charts() {
             .unwrap_or_else(|e| panic!("no {chart} chart: {e}"));
         assert!(png.starts_with(b"\x89PNG"), "{chart} is not a PNG");
     }
+
+    // The relay fans out the same way: each answered message reached both others.
+    let args = [
+        "baseline",
+        "group",
+        "--clients",
+        "6",
+        "--group-size",
+        "3",
+        "--rate",
+        "60",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+    ];
+    let baseline = run_loadtest(&args, &dir.path().join("baseline-group.json"));
+    check_report(&baseline);
+    assert_eq!(baseline["system"], "baseline");
+    let acked = baseline["acked"].as_u64().unwrap();
+    assert!(acked > 0, "{baseline}");
+    assert_eq!(
+        baseline["delivered"].as_u64().unwrap(),
+        acked * 2,
+        "{baseline}"
+    );
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! The machine's ceiling: a minimal relay with the same thread-per-connection design as
 //! FastChat (a reader and a writer thread per connection, channels between them) over
 //! plain TCP, with no TLS, no crypto and no database, and its clients. A message is
-//! answered to its sender when the recipient acknowledges it, as in FastChat.
+//! answered to its sender when the recipient acknowledges it, as in FastChat. A group
+//! message is fanned out by the relay, one copy per other member, and answered when the
+//! last copy is acknowledged, as in FastChat.
 //!
-//! Frame: u32 length, then u8 kind (1 message, 2 ack, 3 hello), u32 from, u32 to, u64
-//! number, and for a message its text.
+//! Frame: u32 length, then u8 kind (1 message, 2 ack, 3 hello, 4 group message), u32
+//! from, u32 to (a client; a group for kind 4), u64 number, and for a message its text.
 
 use crate::traffic::{Answer, Endpoint};
 use crossbeam_channel::{Receiver, Sender};
@@ -19,6 +21,12 @@ use std::time::Duration;
 const MESSAGE: u8 = 1;
 const ACK: u8 = 2;
 const HELLO: u8 = 3;
+const GROUP: u8 = 4;
+
+/// Where the relay sends: each client's writer.
+type Routes = Arc<Mutex<HashMap<u32, Sender<Vec<u8>>>>>;
+/// Group messages waiting for acknowledgements: (sender, number) -> copies unanswered.
+type Fanouts = Arc<Mutex<HashMap<(u32, u64), usize>>>;
 
 fn frame(kind: u8, from: u32, to: u32, number: u64, text: &[u8]) -> Vec<u8> {
     let len = 1 + 4 + 4 + 8 + text.len();
@@ -83,14 +91,17 @@ fn writer(stream: TcpStream, rx: Receiver<Vec<u8>>) {
     }
 }
 
-/// Starts the relay on a free loopback port; returns its address.
-pub fn start_relay() -> String {
+/// Starts the relay on a free loopback port, with these groups (each a list of clients,
+/// numbered as in the frames); returns its address.
+pub fn start_relay(groups: Vec<Vec<u32>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("relay listens");
     let addr = listener.local_addr().expect("address").to_string();
-    let routes: Arc<Mutex<HashMap<u32, Sender<Vec<u8>>>>> = Arc::default();
+    let routes: Routes = Arc::default();
+    let fanouts: Fanouts = Arc::default();
+    let groups = Arc::new(groups);
     thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
-            let routes = routes.clone();
+            let (routes, fanouts, groups) = (routes.clone(), fanouts.clone(), groups.clone());
             thread::spawn(move || {
                 let _ = stream.set_nodelay(true);
                 let Ok(write_half) = stream.try_clone() else {
@@ -104,12 +115,23 @@ pub fn start_relay() -> String {
                         HELLO => {
                             routes.lock().insert(f.from, tx.clone());
                         }
-                        _ => {
-                            let dest = routes.lock().get(&f.to).cloned();
-                            if let Some(dest) = dest {
-                                let _ = dest.send(f.raw);
+                        GROUP => fan_out(&f, &groups, &routes, &fanouts),
+                        // (In `dm` there are no groups, and no lock to take.)
+                        ACK if !groups.is_empty() => {
+                            let mut waiting = fanouts.lock();
+                            if let Some(left) = waiting.get_mut(&(f.to, f.number)) {
+                                // A copy of a group message: answer the sender once,
+                                // with the last acknowledgement.
+                                *left -= 1;
+                                if *left > 0 {
+                                    continue;
+                                }
+                                waiting.remove(&(f.to, f.number));
                             }
+                            drop(waiting);
+                            forward(&routes, f.to, f.raw);
                         }
+                        _ => forward(&routes, f.to, f.raw),
                     }
                 }
             });
@@ -118,9 +140,38 @@ pub fn start_relay() -> String {
     addr
 }
 
+fn forward(routes: &Routes, to: u32, raw: Vec<u8>) {
+    let dest = routes.lock().get(&to).cloned();
+    if let Some(dest) = dest {
+        let _ = dest.send(raw);
+    }
+}
+
+/// One copy of a group message per other member; the sender is answered at once when
+/// there is none.
+fn fan_out(f: &Frame, groups: &[Vec<u32>], routes: &Routes, fanouts: &Fanouts) {
+    let members = groups.get(f.to as usize).map_or(&[][..], Vec::as_slice);
+    let others: Vec<u32> = members.iter().copied().filter(|&m| m != f.from).collect();
+    if others.is_empty() {
+        forward(routes, f.from, frame(ACK, f.to, f.from, f.number, b""));
+        return;
+    }
+    fanouts.lock().insert((f.from, f.number), others.len());
+    let text = &f.raw[4 + 17..];
+    for member in others {
+        forward(
+            routes,
+            member,
+            frame(MESSAGE, f.from, member, f.number, text),
+        );
+    }
+}
+
 /// A client of the relay.
 pub struct RelayClient {
     me: u32,
+    /// Whether a target is a group (`group`) or a client (`dm`).
+    groups: bool,
     out: Sender<Vec<u8>>,
     inbox: Receiver<String>,
     waiting: Arc<Mutex<HashMap<u64, Sender<()>>>>,
@@ -128,8 +179,9 @@ pub struct RelayClient {
 }
 
 impl RelayClient {
-    /// Connects client number `me` to the relay at `addr`.
-    pub fn connect(addr: &str, me: u32) -> RelayClient {
+    /// Connects client number `me` to the relay at `addr`; its targets are groups when
+    /// `groups`, clients otherwise.
+    pub fn connect(addr: &str, me: u32, groups: bool) -> RelayClient {
         let stream = TcpStream::connect(addr).expect("relay reachable");
         let _ = stream.set_nodelay(true);
         let (out, rx) = crossbeam_channel::unbounded();
@@ -161,6 +213,7 @@ impl RelayClient {
         thread::sleep(Duration::from_millis(5));
         RelayClient {
             me,
+            groups,
             out,
             inbox,
             waiting,
@@ -178,9 +231,10 @@ impl Endpoint for RelayClient {
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.waiting.lock().insert(number, tx);
+        let kind = if self.groups { GROUP } else { MESSAGE };
         let _ = self
             .out
-            .send(frame(MESSAGE, self.me, to as u32, number, text.as_bytes()));
+            .send(frame(kind, self.me, to as u32, number, text.as_bytes()));
         Box::new(move |timeout| rx.recv_timeout(timeout).map_err(|_| "timeout".to_string()))
     }
 

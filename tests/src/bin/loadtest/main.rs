@@ -25,7 +25,7 @@ use traffic::{Endpoint, Pace, Plan, TrafficOptions};
 #[command(name = "fastchat-loadtest", version)]
 struct Cli {
     /// `[baseline] SCENARIO`: `dm`, `group`, `file`, `offline`, `connections` or
-    /// `login`; after `baseline` (for `dm`), against the built-in relay instead. Or
+    /// `login`; after `baseline` (for `dm` and `group`), against the built-in relay instead. Or
     /// `summary DIR`: the reports in DIR (as tests/bench.sh writes them) as a table.
     #[arg(required = true, num_args = 1..=2)]
     what: Vec<String>,
@@ -183,18 +183,32 @@ fn run(cli: &Cli) -> Result<(Report, Vec<SweepPoint>), String> {
         other => return Err(format!("expected `[baseline] SCENARIO`, got {other:?}")),
     };
     if baseline {
-        if scenario != "dm" {
-            return Err(format!(
-                "the baseline relay runs `dm` only, not {scenario:?}"
-            ));
-        }
-        let relay = baseline::start_relay();
+        let groups = match scenario {
+            "dm" => false,
+            "group" => true,
+            _ => {
+                return Err(format!(
+                    "the baseline relay runs `dm` and `group` only, not {scenario:?}"
+                ))
+            }
+        };
+        let plan = if groups {
+            Plan::groups(cli.clients, cli.group_size)
+        } else {
+            Plan::direct(cli.clients, cli.peers)
+        };
+        let members = plan
+            .members
+            .iter()
+            .map(|m| m.iter().map(|&c| c as u32).collect())
+            .collect();
+        let relay = baseline::start_relay(if groups { members } else { Vec::new() });
         let endpoints: Vec<Arc<dyn Endpoint>> = (0..cli.clients)
             .map(|i| {
-                Arc::new(baseline::RelayClient::connect(&relay, i as u32)) as Arc<dyn Endpoint>
+                Arc::new(baseline::RelayClient::connect(&relay, i as u32, groups))
+                    as Arc<dyn Endpoint>
             })
             .collect();
-        let plan = Plan::direct(cli.clients, cli.peers);
         return Ok(run_traffic(cli, &endpoints, &plan, scenario, "baseline"));
     }
     if !["dm", "group", "file", "offline", "connections", "login"].contains(&scenario) {

@@ -106,11 +106,17 @@ pub fn markdown(dir: &Path) -> Result<String, String> {
         let clean = v["lost"] == 0 && v["duplicated"] == 0;
         let _ = writeln!(
             out,
-            "| `group` | {} clients in groups of 20, 2,000 group msg/s | {:.0} deliveries/s, p50 {:.2} ms, p99 {p99:.2} ms; {} | p99 ≤ 20 ms, each member gets each message once | {} |",
+            "| `group` | {} clients in groups of 20, 2,000 group msg/s | {:.0} deliveries/s, p50 {:.2} ms, p99 {p99:.2} ms; {}{} | p99 ≤ 20 ms, each member gets each message once | {} |",
             v["clients"],
             f(&v, "delivered_per_sec"),
             ms(&v, "p50"),
             integrity(&v),
+            load(dir, "baseline-group").map_or(String::new(), |b| format!(
+                "; baseline at the same rate {:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms",
+                f(&b, "delivered_per_sec"),
+                ms(&b, "p50"),
+                ms(&b, "p99")
+            )),
             verdict(p99 <= 20.0 && clean)
         );
         rows += 1;
