@@ -119,12 +119,7 @@ fn the_group_scenario_reaches_every_member_once_and_draws_its_charts() {
     let dir = tempfile::tempdir().unwrap();
     let ca = cluster.ca().display().to_string();
     let plots = dir.path().join("plots");
-    let args = [
-        "group",
-        "--balancer",
-        &cluster.balancer,
-        "--ca",
-        &ca,
+    let traffic = [
         "--clients",
         "6",
         "--group-size",
@@ -135,9 +130,10 @@ fn the_group_scenario_reaches_every_member_once_and_draws_its_charts() {
         "2",
         "--warmup",
         "0.5",
-        "--plot",
-        plots.to_str().unwrap(),
     ];
+    let mut args = vec!["group", "--balancer", &cluster.balancer, "--ca", &ca];
+    args.extend(traffic);
+    args.extend(["--plot", plots.to_str().unwrap()]);
     let report = run_loadtest(&args, &dir.path().join("group.json"));
     check_report(&report);
     assert_eq!(report["scenario"], "group");
@@ -153,20 +149,8 @@ fn the_group_scenario_reaches_every_member_once_and_draws_its_charts() {
     }
 
     // The relay fans out the same way: each answered message reached both others.
-    let args = [
-        "baseline",
-        "group",
-        "--clients",
-        "6",
-        "--group-size",
-        "3",
-        "--rate",
-        "60",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-    ];
+    let mut args = vec!["baseline", "group"];
+    args.extend(traffic);
     let baseline = run_loadtest(&args, &dir.path().join("baseline-group.json"));
     check_report(&baseline);
     assert_eq!(baseline["system"], "baseline");
