@@ -419,7 +419,7 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
             dedup.insert(&m.from, &m.id);
             let name = header.name.clone();
             if let Err(error) = downloads.start(&m.from, header) {
-                let _ = events.send(Event::FileFailed {
+                events.send(Event::FileFailed {
                     from: m.from.clone(),
                     name,
                     error,
@@ -435,7 +435,7 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
             match downloads.chunk(&m.from, chunk) {
                 Ok(ChunkOutcome::Progress) => {}
                 Ok(ChunkOutcome::Done(file)) => {
-                    let _ = events.send(Event::File {
+                    events.send(Event::File {
                         from: m.from.clone(),
                         group: m.group.clone(),
                         name: file.name,
@@ -445,7 +445,7 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
                     });
                 }
                 Err(error) => {
-                    let _ = events.send(Event::FileFailed {
+                    events.send(Event::FileFailed {
                         from: m.from.clone(),
                         name,
                         error,
@@ -457,7 +457,7 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
         Outcome::Receipt(ids) => {
             dedup.insert(&m.from, &m.id);
             for id in ids {
-                let _ = events.send(Event::Delivered {
+                events.send(Event::Delivered {
                     id,
                     to: m.from.clone(),
                 });
@@ -498,12 +498,12 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
                     sent_at: m.sent_at,
                 },
             };
-            let _ = events.send(event);
+            events.send(event);
             inner.ack(m.session, m.tag);
         }
         Outcome::Refused(error) => {
             dedup.insert(&m.from, &m.id);
-            let _ = events.send(Event::Undecryptable {
+            events.send(Event::Undecryptable {
                 id: m.id,
                 from: m.from,
                 error,

@@ -17,7 +17,9 @@ mod transport;
 
 pub use appender::flush_all as flush_history;
 pub use balancer::{ask_balancer, balancer_status, Assignment};
-pub use connection::{Client, ClientConfig, Event, Reply, ReplyHandle, SentFile, FILE_WINDOW};
+pub use connection::{
+    Client, ClientConfig, Event, EventHandler, Reply, ReplyHandle, SentFile, FILE_WINDOW,
+};
 pub use error::ClientError;
 pub use fastchat_common::protocol::client::OkResult;
 pub use fastchat_common::ErrorCode;

@@ -260,7 +260,7 @@ fn read_loop(
                 epoch,
             } => {
                 inner.keyring.group_changed(&group);
-                let _ = inner.events.send(Event::Group {
+                inner.events.send(Event::Group {
                     group,
                     change,
                     user,
@@ -268,15 +268,15 @@ fn read_loop(
                 });
             }
             ServerFrame::Presence { user, online } => {
-                let _ = inner.events.send(Event::Presence { user, online });
+                inner.events.send(Event::Presence { user, online });
             }
             ServerFrame::SessionReplaced => {
                 // Another login took over: this session must not come back by itself.
                 *inner.resume.lock() = None;
-                let _ = inner.events.send(Event::SessionReplaced);
+                inner.events.send(Event::SessionReplaced);
             }
             ServerFrame::Reconnect { reason } => {
-                let _ = inner.events.send(Event::Reconnect { reason });
+                inner.events.send(Event::Reconnect { reason });
             }
         }
     };

@@ -240,20 +240,35 @@ pub fn remove_member(
     Ok(Change { group, new_admin })
 }
 
-/// The group, for one of its members.
+/// The group, for one of its members. One statement, so one consistent snapshot, in
+/// one round trip (typed parameters, no prepare): every server reads each group it
+/// sends to about twice a second (the membership cache's refresh), where a transaction
+/// of two prepared queries took six.
 pub fn group_info(
     client: &mut postgres::Client,
     name: &str,
     by: &str,
 ) -> Result<GroupInfo, GroupError> {
-    let mut tx = client.transaction()?;
-    let Some(group) = info(&mut tx, name)? else {
+    let rows = client.query_typed(
+        "SELECT g.epoch, m.user_name, m.is_admin FROM groups g
+         LEFT JOIN group_members m ON m.group_name = g.name
+         WHERE g.name = $1 ORDER BY m.joined",
+        &[(&name, postgres::types::Type::TEXT)],
+    )?;
+    let Some(first) = rows.first() else {
         return refuse(GroupRefusal::UnknownGroup);
+    };
+    let group = GroupInfo {
+        name: name.to_string(),
+        epoch: first.get(0),
+        members: rows
+            .iter()
+            .filter_map(|r| Some((r.get::<_, Option<String>>(1)?, r.get(2))))
+            .collect(),
     };
     if !group.members.iter().any(|(m, _)| m == by) {
         return refuse(GroupRefusal::NotMember);
     }
-    tx.commit()?;
     Ok(group)
 }
 

@@ -1,6 +1,7 @@
 //! Direct messages: same server, across servers, offline in order, deletion after ack.
 
 use crate::WAIT;
+use fastchat_client::Event;
 use fastchat_tests::{next_message, sent_stored, wait_until, Cluster};
 
 #[test]
@@ -47,6 +48,47 @@ fn direct_message_across_servers_keeps_order() {
     let (_, h) = bob.send_text("alice", "pong");
     h.wait(WAIT).unwrap();
     assert_eq!(next_message(&alice, WAIT), ("bob".into(), "pong".into()));
+}
+
+#[test]
+fn an_event_handler_gets_the_events_on_the_clients_thread_and_the_channel_stays_empty() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let (tx, got) = crossbeam_channel::unbounded();
+    let config = cluster.config().with_event_handler(move |event| {
+        let _ = tx.send((std::thread::current().name().map(String::from), event));
+    });
+    let bob = fastchat_client::Client::connect(&config).unwrap();
+    bob.signup("bob", "bob-password").unwrap();
+    for i in 0..3 {
+        alice
+            .send_text("bob", &format!("m{i}"))
+            .1
+            .wait(WAIT)
+            .unwrap();
+    }
+    for i in 0..3 {
+        let (thread, event) = got.recv_timeout(WAIT).expect("an event");
+        match event {
+            Event::Message { from, text, .. } => {
+                assert_eq!((from.as_str(), text), ("alice", format!("m{i}")))
+            }
+            other => panic!("not a message: {other:?}"),
+        }
+        // Handed over by the client's own thread (its reader, or its inbox thread while
+        // a key is fetched), not queued for another one.
+        assert!(
+            matches!(
+                thread.as_deref(),
+                Some("fastchat-reader" | "fastchat-inbox")
+            ),
+            "{thread:?}"
+        );
+    }
+    // Bob's requests still work, and nothing went to the channel.
+    bob.send_text("alice", "back").1.wait(WAIT).unwrap();
+    assert_eq!(next_message(&alice, WAIT), ("bob".into(), "back".into()));
+    assert!(bob.events().try_recv().is_err());
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! Frame: u32 length, then u8 kind (1 message, 2 ack, 3 hello, 4 group message), u32
 //! from, u32 to (a client; a group for kind 4), u64 number, and for a message its text.
 
-use crate::traffic::{Answer, Endpoint};
+use crate::traffic::{Answer, Endpoint, SinkSlot};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -173,7 +173,7 @@ pub struct RelayClient {
     /// Whether a target is a group (`group`) or a client (`dm`).
     groups: bool,
     out: Sender<Vec<u8>>,
-    inbox: Receiver<String>,
+    sinks: Arc<SinkSlot>,
     waiting: Arc<Mutex<HashMap<u64, Sender<()>>>>,
     next: Mutex<u64>,
 }
@@ -188,16 +188,16 @@ impl RelayClient {
         let write_half = stream.try_clone().expect("clone");
         thread::spawn(move || writer(write_half, rx));
         let _ = out.send(frame(HELLO, me, 0, 0, b""));
-        let (inbox_tx, inbox) = crossbeam_channel::unbounded();
+        let sinks: Arc<SinkSlot> = Arc::default();
         let waiting: Arc<Mutex<HashMap<u64, Sender<()>>>> = Arc::default();
-        let (reader_out, reader_waiting) = (out.clone(), waiting.clone());
+        let (reader_out, reader_waiting, reader_sinks) =
+            (out.clone(), waiting.clone(), sinks.clone());
         thread::spawn(move || {
             let mut r = BufReader::with_capacity(64 * 1024, stream);
             while let Some(f) = read_one(&mut r) {
                 match f.kind {
                     MESSAGE => {
-                        let text = String::from_utf8_lossy(&f.raw[4 + 17..]).into_owned();
-                        let _ = inbox_tx.send(text);
+                        reader_sinks.deliver(&String::from_utf8_lossy(&f.raw[4 + 17..]));
                         let _ = reader_out.send(frame(ACK, me, f.from, f.number, b""));
                     }
                     ACK => {
@@ -215,7 +215,7 @@ impl RelayClient {
             me,
             groups,
             out,
-            inbox,
+            sinks,
             waiting,
             next: Mutex::new(0),
         }
@@ -238,7 +238,7 @@ impl Endpoint for RelayClient {
         Box::new(move |timeout| rx.recv_timeout(timeout).map_err(|_| "timeout".to_string()))
     }
 
-    fn receive(&self, timeout: Duration) -> Option<String> {
-        self.inbox.recv_timeout(timeout).ok()
+    fn sinks(&self) -> &SinkSlot {
+        &self.sinks
     }
 }

@@ -2,8 +2,8 @@
 //! its users (signed up, or logged in again when they exist), and the endpoints through
 //! which the traffic scenarios drive real clients.
 
-use crate::traffic::{Answer, Endpoint};
-use fastchat_client::{Client, ClientConfig, ErrorCode, Event, OkResult};
+use crate::traffic::{Answer, Endpoint, SinkSlot};
+use fastchat_client::{Client, ClientConfig, ErrorCode, Event, EventHandler, OkResult};
 use fastchat_tests::{Cluster, ClusterOptions, PrivatePostgres};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -95,11 +95,14 @@ pub fn password_of(name: &str) -> String {
 /// already (`--users` reuses them across runs), `workers` at a time. With `homes`, each
 /// user's `HOME` is `homes/NAME`: its private key is cached there, so that logging in
 /// again skips opening the backup (an scrypt), and files arrive there.
+/// Logs `names` in with `workers` threads; client `i` gets `handlers[i]` for its events
+/// when there is one (otherwise its events queue on [`Client::events`]).
 pub fn log_in_all(
     config: &ClientConfig,
     names: &[String],
     homes: Option<&Path>,
     workers: usize,
+    handlers: &[EventHandler],
 ) -> Result<Vec<Client>, String> {
     let slots: Vec<Mutex<Option<Client>>> = names.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
@@ -112,10 +115,14 @@ pub fn log_in_all(
                 if i >= names.len() || failure.lock().is_some() {
                     return;
                 }
-                let config = match homes {
+                let mut config = match homes {
                     Some(homes) => config.clone().with_home(homes.join(&names[i])),
                     None => config.clone(),
                 };
+                if let Some(handler) = handlers.get(i) {
+                    let handler = handler.clone();
+                    config = config.with_event_handler(move |event| handler(event));
+                }
                 match log_in_one(&config, &names[i]) {
                     Ok(client) => *slots[i].lock() = Some(client),
                     Err(e) => {
@@ -189,7 +196,23 @@ pub struct FastChatEndpoint {
     pub targets: Arc<Vec<String>>,
     /// Whether targets are groups.
     pub groups: bool,
-    pub problems: Problems,
+    /// Where [`event_handler`] hands this client's texts.
+    pub sinks: Arc<SinkSlot>,
+}
+
+/// The event handler of a traffic client: texts go to `sinks` (on the client's reader
+/// thread), refusals are counted in `problems`.
+pub fn event_handler(sinks: Arc<SinkSlot>, problems: Problems) -> EventHandler {
+    Arc::new(move |event| match event {
+        Event::Message { text, .. } | Event::GroupMessage { text, .. } => sinks.deliver(&text),
+        Event::Undecryptable { error, .. } => {
+            *problems
+                .lock()
+                .entry(error.code.as_str().into())
+                .or_default() += 1;
+        }
+        _ => {}
+    })
 }
 
 impl Endpoint for FastChatEndpoint {
@@ -206,24 +229,8 @@ impl Endpoint for FastChatEndpoint {
         })
     }
 
-    fn receive(&self, timeout: Duration) -> Option<String> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            match fastchat_common::channel::recv_timeout(self.client.events(), left).ok()? {
-                Event::Message { text, .. } | Event::GroupMessage { text, .. } => {
-                    return Some(text)
-                }
-                Event::Undecryptable { error, .. } => {
-                    *self
-                        .problems
-                        .lock()
-                        .entry(error.code.as_str().into())
-                        .or_default() += 1;
-                }
-                _ => {}
-            }
-        }
+    fn sinks(&self) -> &SinkSlot {
+        &self.sinks
     }
 }
 

@@ -11,14 +11,14 @@ mod summary;
 mod traffic;
 
 use clap::Parser;
-use fastchat::{log_in_all, FastChatEndpoint, Problems, Target};
+use fastchat::{event_handler, log_in_all, FastChatEndpoint, Problems, Target};
 use plot::{PlotData, SweepPoint};
 use report::Report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use traffic::{Endpoint, Pace, Plan, TrafficOptions};
+use traffic::{Endpoint, Pace, Plan, SinkSlot, TrafficOptions};
 
 /// FastChat load tester.
 #[derive(Debug, Parser)]
@@ -242,7 +242,19 @@ fn run(cli: &Cli) -> Result<(Report, Vec<SweepPoint>), String> {
                 return Err(format!("{scenario} needs at least 2 clients"));
             }
             eprintln!("logging in {} users", names.len());
-            let clients = log_in_all(&target.config, &names, cli.homes.as_deref(), cli.workers)?;
+            let problems = Problems::default();
+            let sinks: Vec<Arc<SinkSlot>> = names.iter().map(|_| Arc::default()).collect();
+            let handlers: Vec<_> = sinks
+                .iter()
+                .map(|s| event_handler(s.clone(), problems.clone()))
+                .collect();
+            let clients = log_in_all(
+                &target.config,
+                &names,
+                cli.homes.as_deref(),
+                cli.workers,
+                &handlers,
+            )?;
             let (plan, targets) = if scenario == "group" {
                 let plan = Plan::groups(names.len(), cli.group_size);
                 let groups = create_groups(&clients, &names, &plan, &prefix)?;
@@ -250,15 +262,16 @@ fn run(cli: &Cli) -> Result<(Report, Vec<SweepPoint>), String> {
             } else {
                 (Plan::direct(names.len(), cli.peers), names.clone())
             };
-            let (targets, problems) = (Arc::new(targets), Problems::default());
+            let targets = Arc::new(targets);
             let endpoints: Vec<Arc<dyn Endpoint>> = clients
                 .into_iter()
-                .map(|client| {
+                .zip(sinks)
+                .map(|(client, sinks)| {
                     Arc::new(FastChatEndpoint {
                         client,
                         targets: targets.clone(),
                         groups: scenario == "group",
-                        problems: problems.clone(),
+                        sinks,
                     }) as Arc<dyn Endpoint>
                 })
                 .collect();

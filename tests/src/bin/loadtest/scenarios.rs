@@ -79,6 +79,7 @@ pub fn file(setup: &Setup, file_size: u64) -> Result<Report, String> {
         names,
         Some(setup.homes.unwrap_or(&homes)),
         setup.workers,
+        &[],
     )?;
     let clients: Vec<Arc<Client>> = clients.into_iter().map(Arc::new).collect();
     // One source file per sender, and the conversation keys made before the clock.
@@ -231,6 +232,7 @@ pub fn offline(setup: &Setup, messages: u64, window: usize) -> Result<Report, St
         setup.names,
         setup.homes,
         setup.workers,
+        &[],
     )?;
     let mut clients = clients.into_iter();
     let reader = clients.next().expect("two clients");
@@ -387,6 +389,7 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
         &setup.names[..warm],
         setup.homes,
         setup.workers,
+        &[],
     )?;
     thread::sleep(Duration::from_secs(1));
     let before = setup.target.servers_memory("VmRSS:");
@@ -395,6 +398,7 @@ pub fn connections(setup: &Setup, probes: u64) -> Result<Report, String> {
         &setup.names[warm..],
         setup.homes,
         setup.workers,
+        &[],
     )?);
     let login_secs = login_at.elapsed().as_secs_f64();
     // Let the servers settle (buffers grown, threads started) before reading memory.
@@ -486,6 +490,7 @@ pub fn login(setup: &Setup) -> Result<Report, String> {
         setup.names,
         setup.homes,
         setup.workers,
+        &[],
     )?;
     for c in &clients {
         let _ = c.logout();

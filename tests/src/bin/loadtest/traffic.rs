@@ -1,8 +1,10 @@
 //! Message traffic over any transport, for the `dm` and `group` scenarios: each client
 //! sends to targets of its own (a partner, or its group), closed-loop (at most `window`
 //! of its own unanswered) or open-loop at a fixed total rate (each message stamped with
-//! its intended send time, so queueing shows in the latency). Receivers record latency in
-//! HDR histograms and check that every message reaches each of its recipients once.
+//! its intended send time, so queueing shows in the latency). Each text received is
+//! handed to the run's sink on the receiving client's own thread, which records its
+//! latency in an HDR histogram and checks that every message reaches each of its
+//! recipients once.
 
 use crate::report::{Progress, Report};
 use hdrhistogram::Histogram;
@@ -16,12 +18,34 @@ use std::time::{Duration, Instant};
 /// Waits (at most the given time) for a message's answer; `Err(code)` if refused.
 pub type Answer = Box<dyn FnOnce(Duration) -> Result<(), String> + Send>;
 
+/// Takes the texts a client receives, on the thread that received them.
+pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// One client as the scenario drives it.
 pub trait Endpoint: Send + Sync {
     /// Sends `text` to target number `target` (a client in `dm`, a group in `group`).
     fn send(&self, target: usize, text: &str) -> Answer;
-    /// The text of the next message received, within `timeout`.
-    fn receive(&self, timeout: Duration) -> Option<String>;
+    /// Where the texts received from now on go (none: dropped).
+    fn sinks(&self) -> &SinkSlot;
+}
+
+/// An endpoint's current sink, replaced at each run. Receiving hands each text over on
+/// the receiving thread: a channel to a thread of the scenario's would cost a wake-up
+/// per message, more than a FastChat client's own work on it.
+#[derive(Default)]
+pub struct SinkSlot(parking_lot::RwLock<Option<Sink>>);
+
+impl SinkSlot {
+    /// Hands `text` to the current sink.
+    pub fn deliver(&self, text: &str) {
+        if let Some(sink) = &*self.0.read() {
+            sink(text);
+        }
+    }
+
+    fn set(&self, sink: Option<Sink>) {
+        *self.0.write() = sink;
+    }
 }
 
 /// How the scenario paces its senders.
@@ -105,8 +129,6 @@ fn decode(text: &str) -> Option<(u64, usize, u64, u64)> {
     ))
 }
 
-/// How long a receiver waits for a message at a time.
-const RECEIVE_POLL: Duration = Duration::from_millis(200);
 /// How long receivers go on listening, idle, once every sender has its answers.
 const DRAIN_IDLE: Duration = Duration::from_secs(5);
 
@@ -122,8 +144,8 @@ struct Shared {
     measuring_from: u64,
     measuring_until: u64,
     stop: AtomicBool,
-    /// Every sender has its answers: what was acknowledged is in the receivers' queues.
-    drained: AtomicBool,
+    /// When the last text arrived, in microseconds since `start`.
+    last_arrival: AtomicU64,
     delivered: AtomicU64,
     /// Deliveries (first copies) per `BIN` of arrival time since the start.
     bins: Vec<AtomicU64>,
@@ -163,10 +185,6 @@ pub fn set_up(endpoints: &[Arc<dyn Endpoint>], plan: &Plan) {
     for t in threads {
         let _ = t.join();
     }
-    // Drain the set-up messages from every inbox.
-    for e in endpoints {
-        while e.receive(Duration::from_millis(20)).is_some() {}
-    }
 }
 
 /// Runs traffic over `endpoints` as `plan` says (after [`set_up`]); returns the report.
@@ -193,7 +211,7 @@ pub fn run(
         measuring_from: opts.warmup.as_micros() as u64,
         measuring_until: total.as_micros() as u64,
         stop: AtomicBool::new(false),
-        drained: AtomicBool::new(false),
+        last_arrival: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         bins: (0..bins).map(|_| AtomicU64::new(0)).collect(),
         errors: Mutex::new(HashMap::new()),
@@ -202,11 +220,15 @@ pub fn run(
     });
     let plan = Arc::new(plan.clone());
 
-    let receivers: Vec<_> = endpoints
+    let received: Vec<Arc<Mutex<Received>>> = endpoints
         .iter()
         .map(|e| {
-            let (e, shared) = (e.clone(), shared.clone());
-            thread::spawn(move || receive_loop(&*e, &shared))
+            let mine = Arc::new(Mutex::new(Received::default()));
+            let (into, shared) = (mine.clone(), shared.clone());
+            e.sinks().set(Some(Arc::new(move |text: &str| {
+                into.lock().take(text, &shared)
+            })));
+            mine
         })
         .collect();
     let senders: Vec<_> = endpoints
@@ -229,15 +251,27 @@ pub fn run(
     }
     shared.stop.store(true, Ordering::Release);
     let sent: u64 = senders.into_iter().map(|t| t.join().unwrap_or(0)).sum();
-    shared.drained.store(true, Ordering::Release);
+    // Every sender has its answers, so what was acknowledged is delivered or stored; a
+    // stored message comes back with a fetch, which under overload takes a while: stop
+    // after `DRAIN_IDLE` with nothing received.
+    while shared
+        .micros()
+        .saturating_sub(shared.last_arrival.load(Ordering::Relaxed))
+        < DRAIN_IDLE.as_micros() as u64
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    for e in endpoints {
+        e.sinks().set(None);
+    }
     let mut histogram = new_histogram();
     let mut seen: Vec<HashSet<(usize, u64)>> = Vec::with_capacity(n);
     let mut duplicated = 0;
-    for r in receivers {
-        let (h, got, dups) = r.join().expect("receiver");
-        histogram.add(&h).expect("same bounds");
-        duplicated += dups;
-        seen.push(got);
+    for r in received {
+        let r = std::mem::take(&mut *r.lock());
+        histogram.add(&r.latency).expect("same bounds");
+        duplicated += r.duplicated;
+        seen.push(r.seen);
     }
     progress.finish();
     let lost = shared
@@ -392,57 +426,54 @@ fn send_loop(
     seq
 }
 
-/// Receives until stopped and idle; returns the latency histogram (measured messages
-/// only), the (sender, seq) pairs seen, and the duplicates.
-fn receive_loop(
-    endpoint: &dyn Endpoint,
-    shared: &Shared,
-) -> (Histogram<u64>, HashSet<(usize, u64)>, u64) {
-    let mut h = new_histogram();
-    let mut seen = HashSet::new();
-    let mut duplicated = 0;
-    let mut idle = Duration::ZERO;
-    loop {
-        let received = endpoint.receive(RECEIVE_POLL);
-        if received.is_some() {
-            idle = Duration::ZERO;
-        }
-        match received {
-            Some(text) if text == "setup" => {}
-            Some(text) => {
-                let Some((run, sender, seq, stamp)) = decode(&text) else {
-                    shared.error("unreadable_message".into());
-                    continue;
-                };
-                if run != shared.run {
-                    shared.stale.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                if !seen.insert((sender, seq)) {
-                    duplicated += 1;
-                    continue;
-                }
-                let now = shared.micros();
-                let bin = (now / BIN.as_micros() as u64) as usize;
-                if let Some(b) = shared.bins.get(bin) {
-                    b.fetch_add(1, Ordering::Relaxed);
-                }
-                if stamp >= shared.measuring_from && stamp < shared.measuring_until {
-                    let _ = h.record(now.saturating_sub(stamp).clamp(1, 60_000_000));
-                    shared.delivered.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            // Every sender has its answers, so what was acknowledged is delivered or
-            // stored; a stored message comes back with a fetch, which under overload
-            // takes a while: stop after `DRAIN_IDLE` with nothing.
-            None if shared.drained.load(Ordering::Acquire) => {
-                idle += RECEIVE_POLL;
-                if idle >= DRAIN_IDLE {
-                    break;
-                }
-            }
-            None => {}
+/// What one client received in a run.
+struct Received {
+    /// Latency of the measured messages.
+    latency: Histogram<u64>,
+    /// (sender, seq) of every message of this run.
+    seen: HashSet<(usize, u64)>,
+    duplicated: u64,
+}
+
+impl Default for Received {
+    fn default() -> Received {
+        Received {
+            latency: new_histogram(),
+            seen: HashSet::new(),
+            duplicated: 0,
         }
     }
-    (h, seen, duplicated)
+}
+
+impl Received {
+    /// Records one text received.
+    fn take(&mut self, text: &str, shared: &Shared) {
+        let now = shared.micros();
+        shared.last_arrival.fetch_max(now, Ordering::Relaxed);
+        if text == "setup" {
+            return;
+        }
+        let Some((run, sender, seq, stamp)) = decode(text) else {
+            shared.error("unreadable_message".into());
+            return;
+        };
+        if run != shared.run {
+            shared.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !self.seen.insert((sender, seq)) {
+            self.duplicated += 1;
+            return;
+        }
+        let bin = (now / BIN.as_micros() as u64) as usize;
+        if let Some(b) = shared.bins.get(bin) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        if stamp >= shared.measuring_from && stamp < shared.measuring_until {
+            let _ = self
+                .latency
+                .record(now.saturating_sub(stamp).clamp(1, 60_000_000));
+            shared.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
