@@ -11,13 +11,28 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Makes a frame body when the writer reaches it (`None`: nothing to send by then).
+pub type FrameMaker = Arc<dyn Fn() -> Option<Vec<u8>> + Send + Sync>;
+
 /// What a connection's writer thread is asked to do.
-#[derive(Debug)]
 pub enum Outgoing {
     /// Send this frame body.
     Frame(Vec<u8>),
+    /// Send the frame this makes, made only now: what accumulated while the writer was
+    /// busy goes as one frame (a peer link's acknowledgements).
+    Made(FrameMaker),
     /// Send what is queued before this, then close the connection.
     Close,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outgoing::Frame(body) => write!(f, "Frame({} bytes)", body.len()),
+            Outgoing::Made(_) => write!(f, "Made"),
+            Outgoing::Close => write!(f, "Close"),
+        }
+    }
 }
 
 /// Serializes a frame body; our own types always serialize.
@@ -51,6 +66,11 @@ pub fn spawn_writer<W: Write + Send + 'static>(
                     Outgoing::Frame(body) => {
                         taken += body.len();
                         encode_frame(&body, &mut buf);
+                    }
+                    Outgoing::Made(make) => {
+                        if let Some(body) = make() {
+                            encode_frame(&body, &mut buf);
+                        }
                     }
                     Outgoing::Close => {
                         closing = true;
@@ -95,6 +115,14 @@ pub struct OutReceiver {
     bytes: Arc<AtomicUsize>,
 }
 
+#[cfg(test)]
+impl OutReceiver {
+    /// What is queued next, if anything (tests read a queue without a writer).
+    pub fn try_next(&self) -> Option<Outgoing> {
+        self.rx.try_recv().ok()
+    }
+}
+
 /// A queue of at most `frames` frames and `max_bytes` bytes of frame bodies.
 pub fn out_queue(frames: usize, max_bytes: usize) -> (OutQueue, OutReceiver) {
     let (tx, rx) = crossbeam_channel::bounded(frames);
@@ -112,7 +140,8 @@ pub fn out_queue(frames: usize, max_bytes: usize) -> (OutQueue, OutReceiver) {
 fn size_of(item: &Outgoing) -> usize {
     match item {
         Outgoing::Frame(body) => body.len(),
-        Outgoing::Close => 0,
+        // Made later: not counted (what it makes is bounded by its maker).
+        Outgoing::Made(_) | Outgoing::Close => 0,
     }
 }
 

@@ -148,6 +148,7 @@ fn run_link(
         link_id,
         out: out.clone(),
         heard: heard.clone(),
+        acks: Default::default(),
     };
     // Changes made while there was no link were not heard of.
     state.group_cache.forget_all();
@@ -258,6 +259,11 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
             }
         }
         PeerFrame::Delivered { token } => state.complete_flight(token),
+        PeerFrame::DeliveredMany { tokens } => {
+            for token in tokens {
+                state.complete_flight(token);
+            }
+        }
         PeerFrame::NotDelivered { token } => state.fail_flight(token),
         PeerFrame::PendingHint { user } => {
             if let Some(crate::router::Location::Local(session)) = state.router.locate(&user) {

@@ -31,6 +31,26 @@ pub struct PeerLink {
     pub out: OutQueue,
     /// When the link last brought a frame.
     pub heard: Heard,
+    /// Acknowledgements not yet written: see [`PeerLink::delivered`].
+    pub acks: AckBatch,
+}
+
+/// A link's acknowledgements waiting for its writer, which sends all of them in one
+/// frame when it reaches the marker queued with the first of them.
+#[derive(Clone, Default)]
+pub struct AckBatch(Arc<parking_lot::Mutex<Vec<u64>>>);
+
+impl AckBatch {
+    /// The frame for the tokens gathered so far (`delivered` for one, `delivered_many`
+    /// for more), leaving none; `None` when there are none.
+    fn take_frame(&self) -> Option<Vec<u8>> {
+        let tokens = std::mem::take(&mut *self.0.lock());
+        match tokens.as_slice() {
+            [] => None,
+            [token] => Some(to_body(&PeerFrame::Delivered { token: *token })),
+            _ => Some(to_body(&PeerFrame::DeliveredMany { tokens })),
+        }
+    }
 }
 
 /// When a link last brought a frame. A peer whose database heartbeat is late (a
@@ -71,7 +91,35 @@ impl Default for Heard {
 impl PeerLink {
     /// Queues a frame, waiting at most `wait` when the link is congested.
     pub fn send(&self, frame: &PeerFrame, wait: Duration) -> bool {
-        match self.out.send_timeout(Outgoing::Frame(to_body(frame)), wait) {
+        self.queue(Outgoing::Frame(to_body(frame)), wait)
+    }
+
+    /// Tells the peer that the message with `token` was acknowledged by its recipient.
+    /// Acknowledgements trickle in one by one from many clients: each would wake the
+    /// writer for a frame of its own. They gather instead, and the writer sends what
+    /// has gathered when it reaches the marker queued with the first one.
+    pub fn delivered(&self, token: u64, wait: Duration) -> bool {
+        let first = {
+            let mut tokens = self.acks.0.lock();
+            tokens.push(token);
+            tokens.len() == 1
+        };
+        if !first {
+            // A marker is queued and not yet reached: it takes this one too.
+            return true;
+        }
+        let acks = self.acks.clone();
+        let queued = self.queue(Outgoing::Made(Arc::new(move || acks.take_frame())), wait);
+        if !queued {
+            // The link is closing (its messages in flight go to storage at the origin):
+            // let no later acknowledgement wait behind a marker that never came.
+            self.acks.0.lock().clear();
+        }
+        queued
+    }
+
+    fn queue(&self, item: Outgoing, wait: Duration) -> bool {
+        match self.out.send_timeout(item, wait) {
             Ok(()) => true,
             Err(SendTimeoutError::Timeout(_)) => {
                 log::warn!("link to {} congested; closing it", self.name);
@@ -199,5 +247,51 @@ impl Router {
                 .out
                 .send_timeout(Outgoing::Frame(body.clone()), Duration::from_secs(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::out_queue;
+
+    fn made_frame(item: Outgoing) -> PeerFrame {
+        match item {
+            Outgoing::Made(make) => {
+                PeerFrame::from_json(&make().expect("a frame")).expect("a peer frame")
+            }
+            other => panic!("not a made frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn acknowledgements_gathered_while_the_writer_is_busy_go_as_one_frame() {
+        let (out, rx) = out_queue(16, 1 << 20);
+        let link = PeerLink {
+            name: "server-2".into(),
+            link_id: 1,
+            out,
+            heard: Heard::new(),
+            acks: AckBatch::default(),
+        };
+        let wait = Duration::from_millis(10);
+        for token in [7, 8, 9] {
+            assert!(link.delivered(token, wait));
+        }
+        // One marker for the three, which makes one frame with all of them.
+        let marker = rx.try_next().expect("a marker");
+        assert!(rx.try_next().is_none(), "one marker only");
+        assert_eq!(
+            made_frame(marker),
+            PeerFrame::DeliveredMany {
+                tokens: vec![7, 8, 9]
+            }
+        );
+        // Once taken, the next one queues a marker of its own, sent in the single form.
+        assert!(link.delivered(10, wait));
+        assert_eq!(
+            made_frame(rx.try_next().expect("a marker")),
+            PeerFrame::Delivered { token: 10 }
+        );
     }
 }

@@ -194,7 +194,7 @@ impl ServerState {
                 Origin::Local(token) => self.complete_flight(token),
                 Origin::Peer(server, token) => {
                     if let Some(link) = self.router.peer(&server) {
-                        link.send(&PeerFrame::Delivered { token }, LINK_WAIT);
+                        link.delivered(token, LINK_WAIT);
                     }
                 }
                 Origin::Stored(seq) => {

@@ -73,6 +73,11 @@ struct TokenFields {
     token: u64,
 }
 
+#[derive(Deserialize)]
+struct TokensFields {
+    tokens: Vec<u64>,
+}
+
 fn fast_peer_frame(bytes: &[u8]) -> Option<PeerFrame> {
     let tag: Tag<'_> = serde_json::from_slice(bytes).ok()?;
     match tag.kind.as_ref() {
@@ -91,6 +96,10 @@ fn fast_peer_frame(bytes: &[u8]) -> Option<PeerFrame> {
         "delivered" => {
             let f: TokenFields = serde_json::from_slice(bytes).ok()?;
             Some(PeerFrame::Delivered { token: f.token })
+        }
+        "delivered_many" => {
+            let f: TokensFields = serde_json::from_slice(bytes).ok()?;
+            Some(PeerFrame::DeliveredMany { tokens: f.tokens })
         }
         _ => None,
     }
@@ -303,6 +312,9 @@ mod tests {
                 group: Some("pals".into()),
             },
             PeerFrame::Delivered { token: 6 },
+            PeerFrame::DeliveredMany {
+                tokens: vec![7, 8, 9],
+            },
         ] {
             let json = serde_json::to_vec(&frame).unwrap();
             assert!(fast_peer_frame(&json).is_some());

@@ -60,6 +60,12 @@ pub enum PeerFrame {
         /// Token from `deliver`.
         token: u64,
     },
+    /// The recipients' clients acknowledged the messages with these tokens: several
+    /// `delivered` in one frame, as many as came while the link's writer was busy.
+    DeliveredMany {
+        /// Tokens from `deliver`.
+        tokens: Vec<u64>,
+    },
     /// The message with this token could not be delivered (recipient gone); the origin
     /// stores it.
     NotDelivered {
