@@ -8,9 +8,10 @@
 //!
 //! Files stay open between writes, the least recently written closed first: a client
 //! talking with many peers would otherwise open and close a file for nearly every line.
-//! One appender keeps at most [`OPEN_FILES`], and all appenders of a process together at
-//! most a quarter of its descriptor limit, so that the history never takes the
-//! descriptors its connections need.
+//! One appender keeps at most [`OPEN_FILES`], and all appenders of a process together
+//! about a quarter of its descriptor limit (an appender with none open still opens one,
+//! so the total may pass it by one per appender), so that the history does not take
+//! the descriptors its connections need.
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;

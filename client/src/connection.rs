@@ -59,8 +59,10 @@ impl ClientConfig {
     /// produced it (the connection's reader, mostly), instead of queueing it for
     /// [`Client::events`], which then stays empty. It saves a thread wake-up per event:
     /// for a client receiving messages one by one, the largest cost after the kernel's.
-    /// The handler must return quickly and must not wait on this client (a request's
-    /// reply is read by the very thread that would be waiting).
+    /// The handler must return quickly and must not call this client (a send may wait
+    /// for a key, whose reply is read by the very thread that would be waiting, and some
+    /// events are handed over while the inbox is locked): pass work on to a thread of
+    /// your own. A panic in it is caught and logged; the event is lost.
     pub fn with_event_handler(mut self, handler: impl Fn(Event) + Send + Sync + 'static) -> Self {
         self.handler = Some(Arc::new(handler));
         self
@@ -325,12 +327,13 @@ impl Inner {
     pub(crate) fn reply(self: &Arc<Self>, req: u64, reply: Reply) {
         let unavailable = matches!(&reply, Err(e) if e.code == ErrorCode::Unavailable);
         let mut waiting = self.waiting.lock();
+        let mut delivered = None;
         if let Ok(Some(OkResult::Sent {
             id, stored: false, ..
         })) = &reply
         {
             if let Some(to) = waiting.get(&req).and_then(|w| w.to.clone()) {
-                self.events.send(Event::Delivered { id: id.clone(), to });
+                delivered = Some(Event::Delivered { id: id.clone(), to });
             }
         }
         if unavailable {
@@ -344,7 +347,13 @@ impl Inner {
                 }
             }
         }
-        if let Some(w) = waiting.remove(&req) {
+        let waiter = waiting.remove(&req);
+        // Events go out with no lock held: a handler may send (which takes `waiting`).
+        drop(waiting);
+        if let Some(event) = delivered {
+            self.events.send(event);
+        }
+        if let Some(w) = waiter {
             let _ = w.tx.send(reply);
         }
     }
@@ -740,7 +749,12 @@ impl EventSink {
             EventSink::Channel(tx) => {
                 let _ = tx.send(event);
             }
-            EventSink::Handler(handler) => handler(event),
+            EventSink::Handler(handler) => {
+                let call = std::panic::AssertUnwindSafe(|| handler(event));
+                if std::panic::catch_unwind(call).is_err() {
+                    log::error!("the event handler panicked; that event is lost");
+                }
+            }
         }
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Makes a frame body when the writer reaches it (`None`: nothing to send by then).
-pub type FrameMaker = Arc<dyn Fn() -> Option<Vec<u8>> + Send + Sync>;
+/// Makes frame bodies when the writer reaches it (none: nothing to send by then).
+pub type FrameMaker = Arc<dyn Fn() -> Vec<Vec<u8>> + Send + Sync>;
 
 /// What a connection's writer thread is asked to do.
 pub enum Outgoing {
@@ -68,7 +68,7 @@ pub fn spawn_writer<W: Write + Send + 'static>(
                         encode_frame(&body, &mut buf);
                     }
                     Outgoing::Made(make) => {
-                        if let Some(body) = make() {
+                        for body in make() {
                             encode_frame(&body, &mut buf);
                         }
                     }
@@ -140,7 +140,7 @@ pub fn out_queue(frames: usize, max_bytes: usize) -> (OutQueue, OutReceiver) {
 fn size_of(item: &Outgoing) -> usize {
     match item {
         Outgoing::Frame(body) => body.len(),
-        // Made later: not counted (what it makes is bounded by its maker).
+        // Made later, and not counted: a peer link's acknowledgements, a few bytes each.
         Outgoing::Made(_) | Outgoing::Close => 0,
     }
 }

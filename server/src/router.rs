@@ -35,21 +35,40 @@ pub struct PeerLink {
     pub acks: AckBatch,
 }
 
-/// A link's acknowledgements waiting for its writer, which sends all of them in one
-/// frame when it reaches the marker queued with the first of them.
+/// A link's acknowledgements waiting for its writer, which sends all of them when it
+/// reaches the marker queued with the first of them.
 #[derive(Clone, Default)]
-pub struct AckBatch(Arc<parking_lot::Mutex<Vec<u64>>>);
+pub struct AckBatch(Arc<parking_lot::Mutex<Acks>>);
+
+#[derive(Default)]
+struct Acks {
+    tokens: Vec<u64>,
+    /// A marker is in the writer's queue and has not been reached yet.
+    marker_queued: bool,
+}
+
+/// Tokens per `delivered_many` frame: 4096 of them are about 60 KB of JSON, far below
+/// a peer frame's limit however long the writer was held up.
+const ACKS_PER_FRAME: usize = 4096;
 
 impl AckBatch {
-    /// The frame for the tokens gathered so far (`delivered` for one, `delivered_many`
-    /// for more), leaving none; `None` when there are none.
-    fn take_frame(&self) -> Option<Vec<u8>> {
-        let tokens = std::mem::take(&mut *self.0.lock());
-        match tokens.as_slice() {
-            [] => None,
-            [token] => Some(to_body(&PeerFrame::Delivered { token: *token })),
-            _ => Some(to_body(&PeerFrame::DeliveredMany { tokens })),
-        }
+    /// The frames for the tokens gathered so far (`delivered` for one alone,
+    /// `delivered_many` for more), leaving none; the next token queues a new marker.
+    fn take_frames(&self) -> Vec<Vec<u8>> {
+        let tokens = {
+            let mut acks = self.0.lock();
+            acks.marker_queued = false;
+            std::mem::take(&mut acks.tokens)
+        };
+        tokens
+            .chunks(ACKS_PER_FRAME)
+            .map(|chunk| match chunk {
+                [token] => to_body(&PeerFrame::Delivered { token: *token }),
+                _ => to_body(&PeerFrame::DeliveredMany {
+                    tokens: chunk.to_vec(),
+                }),
+            })
+            .collect()
     }
 }
 
@@ -99,21 +118,22 @@ impl PeerLink {
     /// writer for a frame of its own. They gather instead, and the writer sends what
     /// has gathered when it reaches the marker queued with the first one.
     pub fn delivered(&self, token: u64, wait: Duration) -> bool {
-        let first = {
-            let mut tokens = self.acks.0.lock();
-            tokens.push(token);
-            tokens.len() == 1
-        };
-        if !first {
-            // A marker is queued and not yet reached: it takes this one too.
-            return true;
+        {
+            let mut acks = self.acks.0.lock();
+            acks.tokens.push(token);
+            if acks.marker_queued {
+                // The queued marker, not yet reached, takes this one too.
+                return true;
+            }
+            acks.marker_queued = true;
         }
         let acks = self.acks.clone();
-        let queued = self.queue(Outgoing::Made(Arc::new(move || acks.take_frame())), wait);
+        let queued = self.queue(Outgoing::Made(Arc::new(move || acks.take_frames())), wait);
         if !queued {
-            // The link is closing (its messages in flight go to storage at the origin):
-            // let no later acknowledgement wait behind a marker that never came.
-            self.acks.0.lock().clear();
+            // The tokens stay: the next acknowledgement tries a marker again. (Until
+            // then, or if the link is closing, the origin stores those messages after
+            // its timeout and they come again; the clients drop the repeats.)
+            self.acks.0.lock().marker_queued = false;
         }
         queued
     }
@@ -255,11 +275,22 @@ mod tests {
     use super::*;
     use crate::conn::out_queue;
 
-    fn made_frame(item: Outgoing) -> PeerFrame {
+    fn link_over(out: OutQueue) -> PeerLink {
+        PeerLink {
+            name: "server-2".into(),
+            link_id: 1,
+            out,
+            heard: Heard::new(),
+            acks: AckBatch::default(),
+        }
+    }
+
+    fn made_frames(item: Outgoing) -> Vec<PeerFrame> {
         match item {
-            Outgoing::Made(make) => {
-                PeerFrame::from_json(&make().expect("a frame")).expect("a peer frame")
-            }
+            Outgoing::Made(make) => make()
+                .iter()
+                .map(|body| PeerFrame::from_json(body).expect("a peer frame"))
+                .collect(),
             other => panic!("not a made frame: {other:?}"),
         }
     }
@@ -267,13 +298,7 @@ mod tests {
     #[test]
     fn acknowledgements_gathered_while_the_writer_is_busy_go_as_one_frame() {
         let (out, rx) = out_queue(16, 1 << 20);
-        let link = PeerLink {
-            name: "server-2".into(),
-            link_id: 1,
-            out,
-            heard: Heard::new(),
-            acks: AckBatch::default(),
-        };
+        let link = link_over(out);
         let wait = Duration::from_millis(10);
         for token in [7, 8, 9] {
             assert!(link.delivered(token, wait));
@@ -282,16 +307,41 @@ mod tests {
         let marker = rx.try_next().expect("a marker");
         assert!(rx.try_next().is_none(), "one marker only");
         assert_eq!(
-            made_frame(marker),
-            PeerFrame::DeliveredMany {
+            made_frames(marker),
+            vec![PeerFrame::DeliveredMany {
                 tokens: vec![7, 8, 9]
-            }
+            }]
         );
         // Once taken, the next one queues a marker of its own, sent in the single form.
         assert!(link.delivered(10, wait));
         assert_eq!(
-            made_frame(rx.try_next().expect("a marker")),
-            PeerFrame::Delivered { token: 10 }
+            made_frames(rx.try_next().expect("a marker")),
+            vec![PeerFrame::Delivered { token: 10 }]
+        );
+        // However many gather, each frame stays small.
+        let many = ACKS_PER_FRAME as u64 + 1;
+        for token in 0..many {
+            assert!(link.delivered(token, wait));
+        }
+        let frames = made_frames(rx.try_next().expect("a marker"));
+        assert!(rx.try_next().is_none(), "one marker only");
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[1], PeerFrame::Delivered { token: many - 1 });
+    }
+
+    #[test]
+    fn a_marker_that_could_not_be_queued_is_tried_again_with_the_tokens_kept() {
+        let (out, rx) = out_queue(1, 1 << 20);
+        let link = link_over(out.clone());
+        // The queue is full: the marker cannot go in.
+        out.try_send(Outgoing::Frame(b"{}".to_vec())).unwrap();
+        assert!(!link.delivered(1, Duration::from_millis(5)));
+        assert!(matches!(rx.try_next(), Some(Outgoing::Frame(_))));
+        // Room again: the next acknowledgement queues a marker that carries both.
+        assert!(link.delivered(2, Duration::from_millis(5)));
+        assert_eq!(
+            made_frames(rx.try_next().expect("a marker")),
+            vec![PeerFrame::DeliveredMany { tokens: vec![1, 2] }]
         );
     }
 }

@@ -253,10 +253,11 @@ pub fn run(
     let sent: u64 = senders.into_iter().map(|t| t.join().unwrap_or(0)).sum();
     // Every sender has its answers, so what was acknowledged is delivered or stored; a
     // stored message comes back with a fetch, which under overload takes a while: stop
-    // after `DRAIN_IDLE` with nothing received.
+    // after `DRAIN_IDLE` with nothing received, counted from the answers at the earliest.
+    let answered = shared.micros();
     while shared
         .micros()
-        .saturating_sub(shared.last_arrival.load(Ordering::Relaxed))
+        .saturating_sub(shared.last_arrival.load(Ordering::Relaxed).max(answered))
         < DRAIN_IDLE.as_micros() as u64
     {
         thread::sleep(Duration::from_millis(50));
