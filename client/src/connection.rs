@@ -327,15 +327,6 @@ impl Inner {
     pub(crate) fn reply(self: &Arc<Self>, req: u64, reply: Reply) {
         let unavailable = matches!(&reply, Err(e) if e.code == ErrorCode::Unavailable);
         let mut waiting = self.waiting.lock();
-        let mut delivered = None;
-        if let Ok(Some(OkResult::Sent {
-            id, stored: false, ..
-        })) = &reply
-        {
-            if let Some(to) = waiting.get(&req).and_then(|w| w.to.clone()) {
-                delivered = Some(Event::Delivered { id: id.clone(), to });
-            }
-        }
         if unavailable {
             if let Some(w) = waiting.get_mut(&req) {
                 if w.resend.is_some() && w.retries < MAX_RETRIES {
@@ -348,14 +339,24 @@ impl Inner {
             }
         }
         let waiter = waiting.remove(&req);
-        // Events go out with no lock held: a handler may send (which takes `waiting`).
+        // Events go out with no lock held (an event handler runs right here).
         drop(waiting);
-        if let Some(event) = delivered {
-            self.events.send(event);
+        let Some(w) = waiter else {
+            return;
+        };
+        if let (
+            Ok(Some(OkResult::Sent {
+                id, stored: false, ..
+            })),
+            Some(to),
+        ) = (&reply, &w.to)
+        {
+            self.events.send(Event::Delivered {
+                id: id.clone(),
+                to: to.clone(),
+            });
         }
-        if let Some(w) = waiter {
-            let _ = w.tx.send(reply);
-        }
+        let _ = w.tx.send(reply);
     }
 
     /// Starts a retry pass in [`RETRY_AFTER`] unless one is scheduled.
@@ -399,8 +400,12 @@ impl Inner {
         if crate::link::take_reader_ack(tag) {
             return;
         }
-        let link = self.link.lock();
-        if let Some(link) = link.as_ref() {
+        self.ack_through_writer(tag);
+    }
+
+    /// Queues an acknowledgement for the installed link's writer thread.
+    pub(crate) fn ack_through_writer(&self, tag: u64) {
+        if let Some(link) = self.link.lock().as_ref() {
             let _ = link.out.send(Out::Ack(tag));
         }
     }
@@ -656,7 +661,14 @@ fn send_sealed(inner: &Inner, id: &str, to: &str, body: &[u8], report: bool) -> 
 pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, ids: Vec<String>) {
     let receipt_id = new_message_id();
     let count = ids.len();
-    let payload = Payload::Receipt { id: None, ids };
+    // One id alone goes in the form earlier clients read too.
+    let payload = match <[String; 1]>::try_from(ids) {
+        Ok([id]) => Payload::Receipt {
+            id: Some(id),
+            ids: Vec::new(),
+        },
+        Err(ids) => Payload::Receipt { id: None, ids },
+    };
     match seal_direct_payload(inner, me, to, &receipt_id, &payload) {
         // No `Delivered` event for the receipt itself.
         Ok(body) => drop(send_sealed(inner, &receipt_id, to, &body, false)),

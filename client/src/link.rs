@@ -130,16 +130,24 @@ pub(crate) fn take_reader_ack(tag: u64) -> bool {
     })
 }
 
-/// Writes the acknowledgements the reader thread kept, as one frame.
-fn write_reader_acks(writer: &Mutex<TlsWrite>) {
+/// Writes the acknowledgements the reader thread kept, as one frame; when the writer
+/// thread is in the middle of a write (a file upload may hold it for long), they go to
+/// it instead, so the reader never waits on the socket's write side.
+fn write_reader_acks(writer: &Mutex<TlsWrite>, inner: &Inner) {
     let mut acks = READER_ACKS.with(|acks| acks.borrow_mut().as_mut().map(std::mem::take));
     let Some(acks) = acks.as_mut().filter(|a| !a.is_empty()) else {
+        return;
+    };
+    let Some(mut writer) = writer.try_lock() else {
+        for tag in acks.drain(..) {
+            inner.ack_through_writer(tag);
+        }
         return;
     };
     let mut buf = Vec::new();
     flush_acks(acks, &mut buf);
     // A failed write ends the link, which the reader sees next.
-    let _ = writer.lock().write_all(&buf);
+    let _ = writer.write_all(&buf);
 }
 
 fn write_loop(stream: Arc<Mutex<TlsWrite>>, socket: SharedSocket, rx: Receiver<Out>) {
@@ -193,7 +201,7 @@ fn read_loop(
     let reason = loop {
         if reader.buffer().is_empty() {
             // All that was read is handled: acknowledge it before waiting for more.
-            write_reader_acks(&writer);
+            write_reader_acks(&writer, &inner);
         }
         let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
             Ok(Some(body)) => body,

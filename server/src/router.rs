@@ -274,6 +274,7 @@ impl Router {
 mod tests {
     use super::*;
     use crate::conn::out_queue;
+    use fastchat_common::frame::MAX_PEER_FRAME;
 
     fn link_over(out: OutQueue) -> PeerLink {
         PeerLink {
@@ -323,10 +324,27 @@ mod tests {
         for token in 0..many {
             assert!(link.delivered(token, wait));
         }
-        let frames = made_frames(rx.try_next().expect("a marker"));
+        let Some(Outgoing::Made(make)) = rx.try_next() else {
+            panic!("no marker");
+        };
         assert!(rx.try_next().is_none(), "one marker only");
-        assert_eq!(frames.len(), 2);
-        assert_eq!(frames[1], PeerFrame::Delivered { token: many - 1 });
+        let bodies = make();
+        assert!(
+            bodies.iter().all(|b| b.len() <= MAX_PEER_FRAME),
+            "frames fit"
+        );
+        let frames: Vec<PeerFrame> = bodies
+            .iter()
+            .map(|b| PeerFrame::from_json(b).unwrap())
+            .collect();
+        let first: Vec<u64> = (0..ACKS_PER_FRAME as u64).collect();
+        assert_eq!(
+            frames,
+            vec![
+                PeerFrame::DeliveredMany { tokens: first },
+                PeerFrame::Delivered { token: many - 1 }
+            ]
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::WAIT;
 use fastchat_client::{Client, Event, OkResult};
-use fastchat_tests::{Cluster, ClusterOptions, PrivatePostgres};
+use fastchat_tests::{sent_stored, Cluster, ClusterOptions, PrivatePostgres};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
@@ -280,10 +280,10 @@ fn messages_refused_during_a_postgresql_outage_are_retried_and_arrive_in_order()
     thread::sleep(Duration::from_secs(1));
     postgres.restart();
     for h in handles {
-        match h.wait(Duration::from_secs(60)) {
-            Ok(Some(OkResult::Sent { stored, .. })) => assert!(stored),
-            other => panic!("a message was not accepted after the outage: {other:?}"),
-        }
+        assert!(
+            sent_stored(h.wait(Duration::from_secs(60))),
+            "stored after the outage"
+        );
     }
     let bob = cluster.client();
     bob.login("bob", "bob-password").unwrap();

@@ -5,7 +5,7 @@
 use crate::WAIT;
 use fastchat_client::{Client, ErrorCode, Event, OkResult};
 use fastchat_common::e2e::{open_group_key, unwrap_key, GroupKeyRecord, UserKeys};
-use fastchat_tests::{wait_event, Cluster, ClusterOptions};
+use fastchat_tests::{sent_stored, wait_event, Cluster, ClusterOptions};
 use std::time::{Duration, Instant};
 
 fn code(reply: fastchat_client::Reply) -> ErrorCode {
@@ -133,10 +133,7 @@ fn a_group_message_reaches_members_on_three_servers_exactly_once_in_order() {
         .map(|i| clients[0].send_group_text("crowd", &format!("hello {i}")).1)
         .collect();
     for h in handles {
-        match h.wait(WAIT).unwrap() {
-            Some(OkResult::Sent { stored, .. }) => assert!(stored, "late is offline"),
-            other => panic!("{other:?}"),
-        }
+        assert!(sent_stored(h.wait(WAIT)), "late is offline");
     }
     for c in &clients[1..] {
         for i in 0..20 {

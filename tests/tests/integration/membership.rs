@@ -1,8 +1,8 @@
 //! Servers joining a running cluster, and a server killed without warning.
 
 use crate::WAIT;
-use fastchat_client::{balancer_status, Event, OkResult};
-use fastchat_tests::{next_message, wait_event, wait_until, Cluster};
+use fastchat_client::{balancer_status, Event};
+use fastchat_tests::{next_message, sent_stored, wait_event, wait_until, Cluster};
 use std::time::Duration;
 
 #[test]
@@ -54,10 +54,7 @@ fn a_killed_server_is_noticed_by_heartbeat_and_its_users_messages_are_stored() {
         assert_ne!(c.server(), "server-2", "a dead server was assigned");
     }
     // dave is offline for the survivors: a message to him is stored, not lost.
-    match alice.send_text("dave", "after").1.wait(WAIT) {
-        Ok(Some(OkResult::Sent { stored, .. })) => assert!(stored),
-        other => panic!("send to dave: {other:?}"),
-    }
+    assert!(sent_stored(alice.send_text("dave", "after").1.wait(WAIT)));
     assert_eq!(cluster.pending_count(), 1);
     // bob's client reconnected elsewhere by itself and still gets messages.
     let server = wait_event(&bob, WAIT, "bob to reconnect", |e| match e {

@@ -85,9 +85,15 @@ fn an_event_handler_gets_the_events_on_the_clients_thread_and_the_channel_stays_
             "{thread:?}"
         );
     }
-    // Bob's requests still work, and nothing went to the channel.
-    bob.send_text("alice", "back").1.wait(WAIT).unwrap();
+    // Bob's requests still work, his own delivery report comes through the handler
+    // too, and nothing went to the channel.
+    let (back, h) = bob.send_text("alice", "back");
+    h.wait(WAIT).unwrap();
     assert_eq!(next_message(&alice, WAIT), ("bob".into(), "back".into()));
+    match got.recv_timeout(WAIT).expect("the delivery event").1 {
+        Event::Delivered { id, to } => assert_eq!((id, to.as_str()), (back, "alice")),
+        other => panic!("not a delivery: {other:?}"),
+    }
     assert!(bob.events().try_recv().is_err());
 }
 

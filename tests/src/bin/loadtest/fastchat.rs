@@ -94,9 +94,9 @@ pub fn password_of(name: &str) -> String {
 /// Connects `names.len()` clients and signs each user up, or logs it in when it exists
 /// already (`--users` reuses them across runs), `workers` at a time. With `homes`, each
 /// user's `HOME` is `homes/NAME`: its private key is cached there, so that logging in
-/// again skips opening the backup (an scrypt), and files arrive there.
-/// Logs `names` in with `workers` threads; client `i` gets `handlers[i]` for its events
-/// when there is one (otherwise its events queue on [`Client::events`]).
+/// again skips opening the backup (an scrypt), and files arrive there. Client `i` hands
+/// its events to `handlers[i]` when there is one (otherwise they queue on
+/// [`Client::events`]).
 pub fn log_in_all(
     config: &ClientConfig,
     names: &[String],
