@@ -23,7 +23,7 @@
 use fastchat_sql::GroupInfo;
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,27 @@ pub struct Membership {
 struct Entry {
     membership: Arc<Membership>,
     read_at: Instant,
-    refreshing: AtomicBool,
+    /// When (milliseconds after `read_at`, plus one; 0: never) a caller last took on
+    /// reading it again. A read that fails or is dropped leaves no fill behind, so the
+    /// claim lapses after [`REFRESH_RETRY`] and another caller takes it on.
+    refresh_claimed: AtomicU64,
+}
+
+/// How long one caller's claim to refresh an entry stands.
+const REFRESH_RETRY: Duration = Duration::from_millis(100);
+
+impl Entry {
+    /// Whether this caller, at `age`, is the one to read the entry again: nobody has
+    /// claimed it, or the last claim lapsed.
+    fn claim_refresh(&self, age: Duration) -> bool {
+        let now = age.as_millis() as u64 + 1;
+        let last = self.refresh_claimed.load(Ordering::Acquire);
+        (last == 0 || now >= last + REFRESH_RETRY.as_millis() as u64)
+            && self
+                .refresh_claimed
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
 }
 
 impl Membership {
@@ -103,9 +123,7 @@ impl GroupCache {
         match inner.groups.get(group) {
             Some(e) => {
                 let age = now.duration_since(e.read_at);
-                if age >= LIFETIME
-                    || (age >= LIFETIME / 2 && !e.refreshing.swap(true, Ordering::AcqRel))
-                {
+                if age >= LIFETIME || (age >= LIFETIME / 2 && e.claim_refresh(age)) {
                     Err(miss)
                 } else {
                     Ok(e.membership.clone())
@@ -139,7 +157,7 @@ impl GroupCache {
             Entry {
                 membership,
                 read_at: miss.read_at,
-                refreshing: AtomicBool::new(false),
+                refresh_claimed: AtomicU64::new(0),
             },
         );
     }
@@ -212,6 +230,27 @@ mod tests {
         );
         cache.fill(refresh, "g", membership(1, &["a"]));
         assert!(cache.get("g").is_ok());
+    }
+
+    #[test]
+    fn a_refresh_that_never_came_back_is_taken_on_by_another_caller() {
+        let cache = GroupCache::default();
+        let mut miss = cache.get("g").unwrap_err();
+        miss.read_at -= LIFETIME / 2;
+        cache.fill(miss, "g", membership(1, &["a"]));
+        // This caller's read fails: it never fills.
+        let _lost = cache.get("g").unwrap_err();
+        assert!(cache.get("g").is_ok(), "the claim stands for a while");
+        // Its claim is now older than REFRESH_RETRY (moved back rather than waited for).
+        let backdated = LIFETIME.as_millis() as u64 / 2 - REFRESH_RETRY.as_millis() as u64;
+        cache.inner.read().groups["g"]
+            .refresh_claimed
+            .store(backdated, Ordering::Release);
+        assert!(
+            cache.get("g").is_err(),
+            "then another caller reads it again"
+        );
+        assert!(cache.get("g").is_ok(), "one at a time");
     }
 
     #[test]
