@@ -388,21 +388,24 @@ fn send_loop(
             Err(code) => shared.error(code),
         }
     };
-    // Open loop: each client starts at a different point of its interval, so that the
-    // total rate is even rather than in bursts.
-    let mut intended = shared.micros()
-        + interval.map_or(0, |iv| {
-            iv.as_micros() as u64 * me as u64 / shared.clients as u64
-        });
+    // Open loop: each client sends at its own offset into one interval shared by all,
+    // on one clock, so that the total rate is even rather than in bursts. (Offsets
+    // counted from each thread's own start spread the clients over more than one
+    // interval, since the threads start one after another: where the ends overlapped,
+    // twice the rate was offered, and those bursts made the latency's tail.)
+    let mut intended = interval.map_or(0, |iv| {
+        first_slot(shared.micros(), iv.as_micros() as u64, me, shared.clients)
+    });
     while !shared.stop.load(Ordering::Acquire) {
         let stamp = match interval {
             Some(iv) => {
-                intended += iv.as_micros() as u64;
                 let now = shared.micros();
                 if intended > now {
                     thread::sleep(Duration::from_micros(intended - now));
                 }
-                intended
+                let stamp = intended;
+                intended += iv.as_micros() as u64;
+                stamp
             }
             None => shared.micros(),
         };
@@ -425,6 +428,21 @@ fn send_loop(
         settle(item, shared);
     }
     seq
+}
+
+/// The first send time at or after `now` of client `me` of `clients` in an open loop of
+/// one message per `interval` each: client `me`'s slots are `interval * me / clients`
+/// past every multiple of `interval` on the run's clock, so that together the clients
+/// send evenly whenever each of them started.
+fn first_slot(now: u64, interval: u64, me: usize, clients: usize) -> u64 {
+    let interval = interval.max(1);
+    let offset = interval * me as u64 / clients.max(1) as u64;
+    let base = now - now % interval + offset;
+    if base >= now {
+        base
+    } else {
+        base + interval
+    }
 }
 
 /// What one client received in a run.
@@ -475,6 +493,30 @@ impl Received {
                 .latency
                 .record(now.saturating_sub(stamp).clamp(1, 60_000_000));
             shared.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_slot;
+
+    #[test]
+    fn clients_that_start_at_different_times_still_send_evenly() {
+        let (interval, clients) = (100_000, 1000);
+        // Each thread starts 33 µs after the one before: 33 ms across the run.
+        let mut phases: Vec<u64> = (0..clients)
+            .map(|me| {
+                let now = 5_000_000 + 33 * me as u64;
+                let slot = first_slot(now, interval, me, clients);
+                assert!(slot >= now && slot < now + interval, "client {me}");
+                slot % interval
+            })
+            .collect();
+        phases.sort_unstable();
+        // One client every interval / clients (100 µs), none doubled up.
+        for pair in phases.windows(2) {
+            assert_eq!(pair[1] - pair[0], interval / clients as u64);
         }
     }
 }
