@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// Makes frame bodies when the writer reaches it (none: nothing to send by then).
-pub type FrameMaker = Arc<dyn Fn() -> Vec<Vec<u8>> + Send + Sync>;
+pub type FrameMaker = Box<dyn FnOnce() -> Vec<Vec<u8>> + Send>;
 
 /// What a connection's writer thread is asked to do.
 pub enum Outgoing {

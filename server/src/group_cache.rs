@@ -188,6 +188,15 @@ mod tests {
         })
     }
 
+    /// A cache holding "g", read `age` ago.
+    fn filled_ago(age: Duration) -> GroupCache {
+        let cache = GroupCache::default();
+        let mut miss = cache.get("g").unwrap_err();
+        miss.read_at -= age;
+        cache.fill(miss, "g", membership(1, &["a"]));
+        cache
+    }
+
     #[test]
     fn a_read_that_began_before_a_change_is_not_kept() {
         let cache = GroupCache::default();
@@ -219,10 +228,7 @@ mod tests {
 
     #[test]
     fn past_half_its_lifetime_one_caller_reads_again_and_the_others_still_use_it() {
-        let cache = GroupCache::default();
-        let mut miss = cache.get("g").unwrap_err();
-        miss.read_at -= LIFETIME / 2;
-        cache.fill(miss, "g", membership(1, &["a"]));
+        let cache = filled_ago(LIFETIME / 2);
         let refresh = cache.get("g").unwrap_err();
         assert!(
             cache.get("g").is_ok(),
@@ -234,10 +240,7 @@ mod tests {
 
     #[test]
     fn a_refresh_that_never_came_back_is_taken_on_by_another_caller() {
-        let cache = GroupCache::default();
-        let mut miss = cache.get("g").unwrap_err();
-        miss.read_at -= LIFETIME / 2;
-        cache.fill(miss, "g", membership(1, &["a"]));
+        let cache = filled_ago(LIFETIME / 2);
         // This caller's read fails: it never fills.
         let _lost = cache.get("g").unwrap_err();
         assert!(cache.get("g").is_ok(), "the claim stands for a while");
@@ -255,10 +258,7 @@ mod tests {
 
     #[test]
     fn a_membership_expires_a_lifetime_after_its_read_began() {
-        let cache = GroupCache::default();
-        let mut miss = cache.get("g").unwrap_err();
-        miss.read_at -= LIFETIME;
-        cache.fill(miss, "g", membership(1, &["a"]));
+        let cache = filled_ago(LIFETIME);
         assert!(cache.get("g").is_err());
     }
 }

@@ -128,7 +128,7 @@ impl PeerLink {
             acks.marker_queued = true;
         }
         let acks = self.acks.clone();
-        let queued = self.queue(Outgoing::Made(Arc::new(move || acks.take_frames())), wait);
+        let queued = self.queue(Outgoing::Made(Box::new(move || acks.take_frames())), wait);
         if !queued {
             // The tokens stay: the next acknowledgement tries a marker again. (Until
             // then, or if the link is closing, the origin stores those messages after
