@@ -79,13 +79,9 @@ fn tick(
     own: &mut OwnConnection,
     late_since: &mut HashMap<String, Instant>,
 ) {
-    for entry in state.inflight.take_expired(Instant::now()) {
-        log::info!(
-            "delivery of {} to {} timed out; storing it",
-            entry.message.msg_id,
-            entry.message.recipient
-        );
-        state.store_entry(entry);
+    let expired = state.store_flights(|inflight| inflight.take_expired(Instant::now()));
+    if expired > 0 {
+        log::info!("{expired} deliveries timed out (or followed one that did); storing them");
     }
 
     let db = match own.get() {
@@ -160,7 +156,7 @@ fn tick(
                     log::warn!("{name} missed its heartbeats; dropping its link");
                     if state.router.remove_peer(&name, link.link_id) {
                         let _ = link.out.try_send(crate::conn::Outgoing::Close);
-                        link_down(state, &name);
+                        link_down(state, &name, link.link_id);
                     }
                 }
                 match fastchat_sql::clear_server_presence(db, &name) {

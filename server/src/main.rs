@@ -210,9 +210,7 @@ fn shutdown(
     while !state.router.local_sessions().is_empty() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
-    for entry in state.inflight.take_all() {
-        state.store_entry(entry);
-    }
+    state.store_flights(|inflight| inflight.take_all());
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     if state.store.send(store::StoreJob::Flush(done_tx)).is_ok() {
         let _ = done_rx.recv_timeout(Duration::from_secs(5));

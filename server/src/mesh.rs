@@ -183,27 +183,23 @@ fn run_link(
     drop(out);
     let _ = writer.join();
     if state.router.remove_peer(&peer, link_id) {
-        link_down(&state, &peer);
+        link_down(&state, &peer, link_id);
     } else {
-        // Replaced by a newer link: a `group_changed` still unread on this one is lost.
+        // Replaced by a newer link: a `group_changed` still unread on this one is lost,
+        // and messages sent through it may never have left.
         state.group_cache.forget_all();
+        state.store_flights(|inflight| inflight.take_via(link_id));
     }
 }
 
 /// A link is gone: the peer's users are unreachable until it comes back, and messages
 /// in flight through it are stored.
-pub fn link_down(state: &ServerState, peer: &str) {
+pub fn link_down(state: &ServerState, peer: &str, link_id: u64) {
     // Until a link is up again, changes made there go unheard.
     state.group_cache.forget_all();
     let users = state.router.remove_server_users(peer);
-    let flights = state.inflight.take_via(peer);
-    log::info!(
-        "mesh link down: {peer} ({users} users unreachable, {} messages to store)",
-        flights.len()
-    );
-    for entry in flights {
-        state.store_entry(entry);
-    }
+    let flights = state.store_flights(|inflight| inflight.take_via(link_id));
+    log::info!("mesh link down: {peer} ({users} users unreachable, {flights} messages to store)");
 }
 
 fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {

@@ -1,9 +1,9 @@
 //! `ServerState`: everything the server's threads share, behind one `Arc`.
 
 use crate::config::Config;
-use crate::inflight::{InFlight, InFlightEntry, Via};
+use crate::inflight::{Diverted, InFlight, InFlightEntry, Via};
 use crate::reply::ReplyTo;
-use crate::router::{Location, Router};
+use crate::router::{Location, PeerLink, Router};
 use crate::session_handle::{Delivery, Origin, SessionHandle};
 use crate::store::StoreJob;
 use crate::tls::ServerTls;
@@ -117,52 +117,86 @@ impl ServerState {
 
     /// Routes a direct message accepted from `sender` (request `req`). The sender is
     /// answered later, from whichever thread ends the message's flight.
+    ///
+    /// A message goes the way its recipient's older ones went, or to storage behind
+    /// them: under the `storing` lock it checks that none is on its way to storage and
+    /// records itself in flight, and every path that moves messages from flight to
+    /// storage holds that lock too ([`ServerState::store_flights`]).
     pub fn route_message(&self, reply: ReplyTo, message: NewPending) {
-        if self.storing.lock().holds(&message.recipient) {
-            // Older messages to this recipient are on their way to storage: follow them.
-            return self.store_for(reply, message);
+        /// Where the message is pushed, and in what form.
+        enum Push {
+            Local(SessionHandle, Delivery),
+            Peer(PeerLink, PeerFrame),
         }
-        match self.router.locate(&message.recipient) {
-            Some(Location::Local(session)) => {
-                let delivery = delivery_of(&message);
-                let token = self.inflight.new_token();
-                self.inflight.insert(token, reply, message, Via::Local);
-                if session.push_live(&delivery, Origin::Local(token)).is_err() {
-                    self.fail_flight(token);
-                }
+        let token = self.inflight.new_token();
+        let push = match self.router.locate(&message.recipient) {
+            Some(Location::Local(session)) => Some(Push::Local(session, delivery_of(&message))),
+            Some(Location::Remote(server)) => self
+                .router
+                .peer(&server)
+                .map(|link| Push::Peer(link, deliver_frame(token, &message))),
+            None => None,
+        };
+        {
+            let mut storing = self.storing.lock();
+            let via = match &push {
+                // Older messages to this recipient are on their way to storage: follow.
+                _ if storing.holds(&message.recipient) => None,
+                Some(Push::Local(session, _)) => Some(Via::Local(session.conn_id())),
+                Some(Push::Peer(link, _)) => Some(Via::Peer(link.link_id)),
+                None => None,
+            };
+            let Some(via) = via else {
+                return self.queue_stores(&mut storing, [(reply, message)]);
+            };
+            if let Err(diverted) = self.inflight.insert(token, reply, message, via) {
+                let Diverted {
+                    earlier,
+                    reply,
+                    message,
+                } = *diverted;
+                let earlier = earlier.into_iter().map(|e| (e.reply, e.message));
+                let this = std::iter::once((reply, message));
+                return self.queue_stores(&mut storing, earlier.chain(this));
             }
-            Some(Location::Remote(server)) => match self.router.peer(&server) {
-                Some(link) => {
-                    let token = self.inflight.new_token();
-                    let frame = PeerFrame::Deliver {
-                        token,
-                        id: message.msg_id.clone(),
-                        from: message.sender.clone(),
-                        to: message.recipient.clone(),
-                        body: Blob::from_base64(message.body.clone()),
-                        sent_at: message.sent_at,
-                        group: message.group.clone(),
-                    };
-                    self.inflight
-                        .insert(token, reply, message, Via::Peer(server));
-                    if !link.send(&frame, LINK_WAIT) {
-                        self.fail_flight(token);
-                    }
-                }
-                None => self.store_for(reply, message),
-            },
-            None => self.store_for(reply, message),
+        }
+        let pushed = match push {
+            Some(Push::Local(session, delivery)) => {
+                session.push_live(&delivery, Origin::Local(token)).is_ok()
+            }
+            Some(Push::Peer(link, frame)) => link.send(&frame, LINK_WAIT),
+            None => false,
+        };
+        if !pushed {
+            self.fail_flight(token);
         }
     }
 
-    fn store_for(&self, reply: ReplyTo, message: NewPending) {
-        *self
-            .storing
-            .lock()
-            .queued
-            .entry(message.recipient.clone())
-            .or_default() += 1;
-        let _ = self.store.send(StoreJob::Store { message, reply });
+    /// Hands messages to the store thread, in this order, under the `storing` lock.
+    fn queue_stores(
+        &self,
+        storing: &mut StoreBacklog,
+        messages: impl IntoIterator<Item = (ReplyTo, NewPending)>,
+    ) {
+        for (reply, message) in messages {
+            *storing.queued.entry(message.recipient.clone()).or_default() += 1;
+            let _ = self.store.send(StoreJob::Store { message, reply });
+        }
+    }
+
+    /// Moves the in-flight messages that `take` takes to storage, in the order it
+    /// returns them (oldest first). The `storing` lock is held from the take to the
+    /// queueing, so no newer message to the same recipient gets between. Returns how
+    /// many were moved.
+    pub fn store_flights(&self, take: impl FnOnce(&InFlight) -> Vec<InFlightEntry>) -> usize {
+        let mut storing = self.storing.lock();
+        let entries = take(&self.inflight);
+        let count = entries.len();
+        self.queue_stores(
+            &mut storing,
+            entries.into_iter().map(|e| (e.reply, e.message)),
+        );
+        count
     }
 
     /// The recipient acknowledged the message with this token: answer its sender.
@@ -174,17 +208,10 @@ impl ServerState {
         }
     }
 
-    /// The message with this token did not reach its recipient: store it, then answer
-    /// its sender.
+    /// The message with this token did not reach its recipient: store it, with every
+    /// other message in flight to that recipient, then answer their senders.
     pub fn fail_flight(&self, token: u64) {
-        if let Some(entry) = self.inflight.take(token) {
-            self.store_entry(entry);
-        }
-    }
-
-    /// Stores an in-flight message that will not be delivered live.
-    pub fn store_entry(&self, entry: InFlightEntry) {
-        self.store_for(entry.reply, entry.message);
+        self.store_flights(|inflight| inflight.take_failed(token));
     }
 
     /// Handles the acknowledgement of pushed messages by a local client.
@@ -290,6 +317,19 @@ impl ServerState {
         if self.orphaned.lock().remove(user) {
             self.hint_pending(user);
         }
+    }
+}
+
+/// The form of a message sent to the peer that has its recipient.
+fn deliver_frame(token: u64, message: &NewPending) -> PeerFrame {
+    PeerFrame::Deliver {
+        token,
+        id: message.msg_id.clone(),
+        from: message.sender.clone(),
+        to: message.recipient.clone(),
+        body: Blob::from_base64(message.body.clone()),
+        sent_at: message.sent_at,
+        group: message.group.clone(),
     }
 }
 
