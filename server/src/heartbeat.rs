@@ -79,7 +79,9 @@ fn tick(
     own: &mut OwnConnection,
     late_since: &mut HashMap<String, Instant>,
 ) {
-    let expired = state.store_flights(|inflight| inflight.take_expired(Instant::now()));
+    let expired = state
+        .inflight
+        .store_expired(Instant::now(), state.store_queue());
     if expired > 0 {
         log::info!("{expired} deliveries timed out (or followed one that did); storing them");
     }

@@ -4,8 +4,10 @@
 //!
 //! All of one recipient's messages in flight went the same way (one local session, or
 //! one link), so that none overtakes another: a message that would go another way is
-//! diverted to storage together with them ([`InFlight::insert`]), and when one of them
-//! fails, all of them are stored, in acceptance order ([`InFlight::take_failed`]).
+//! stored, after those in flight, which are taken from flight for it
+//! ([`InFlight::route`]); when one of them fails, all of them are stored, in acceptance
+//! order ([`InFlight::store_failed`]). The same lock counts what is on its way to
+//! storage per recipient, and new messages to such a recipient follow into storage.
 
 use crate::reply::ReplyTo;
 use fastchat_sql::NewPending;
@@ -38,18 +40,18 @@ pub struct InFlightEntry<R = ReplyTo> {
     deadline: Instant,
 }
 
-/// A message that must not go the way it was to go: older messages to its recipient
-/// went another way. Store them, in this order, then it.
-pub struct Diverted<R = ReplyTo> {
-    /// The recipient's messages that were in flight, oldest first.
-    pub earlier: Vec<InFlightEntry<R>>,
-    /// Who waits for the diverted message.
-    pub reply: R,
-    /// The diverted message.
-    pub message: NewPending,
+/// What became of messages handed to the store thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed, and their recipients hinted.
+    Committed,
+    /// The store failed: refused to their senders.
+    Failed,
+    /// Refused unattempted, queued behind a failed one.
+    Skipped,
 }
 
-/// The table of in-flight messages, keyed by token.
+/// The table of in-flight messages, keyed by token, and the store backlog.
 pub struct InFlight<R = ReplyTo> {
     next_token: AtomicU64,
     table: Mutex<Table<R>>,
@@ -59,6 +61,12 @@ struct Table<R> {
     entries: HashMap<u64, InFlightEntry<R>>,
     /// Per recipient with messages in flight: the way they went, and their tokens.
     recipients: HashMap<String, Way>,
+    /// Messages handed to the store thread and not yet committed and hinted.
+    queued: HashMap<String, usize>,
+    /// The order key at the last failed store. Messages accepted before it and still
+    /// queued are refused unattempted (`Stored::Skipped`), so none is stored ahead of
+    /// the refused one, which its sender sends again.
+    failed: HashMap<String, i64>,
 }
 
 struct Way {
@@ -67,6 +75,32 @@ struct Way {
 }
 
 impl<R> Table<R> {
+    /// Whether new messages to `user` must follow older ones into storage: some are on
+    /// their way there, or its last store failed (while the database is out of reach,
+    /// they are refused `unavailable` rather than going live ahead of refused ones).
+    fn holds(&self, user: &str) -> bool {
+        self.queued.contains_key(user) || self.failed.contains_key(user)
+    }
+
+    /// Hands a message to `store` (the store thread's queue) and counts it.
+    fn queue(&mut self, reply: R, message: NewPending, store: &mut impl FnMut(R, NewPending)) {
+        *self.queued.entry(message.recipient.clone()).or_default() += 1;
+        store(reply, message);
+    }
+
+    /// Queues taken entries for storage, in their order; returns how many.
+    fn queue_all(
+        &mut self,
+        entries: Vec<InFlightEntry<R>>,
+        store: &mut impl FnMut(R, NewPending),
+    ) -> usize {
+        let count = entries.len();
+        for entry in entries {
+            self.queue(entry.reply, entry.message, store);
+        }
+        count
+    }
+
     fn remove(&mut self, token: u64) -> Option<InFlightEntry<R>> {
         let entry = self.entries.remove(&token)?;
         if let Some(way) = self.recipients.get_mut(&entry.message.recipient) {
@@ -78,15 +112,18 @@ impl<R> Table<R> {
         Some(entry)
     }
 
-    /// Removes every entry to `recipient`.
+    /// Removes every entry to `recipient`, oldest first.
     fn remove_recipient(&mut self, recipient: &str) -> Vec<InFlightEntry<R>> {
         let Some(way) = self.recipients.remove(recipient) else {
             return Vec::new();
         };
-        way.tokens
+        let mut taken: Vec<InFlightEntry<R>> = way
+            .tokens
             .iter()
             .filter_map(|t| self.entries.remove(t))
-            .collect()
+            .collect();
+        oldest_first(&mut taken);
+        taken
     }
 
     /// Removes the entries `pick` chooses and every other entry to their recipients,
@@ -126,36 +163,44 @@ impl<R> InFlight<R> {
             table: Mutex::new(Table {
                 entries: HashMap::new(),
                 recipients: HashMap::new(),
+                queued: HashMap::new(),
+                failed: HashMap::new(),
             }),
         }
     }
 
-    /// A fresh token, for a message about to be inserted.
+    /// A fresh token, for a message about to be routed.
     pub fn new_token(&self) -> u64 {
         self.next_token.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Records a message before it is pushed `via` that way, unless messages to its
-    /// recipient are in flight another way: then they are taken and returned with it,
-    /// to be stored in that order instead.
-    pub fn insert(
+    /// Decides a new message's way under the lock. It goes in flight `via` that way
+    /// (`true`: push it now) unless there is no such way, older messages to its
+    /// recipient are on their way to storage, or some are in flight another way: then
+    /// those in flight and it are handed to `store`, in that order (`false`).
+    pub fn route(
         &self,
         token: u64,
         reply: R,
         message: NewPending,
-        via: Via,
-    ) -> Result<(), Box<Diverted<R>>> {
+        via: Option<Via>,
+        mut store: impl FnMut(R, NewPending),
+    ) -> bool {
         let mut table = self.table.lock();
+        let via = match via {
+            Some(via) if !table.holds(&message.recipient) => via,
+            _ => {
+                table.queue(reply, message, &mut store);
+                return false;
+            }
+        };
         match table.recipients.get_mut(&message.recipient) {
             Some(way) if way.via == via => way.tokens.push(token),
             Some(_) => {
-                let mut earlier = table.remove_recipient(&message.recipient);
-                oldest_first(&mut earlier);
-                return Err(Box::new(Diverted {
-                    earlier,
-                    reply,
-                    message,
-                }));
+                let earlier = table.remove_recipient(&message.recipient);
+                table.queue_all(earlier, &mut store);
+                table.queue(reply, message, &mut store);
+                return false;
             }
             None => {
                 let way = Way {
@@ -172,7 +217,7 @@ impl<R> InFlight<R> {
             deadline: Instant::now() + DELIVERY_TIMEOUT,
         };
         table.entries.insert(token, entry);
-        Ok(())
+        true
     }
 
     /// Ends the entry: its recipient acknowledged it.
@@ -180,46 +225,87 @@ impl<R> InFlight<R> {
         self.table.lock().remove(token)
     }
 
-    /// The entry failed to reach its recipient: takes it and every other message in
-    /// flight to that recipient, oldest first, to be stored in that order. Empty when
-    /// the entry has ended already.
-    pub fn take_failed(&self, token: u64) -> Vec<InFlightEntry<R>> {
+    /// The entry failed to reach its recipient: hands it and every other message in
+    /// flight to that recipient to `store`, oldest first. None when it has ended
+    /// already. Returns how many.
+    pub fn store_failed(&self, token: u64, mut store: impl FnMut(R, NewPending)) -> usize {
         let mut table = self.table.lock();
         let Some(recipient) = table
             .entries
             .get(&token)
             .map(|e| e.message.recipient.clone())
         else {
-            return Vec::new();
+            return 0;
         };
-        let mut taken = table.remove_recipient(&recipient);
-        oldest_first(&mut taken);
-        taken
+        let taken = table.remove_recipient(&recipient);
+        table.queue_all(taken, &mut store)
     }
 
-    /// Takes every entry sent over the link `link_id` (it went down, or a newer link
-    /// replaced it), oldest first.
-    pub fn take_via(&self, link_id: u64) -> Vec<InFlightEntry<R>> {
-        self.table
-            .lock()
-            .remove_with_recipients(|e| e.via == Via::Peer(link_id))
+    /// Hands every entry sent over the link `link_id` (it went down, or a newer link
+    /// replaced it) to `store`, oldest first. Returns how many.
+    pub fn store_via(&self, link_id: u64, mut store: impl FnMut(R, NewPending)) -> usize {
+        let mut table = self.table.lock();
+        let taken = table.remove_with_recipients(|e| e.via == Via::Peer(link_id));
+        table.queue_all(taken, &mut store)
     }
 
-    /// Takes every entry whose deadline has passed, and the others to their
-    /// recipients, oldest first.
-    pub fn take_expired(&self, now: Instant) -> Vec<InFlightEntry<R>> {
-        self.table
-            .lock()
-            .remove_with_recipients(|e| e.deadline <= now)
+    /// Hands every entry whose deadline has passed, and the others to their
+    /// recipients, to `store`, oldest first. Returns how many.
+    pub fn store_expired(&self, now: Instant, mut store: impl FnMut(R, NewPending)) -> usize {
+        let mut table = self.table.lock();
+        let taken = table.remove_with_recipients(|e| e.deadline <= now);
+        table.queue_all(taken, &mut store)
     }
 
-    /// Takes every entry (shutdown: store them all), oldest first.
-    pub fn take_all(&self) -> Vec<InFlightEntry<R>> {
+    /// Hands every entry to `store` (shutdown), oldest first. Returns how many.
+    pub fn store_all(&self, mut store: impl FnMut(R, NewPending)) -> usize {
         let mut table = self.table.lock();
         table.recipients.clear();
         let mut taken: Vec<_> = table.entries.drain().map(|(_, e)| e).collect();
         oldest_first(&mut taken);
-        taken
+        table.queue_all(taken, &mut store)
+    }
+
+    /// The store thread is done with messages to these recipients (one name per
+    /// message). Call it after the hints of a commit: a newer message may go live then.
+    pub fn done_storing<'a>(&self, recipients: impl Iterator<Item = &'a str>, outcome: Stored) {
+        let mut table = self.table.lock();
+        for user in recipients {
+            match outcome {
+                Stored::Committed => {
+                    table.failed.remove(user);
+                }
+                Stored::Failed => {
+                    let at = self.new_token() as i64;
+                    table.failed.insert(user.to_string(), at);
+                }
+                Stored::Skipped => {}
+            }
+            if let Some(n) = table.queued.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    table.queued.remove(user);
+                }
+            }
+        }
+    }
+
+    /// Splits messages about to be stored into those that may be and those accepted
+    /// before their recipient's last failed store, which must be refused unattempted
+    /// so that none is stored ahead of a refused one.
+    pub fn split_behind_failures<T>(
+        &self,
+        stores: Vec<T>,
+        message: impl Fn(&T) -> &NewPending,
+    ) -> (Vec<T>, Vec<T>) {
+        let table = self.table.lock();
+        stores.into_iter().partition(|item| {
+            let m = message(item);
+            table
+                .failed
+                .get(&m.recipient)
+                .is_none_or(|&at| m.order_key > at)
+        })
     }
 
     /// How many messages are in flight.
@@ -231,6 +317,9 @@ impl<R> InFlight<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing went to storage.
+    const NOTHING: [i64; 0] = [];
 
     fn message(to: &str, order_key: i64) -> NewPending {
         NewPending {
@@ -244,69 +333,77 @@ mod tests {
         }
     }
 
-    /// Inserts a message with order key and token `k`.
-    fn insert(f: &InFlight<()>, to: &str, k: u64, via: Via) -> Result<(), Box<Diverted<()>>> {
-        f.insert(k, (), message(to, k as i64), via)
+    /// Runs `act` with a store that records order keys; returns them in order.
+    fn stored_by(act: impl FnOnce(&mut dyn FnMut((), NewPending))) -> Vec<i64> {
+        let mut keys = Vec::new();
+        act(&mut |_, m: NewPending| keys.push(m.order_key));
+        keys
     }
 
-    fn keys(entries: &[InFlightEntry<()>]) -> Vec<i64> {
-        entries.iter().map(|e| e.message.order_key).collect()
+    /// Routes a message with order key and token `k`; returns what went to storage
+    /// (nothing: it is in flight).
+    fn route(f: &InFlight<()>, to: &str, k: u64, via: Option<Via>) -> Vec<i64> {
+        stored_by(|store| {
+            f.route(k, (), message(to, k as i64), via, store);
+        })
     }
 
     #[test]
-    fn a_message_that_would_go_another_way_is_diverted_with_those_in_flight() {
+    fn a_message_that_would_go_another_way_is_stored_after_those_in_flight() {
         let f = InFlight::<()>::new(0);
         for k in [3, 1, 2] {
-            assert!(insert(&f, "bob", k, Via::Peer(7)).is_ok());
+            assert_eq!(route(&f, "bob", k, Some(Via::Peer(7))), NOTHING);
         }
-        assert!(insert(&f, "carol", 4, Via::Local(9)).is_ok());
+        assert_eq!(route(&f, "carol", 4, Some(Via::Local(9))), NOTHING);
         // Bob logged in here: his next message must not overtake those on the link.
-        let Err(diverted) = insert(&f, "bob", 5, Via::Local(9)) else {
-            panic!("not diverted")
-        };
-        assert_eq!(keys(&diverted.earlier), [1, 2, 3], "oldest first");
-        assert_eq!(diverted.message.order_key, 5);
+        assert_eq!(route(&f, "bob", 5, Some(Via::Local(9))), [1, 2, 3, 5]);
         assert_eq!(f.len(), 1, "carol's message stays");
-        // Nothing of bob's is in flight now: his next message goes its way.
-        assert!(insert(&f, "bob", 6, Via::Local(9)).is_ok());
+        // Until those are stored, bob's next ones follow them.
+        assert_eq!(route(&f, "bob", 6, Some(Via::Local(9))), [6]);
+        f.done_storing(["bob"; 5].into_iter(), Stored::Committed);
+        assert_eq!(route(&f, "bob", 7, Some(Via::Local(9))), NOTHING);
     }
 
     #[test]
     fn a_new_link_or_session_is_another_way() {
         let f = InFlight::<()>::new(0);
-        assert!(insert(&f, "bob", 1, Via::Peer(7)).is_ok());
-        assert!(insert(&f, "bob", 2, Via::Peer(7)).is_ok());
-        assert!(insert(&f, "bob", 3, Via::Peer(8)).is_err());
-        assert!(insert(&f, "carol", 4, Via::Local(1)).is_ok());
-        assert!(insert(&f, "carol", 5, Via::Local(2)).is_err());
+        assert_eq!(route(&f, "bob", 1, Some(Via::Peer(7))), NOTHING);
+        assert_eq!(route(&f, "bob", 2, Some(Via::Peer(7))), NOTHING);
+        assert_eq!(route(&f, "bob", 3, Some(Via::Peer(8))), [1, 2, 3]);
+        assert_eq!(route(&f, "carol", 4, Some(Via::Local(1))), NOTHING);
+        assert_eq!(route(&f, "carol", 5, Some(Via::Local(2))), [4, 5]);
     }
 
     #[test]
-    fn one_failure_takes_all_of_that_recipients_messages_in_order() {
+    fn one_failure_stores_all_of_that_recipients_messages_in_order() {
         let f = InFlight::<()>::new(0);
         for k in [1, 2, 3] {
-            assert!(insert(&f, "bob", k, Via::Local(9)).is_ok());
+            assert_eq!(route(&f, "bob", k, Some(Via::Local(9))), NOTHING);
         }
-        assert!(insert(&f, "carol", 4, Via::Local(10)).is_ok());
+        assert_eq!(route(&f, "carol", 4, Some(Via::Local(10))), NOTHING);
         // The newest fails first (a session's unacknowledged messages come in any order).
-        assert_eq!(keys(&f.take_failed(3)), [1, 2, 3]);
-        assert!(f.take_failed(1).is_empty(), "ended already");
+        assert_eq!(stored_by(|s| _ = f.store_failed(3, s)), [1, 2, 3]);
+        assert_eq!(
+            stored_by(|s| _ = f.store_failed(1, s)),
+            NOTHING,
+            "ended already"
+        );
         assert!(f.take(2).is_none());
         assert!(f.take(4).is_some(), "carol's is delivered");
         assert_eq!(f.len(), 0);
     }
 
     #[test]
-    fn a_link_going_down_takes_what_went_through_it_oldest_first() {
+    fn a_link_going_down_stores_what_went_through_it_oldest_first() {
         let f = InFlight::<()>::new(0);
         for (to, k) in [("bob", 5), ("carol", 2), ("bob", 1), ("dave", 3)] {
-            assert!(insert(&f, to, k, Via::Peer(7)).is_ok());
+            assert_eq!(route(&f, to, k, Some(Via::Peer(7))), NOTHING);
         }
-        assert!(insert(&f, "erin", 4, Via::Peer(8)).is_ok());
-        assert!(insert(&f, "fred", 6, Via::Peer(11)).is_ok());
-        assert_eq!(keys(&f.take_via(11)), [6]);
-        assert_eq!(keys(&f.take_via(7)), [1, 2, 3, 5]);
-        assert_eq!(keys(&f.take_all()), [4]);
+        assert_eq!(route(&f, "erin", 4, Some(Via::Peer(8))), NOTHING);
+        assert_eq!(route(&f, "fred", 6, Some(Via::Peer(11))), NOTHING);
+        assert_eq!(stored_by(|s| _ = f.store_via(11, s)), [6]);
+        assert_eq!(stored_by(|s| _ = f.store_via(7, s)), [1, 2, 3, 5]);
+        assert_eq!(stored_by(|s| _ = f.store_all(s)), [4]);
         assert_eq!(f.len(), 0);
     }
 
@@ -314,12 +411,42 @@ mod tests {
     fn an_expired_message_takes_the_newer_ones_to_its_recipient_with_it() {
         let f = InFlight::<()>::new(0);
         for (to, k) in [("bob", 1), ("carol", 2), ("bob", 3)] {
-            assert!(insert(&f, to, k, Via::Local(9)).is_ok());
+            assert_eq!(route(&f, to, k, Some(Via::Local(9))), NOTHING);
         }
         let now = Instant::now();
-        assert!(f.take_expired(now).is_empty());
+        assert_eq!(stored_by(|s| _ = f.store_expired(now, s)), NOTHING);
         f.table.lock().entries.get_mut(&1).unwrap().deadline = now;
-        assert_eq!(keys(&f.take_expired(now)), [1, 3]);
+        assert_eq!(stored_by(|s| _ = f.store_expired(now, s)), [1, 3]);
         assert_eq!(f.len(), 1, "carol's has not expired");
+    }
+
+    #[test]
+    fn after_a_failed_store_older_messages_are_refused_and_newer_ones_follow_into_storage() {
+        let f = InFlight::<()>::new(0);
+        let order_keys = |ms: &[NewPending]| ms.iter().map(|m| m.order_key).collect::<Vec<_>>();
+        // Bob is offline: 1 and 2 go to storage.
+        let (k1, k2) = (f.new_token(), f.new_token());
+        assert_eq!(route(&f, "bob", k1, None), [k1 as i64]);
+        assert_eq!(route(&f, "bob", k2, None), [k2 as i64]);
+        // The store thread took 1 alone, and the commit failed.
+        f.done_storing(["bob"].into_iter(), Stored::Failed);
+        // Bob is back, but a new message must not go live ahead of the refused one.
+        let k3 = f.new_token();
+        assert_eq!(route(&f, "bob", k3, Some(Via::Local(9))), [k3 as i64]);
+        // 2 was accepted before the failure: refused unattempted. 3 may be stored.
+        let queued = vec![message("bob", k2 as i64), message("bob", k3 as i64)];
+        let (go, refuse) = f.split_behind_failures(queued, |m| m);
+        assert_eq!(
+            (order_keys(&go), order_keys(&refuse)),
+            (vec![k3 as i64], vec![k2 as i64])
+        );
+        f.done_storing(["bob"].into_iter(), Stored::Skipped);
+        f.done_storing(["bob"].into_iter(), Stored::Committed);
+        let k4 = f.new_token();
+        assert_eq!(
+            route(&f, "bob", k4, Some(Via::Local(9))),
+            NOTHING,
+            "live again"
+        );
     }
 }

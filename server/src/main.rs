@@ -125,7 +125,6 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         orphaned: Default::default(),
         fences: Default::default(),
         live_servers: Default::default(),
-        storing: Default::default(),
     });
 
     let weak = Arc::downgrade(&state);
@@ -210,7 +209,7 @@ fn shutdown(
     while !state.router.local_sessions().is_empty() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
-    state.store_flights(|inflight| inflight.take_all());
+    state.inflight.store_all(state.store_queue());
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     if state.store.send(store::StoreJob::Flush(done_tx)).is_ok() {
         let _ = done_rx.recv_timeout(Duration::from_secs(5));

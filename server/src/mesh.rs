@@ -188,7 +188,7 @@ fn run_link(
         // Replaced by a newer link: a `group_changed` still unread on this one is lost,
         // and messages sent through it may never have left.
         state.group_cache.forget_all();
-        state.store_flights(|inflight| inflight.take_via(link_id));
+        state.inflight.store_via(link_id, state.store_queue());
     }
 }
 
@@ -198,7 +198,7 @@ pub fn link_down(state: &ServerState, peer: &str, link_id: u64) {
     // Until a link is up again, changes made there go unheard.
     state.group_cache.forget_all();
     let users = state.router.remove_server_users(peer);
-    let flights = state.store_flights(|inflight| inflight.take_via(link_id));
+    let flights = state.inflight.store_via(link_id, state.store_queue());
     log::info!("mesh link down: {peer} ({users} users unreachable, {flights} messages to store)");
 }
 

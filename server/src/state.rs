@@ -1,7 +1,7 @@
 //! `ServerState`: everything the server's threads share, behind one `Arc`.
 
 use crate::config::Config;
-use crate::inflight::{Diverted, InFlight, InFlightEntry, Via};
+use crate::inflight::{InFlight, Via};
 use crate::reply::ReplyTo;
 use crate::router::{Location, PeerLink, Router};
 use crate::session_handle::{Delivery, Origin, SessionHandle};
@@ -27,7 +27,8 @@ pub struct ServerState {
     pub pool: Pool,
     /// Users and peers.
     pub router: Router,
-    /// Messages awaiting their recipient's acknowledgement.
+    /// Messages awaiting their recipient's acknowledgement, and per recipient what is
+    /// on its way to storage.
     pub inflight: InFlight,
     /// Queue of the pending-store thread (group commit).
     pub store: Sender<StoreJob>,
@@ -50,44 +51,10 @@ pub struct ServerState {
     /// Users we stored messages for while we knew no server for them: when one shows up
     /// on a peer, that peer is told to fetch.
     pub orphaned: Mutex<HashSet<String>>,
-    /// Per recipient, what is on its way to storage (see [`StoreBacklog`]).
-    pub storing: Mutex<StoreBacklog>,
     /// Fences awaiting acknowledgement: token -> where each ack (the peer's name) goes.
     pub fences: Mutex<HashMap<u64, Sender<String>>>,
     /// The other live servers, as of the maintenance loop's last listing.
     pub live_servers: RwLock<HashSet<String>>,
-}
-
-/// Recipients with messages on their way to storage, or whose last store failed.
-/// While a recipient is in either map, its new messages are stored too (and so refused
-/// `unavailable` while the database is out of reach), so that none goes live ahead of
-/// older ones.
-#[derive(Default)]
-pub struct StoreBacklog {
-    /// Messages queued to the store thread and not yet committed and hinted.
-    pub queued: HashMap<String, usize>,
-    /// The order key at the last failed store. Messages accepted before it and still
-    /// queued are refused unattempted (`Stored::Skipped`), so none is stored ahead of
-    /// the refused one, which its sender sends again.
-    pub failed: HashMap<String, i64>,
-}
-
-impl StoreBacklog {
-    /// Whether new messages to `user` must follow older ones into storage.
-    pub fn holds(&self, user: &str) -> bool {
-        self.queued.contains_key(user) || self.failed.contains_key(user)
-    }
-}
-
-/// What became of messages handed to the store thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
-    /// Committed, and their recipients hinted.
-    Committed,
-    /// The store failed: refused to their senders.
-    Failed,
-    /// Refused unattempted, queued behind a failed one.
-    Skipped,
 }
 
 /// How long a push may wait on a congested peer link before the message is stored.
@@ -119,9 +86,8 @@ impl ServerState {
     /// answered later, from whichever thread ends the message's flight.
     ///
     /// A message goes the way its recipient's older ones went, or to storage behind
-    /// them: under the `storing` lock it checks that none is on its way to storage and
-    /// records itself in flight, and every path that moves messages from flight to
-    /// storage holds that lock too ([`ServerState::store_flights`]).
+    /// them: [`InFlight::route`] decides under the lock that every move from flight to
+    /// storage takes too.
     pub fn route_message(&self, reply: ReplyTo, message: NewPending) {
         /// Where the message is pushed, and in what form.
         enum Push {
@@ -137,28 +103,16 @@ impl ServerState {
                 .map(|link| Push::Peer(link, deliver_frame(token, &message))),
             None => None,
         };
+        let via = match &push {
+            Some(Push::Local(session, _)) => Some(Via::Local(session.conn_id())),
+            Some(Push::Peer(link, _)) => Some(Via::Peer(link.link_id)),
+            None => None,
+        };
+        if !self
+            .inflight
+            .route(token, reply, message, via, self.store_queue())
         {
-            let mut storing = self.storing.lock();
-            let via = match &push {
-                // Older messages to this recipient are on their way to storage: follow.
-                _ if storing.holds(&message.recipient) => None,
-                Some(Push::Local(session, _)) => Some(Via::Local(session.conn_id())),
-                Some(Push::Peer(link, _)) => Some(Via::Peer(link.link_id)),
-                None => None,
-            };
-            let Some(via) = via else {
-                return self.queue_stores(&mut storing, [(reply, message)]);
-            };
-            if let Err(diverted) = self.inflight.insert(token, reply, message, via) {
-                let Diverted {
-                    earlier,
-                    reply,
-                    message,
-                } = *diverted;
-                let earlier = earlier.into_iter().map(|e| (e.reply, e.message));
-                let this = std::iter::once((reply, message));
-                return self.queue_stores(&mut storing, earlier.chain(this));
-            }
+            return;
         }
         let pushed = match push {
             Some(Push::Local(session, delivery)) => {
@@ -172,31 +126,11 @@ impl ServerState {
         }
     }
 
-    /// Hands messages to the store thread, in this order, under the `storing` lock.
-    fn queue_stores(
-        &self,
-        storing: &mut StoreBacklog,
-        messages: impl IntoIterator<Item = (ReplyTo, NewPending)>,
-    ) {
-        for (reply, message) in messages {
-            *storing.queued.entry(message.recipient.clone()).or_default() += 1;
+    /// Where `InFlight` hands the messages it sends to storage: the store thread's queue.
+    pub fn store_queue(&self) -> impl FnMut(ReplyTo, NewPending) + '_ {
+        |reply, message| {
             let _ = self.store.send(StoreJob::Store { message, reply });
         }
-    }
-
-    /// Moves the in-flight messages that `take` takes to storage, in the order it
-    /// returns them (oldest first). The `storing` lock is held from the take to the
-    /// queueing, so no newer message to the same recipient gets between. Returns how
-    /// many were moved.
-    pub fn store_flights(&self, take: impl FnOnce(&InFlight) -> Vec<InFlightEntry>) -> usize {
-        let mut storing = self.storing.lock();
-        let entries = take(&self.inflight);
-        let count = entries.len();
-        self.queue_stores(
-            &mut storing,
-            entries.into_iter().map(|e| (e.reply, e.message)),
-        );
-        count
     }
 
     /// The recipient acknowledged the message with this token: answer its sender.
@@ -211,7 +145,7 @@ impl ServerState {
     /// The message with this token did not reach its recipient: store it, with every
     /// other message in flight to that recipient, then answer their senders.
     pub fn fail_flight(&self, token: u64) {
-        self.store_flights(|inflight| inflight.take_failed(token));
+        self.inflight.store_failed(token, self.store_queue());
     }
 
     /// Handles the acknowledgement of pushed messages by a local client.
@@ -278,29 +212,6 @@ impl ServerState {
                 }
             }
             None => {}
-        }
-    }
-
-    /// The store thread is done with these messages.
-    pub fn done_storing<'a>(&self, recipients: impl Iterator<Item = &'a str>, outcome: Stored) {
-        let mut backlog = self.storing.lock();
-        for user in recipients {
-            match outcome {
-                Stored::Committed => {
-                    backlog.failed.remove(user);
-                }
-                Stored::Failed => {
-                    let at = self.next_order_key();
-                    backlog.failed.insert(user.to_string(), at);
-                }
-                Stored::Skipped => {}
-            }
-            if let Some(n) = backlog.queued.get_mut(user) {
-                *n -= 1;
-                if *n == 0 {
-                    backlog.queued.remove(user);
-                }
-            }
         }
     }
 

@@ -2,9 +2,10 @@
 //! batches (group commit: one transaction for everything queued), and fetcher threads
 //! that push stored messages to sessions that log in or are hinted.
 
+use crate::inflight::Stored;
 use crate::reply::ReplyTo;
 use crate::session_handle::{Delivery, PushError, SessionHandle};
-use crate::state::{ServerState, Stored};
+use crate::state::ServerState;
 use crossbeam_channel::Receiver;
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::NewPending;
@@ -76,15 +77,7 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, ReplyTo)>, deletes
         }
     }
     // Messages queued behind one whose store failed must not be stored ahead of it.
-    let (stores, behind_a_failure): (Vec<_>, Vec<_>) = {
-        let backlog = state.storing.lock();
-        stores.into_iter().partition(|(m, _)| {
-            backlog
-                .failed
-                .get(&m.recipient)
-                .is_none_or(|&at| m.order_key > at)
-        })
-    };
+    let (stores, behind_a_failure) = state.inflight.split_behind_failures(stores, |(m, _)| m);
     if !behind_a_failure.is_empty() {
         refuse_stores(
             state,
@@ -116,7 +109,7 @@ fn commit_batch(state: &ServerState, stores: Vec<(NewPending, ReplyTo)>, deletes
                 state.hint_pending(user);
             }
             // Only after the hints: a newer message may go live now, behind them.
-            state.done_storing(
+            state.inflight.done_storing(
                 messages.iter().map(|m| m.recipient.as_str()),
                 Stored::Committed,
             );
@@ -145,7 +138,9 @@ fn refuse_stores(
     code: ErrorCode,
     outcome: Stored,
 ) {
-    state.done_storing(stores.iter().map(|(m, _)| m.recipient.as_str()), outcome);
+    state
+        .inflight
+        .done_storing(stores.iter().map(|(m, _)| m.recipient.as_str()), outcome);
     for (message, reply) in stores {
         reply.failed(&message.msg_id, code);
     }
