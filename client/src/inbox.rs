@@ -14,9 +14,11 @@ use fastchat_common::e2e::{Envelope, EnvelopeKind};
 use fastchat_common::protocol::client::RequestBody;
 use fastchat_common::protocol::UnixMillis;
 use fastchat_common::{Blob, ErrorCode};
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
@@ -47,15 +49,23 @@ pub(crate) struct Incoming {
 
 /// Remembers recently seen `(sender, id)` pairs, forgetting the oldest beyond a bound.
 /// A pair is kept as one string, `sender NUL id`: user names hold no NUL, so the first
-/// one separates the two (`common::names` checks them). One allocation per message,
-/// shared by the set and the order.
+/// one separates the two (`common::names` checks them). A message's pair is put
+/// together and hashed once ([`Dedup::check`]), and kept as it is ([`Dedup::insert`]):
+/// one allocation per message, shared by the table and the order.
 struct Dedup {
-    seen: HashSet<Arc<str>>,
+    seen: HashTable<Arc<str>>,
     order: VecDeque<Arc<str>>,
-    /// Where a pair is put together to be looked up, without allocating.
+    hasher: RandomState,
+    /// Where a pair is put together to be looked up.
     scratch: String,
     /// How many pairs it remembers.
     limit: usize,
+}
+
+/// A pair not seen yet, ready to be remembered once its message is done with.
+struct Unseen {
+    hash: u64,
+    key: Arc<str>,
 }
 
 impl Default for Dedup {
@@ -67,39 +77,45 @@ impl Default for Dedup {
 impl Dedup {
     fn remembering(limit: usize) -> Dedup {
         Dedup {
-            seen: HashSet::new(),
+            seen: HashTable::new(),
             order: VecDeque::new(),
+            hasher: RandomState::new(),
             scratch: String::new(),
             limit,
         }
     }
 
-    fn key(&mut self, from: &str, id: &str) -> &str {
+    /// `None` when the pair was seen; otherwise the pair, for [`Dedup::insert`].
+    fn check(&mut self, from: &str, id: &str) -> Option<Unseen> {
         self.scratch.clear();
         self.scratch.push_str(from);
         self.scratch.push('\0');
         self.scratch.push_str(id);
-        &self.scratch
-    }
-
-    fn contains(&mut self, from: &str, id: &str) -> bool {
-        self.key(from, id);
-        self.seen.contains(self.scratch.as_str())
-    }
-
-    fn insert(&mut self, from: &str, id: &str) {
-        self.key(from, id);
-        if self.seen.contains(self.scratch.as_str()) {
-            return;
+        let hash = self.hasher.hash_one(self.scratch.as_str());
+        if self.seen.find(hash, |k| **k == *self.scratch).is_some() {
+            return None;
         }
+        Some(Unseen {
+            hash,
+            key: Arc::from(self.scratch.as_str()),
+        })
+    }
+
+    /// Remembers a pair that [`Dedup::check`] found unseen (under the same lock, so it
+    /// still is).
+    fn insert(&mut self, pair: Unseen) {
         if self.order.len() >= self.limit {
             if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
+                let hash = self.hasher.hash_one(&*old);
+                if let Ok(entry) = self.seen.find_entry(hash, |k| Arc::ptr_eq(k, &old)) {
+                    entry.remove();
+                }
             }
         }
-        let key: Arc<str> = Arc::from(self.scratch.as_str());
-        self.seen.insert(key.clone());
-        self.order.push_back(key);
+        let hasher = &self.hasher;
+        self.seen
+            .insert_unique(pair.hash, pair.key.clone(), |k| hasher.hash_one(&**k));
+        self.order.push_back(pair.key);
     }
 }
 
@@ -214,11 +230,18 @@ struct InboxState {
     downloads: Option<Downloads>,
     /// Stored messages opened whose receipts are not sent yet, by (recipient, sender):
     /// the recipient is who we were logged in as.
-    receipts: HashMap<(String, String), Vec<String>>,
+    receipts: HashMap<(String, String), ReceiptIds>,
     /// When the oldest of those was opened.
     receipts_since: Option<Instant>,
     /// Some sender's receipt is as large as one may be.
     receipts_full: bool,
+}
+
+/// The ids gathered for one receipt, and their bytes.
+#[derive(Default)]
+struct ReceiptIds {
+    ids: Vec<String>,
+    bytes: usize,
 }
 
 /// Receipts to send: (recipient, sender) and the ids.
@@ -240,9 +263,9 @@ impl InboxState {
             .receipts
             .entry((me.to_string(), from.to_string()))
             .or_default();
-        ids.push(id.to_string());
-        let bytes: usize = ids.iter().map(String::len).sum();
-        self.receipts_full |= ids.len() >= RECEIPT_IDS || bytes >= RECEIPT_ID_BYTES;
+        ids.ids.push(id.to_string());
+        ids.bytes += id.len();
+        self.receipts_full |= ids.ids.len() >= RECEIPT_IDS || ids.bytes >= RECEIPT_ID_BYTES;
     }
 
     /// The receipts gathered, if they should go now: the inbox has nothing more queued,
@@ -256,7 +279,10 @@ impl InboxState {
         }
         self.receipts_since = None;
         self.receipts_full = false;
-        self.receipts.drain().collect()
+        self.receipts
+            .drain()
+            .map(|(to, ids)| (to, ids.ids))
+            .collect()
     }
 }
 
@@ -344,9 +370,7 @@ fn open_at_once(inner: &Inner, m: Incoming) -> Option<Incoming> {
         return Some(m);
     };
     let mut state = inner.inbox.state.lock();
-    if settled_unopened(inner, &mut state, &m) {
-        return None;
-    }
+    let pair = still_to_open(inner, &mut state, &m)?;
     let wanted_a_request = Cell::new(false);
     let no_requests = |_: RequestBody| {
         wanted_a_request.set(true);
@@ -359,7 +383,10 @@ fn open_at_once(inner: &Inner, m: Incoming) -> Option<Incoming> {
     if wanted_a_request.get() {
         return Some(m);
     }
-    act(inner, &mut state, &me, m, outcome);
+    let (session, tag) = (m.session, m.tag);
+    let events = act(inner, &mut state, &me, m, pair, outcome);
+    drop(state);
+    hand_over(inner, events, session, tag);
     None
 }
 
@@ -367,22 +394,29 @@ fn open_at_once(inner: &Inner, m: Incoming) -> Option<Incoming> {
 pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
     while let Ok(m) = fastchat_common::channel::recv(&rx) {
         let Some(inner) = inner.upgrade() else { break };
-        {
+        let (session, tag) = (m.session, m.tag);
+        let events = {
             let mut state = inner.inbox.state.lock();
-            if settled_unopened(&inner, &mut state, &m) {
-                // Done with.
-            } else if let Some(me) = inner.keyring.wait_identity(IDENTITY_WAIT) {
-                let fetch = |body: RequestBody| call(&inner, body, KEY_FETCH_TIMEOUT);
-                let outcome = open(&inner, &me, &m, &fetch);
-                act(&inner, &mut state, &me, m, outcome);
-            } else {
-                log::warn!(
-                    "message {} from {} left for later: no keys loaded",
-                    m.id,
-                    m.from
-                );
+            match still_to_open(&inner, &mut state, &m) {
+                None => None,
+                Some(pair) => match inner.keyring.wait_identity(IDENTITY_WAIT) {
+                    Some(me) => {
+                        let fetch = |body: RequestBody| call(&inner, body, KEY_FETCH_TIMEOUT);
+                        let outcome = open(&inner, &me, &m, &fetch);
+                        act(&inner, &mut state, &me, m, pair, outcome)
+                    }
+                    None => {
+                        log::warn!(
+                            "message {} from {} left for later: no keys loaded",
+                            m.id,
+                            m.from
+                        );
+                        None
+                    }
+                },
             }
-        }
+        };
+        hand_over(&inner, events, session, tag);
         // A stored queue arrives in a burst: one receipt per sender for the whole
         // burst (or every 200 ms of it), not one per message (100,000 queued messages
         // were 100,000 receipts, each a message of its own).
@@ -394,78 +428,88 @@ pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
 
 /// Ends, without opening it, a message pushed to an earlier session (the server stored it
 /// again when that session ended, and will push it to a later one) or one already
-/// received (acknowledged again). Returns whether it was one of those.
-fn settled_unopened(inner: &Inner, state: &mut InboxState, m: &Incoming) -> bool {
+/// received (acknowledged again). Otherwise gives its `(sender, id)` pair, to remember
+/// once it is done with.
+fn still_to_open(inner: &Inner, state: &mut InboxState, m: &Incoming) -> Option<Unseen> {
     if m.session != inner.session.load(Ordering::Acquire) {
-        return true;
+        return None;
     }
-    if state.dedup.contains(&m.from, &m.id) {
+    let pair = state.dedup.check(&m.from, &m.id);
+    if pair.is_none() {
         inner.ack(m.session, m.tag);
-        return true;
     }
-    false
+    pair
 }
 
-/// Acts on what opening a message gave: downloads, events, history, receipts, and the
-/// acknowledgement (unless it is to be delivered again later).
-fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcome: Outcome) {
-    let events = &inner.events;
+/// Hands a message's events over, then acknowledges it, with no inbox lock held (an
+/// event handler runs right here). `None`: it is to be delivered again later.
+fn hand_over(inner: &Inner, events: Option<Vec<Event>>, session: u64, tag: u64) {
+    let Some(events) = events else { return };
+    for event in events {
+        inner.events.send(event);
+    }
+    inner.ack(session, tag);
+}
+
+/// Acts on what opening a message gave: downloads, history, receipts to send, and the
+/// events to hand over. `None` when it is to be delivered again later (then it is not
+/// remembered as received, nor acknowledged).
+fn act(
+    inner: &Inner,
+    state: &mut InboxState,
+    me: &Identity,
+    m: Incoming,
+    pair: Unseen,
+    outcome: Outcome,
+) -> Option<Vec<Event>> {
+    if let Outcome::Retry(e) = &outcome {
+        log::warn!("message {} from {} left for later: {e}", m.id, m.from);
+        return None;
+    }
+    state.dedup.insert(pair);
     let downloads = state
         .downloads
         .get_or_insert_with(|| Downloads::new(inner.config.home.as_deref()));
-    let dedup = &mut state.dedup;
+    let mut events = Vec::with_capacity(1);
     match outcome {
         Outcome::FileStart(header) => {
-            dedup.insert(&m.from, &m.id);
             let name = header.name.clone();
             if let Err(error) = downloads.start(&m.from, header) {
-                events.send(Event::FileFailed {
-                    from: m.from.clone(),
+                events.push(Event::FileFailed {
+                    from: m.from,
                     name,
                     error,
                 });
             }
-            inner.ack(m.session, m.tag);
         }
         Outcome::FileChunk(chunk) => {
-            dedup.insert(&m.from, &m.id);
             let name = downloads
                 .name_of(&m.from, &chunk.file_id)
                 .unwrap_or_default();
             match downloads.chunk(&m.from, chunk) {
                 Ok(ChunkOutcome::Progress) => {}
-                Ok(ChunkOutcome::Done(file)) => {
-                    events.send(Event::File {
-                        from: m.from.clone(),
-                        group: m.group.clone(),
-                        name: file.name,
-                        path: file.path,
-                        bytes: file.bytes,
-                        sha256: file.sha256,
-                    });
-                }
-                Err(error) => {
-                    events.send(Event::FileFailed {
-                        from: m.from.clone(),
-                        name,
-                        error,
-                    });
-                }
+                Ok(ChunkOutcome::Done(file)) => events.push(Event::File {
+                    from: m.from,
+                    group: m.group,
+                    name: file.name,
+                    path: file.path,
+                    bytes: file.bytes,
+                    sha256: file.sha256,
+                }),
+                Err(error) => events.push(Event::FileFailed {
+                    from: m.from,
+                    name,
+                    error,
+                }),
             }
-            inner.ack(m.session, m.tag);
         }
         Outcome::Receipt(ids) => {
-            dedup.insert(&m.from, &m.id);
-            for id in ids {
-                events.send(Event::Delivered {
-                    id,
-                    to: m.from.clone(),
-                });
-            }
-            inner.ack(m.session, m.tag);
+            events.extend(ids.into_iter().map(|id| Event::Delivered {
+                id,
+                to: m.from.clone(),
+            }));
         }
         Outcome::Opened(text) => {
-            dedup.insert(&m.from, &m.id);
             if m.stored && m.group.is_none() {
                 // It waited in storage: tell the sender it has arrived now, in one
                 // receipt for all the inbox opens in a row (`run_inbox` sends it).
@@ -482,7 +526,7 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
                 sent_at: m.sent_at,
             };
             inner.history.record(&me.user, conversation, &entry);
-            let event = match m.group {
+            events.push(match m.group {
                 Some(group) => Event::GroupMessage {
                     group,
                     id: m.id,
@@ -497,46 +541,51 @@ fn act(inner: &Inner, state: &mut InboxState, me: &Identity, m: Incoming, outcom
                     text,
                     sent_at: m.sent_at,
                 },
-            };
-            events.send(event);
-            inner.ack(m.session, m.tag);
-        }
-        Outcome::Refused(error) => {
-            dedup.insert(&m.from, &m.id);
-            events.send(Event::Undecryptable {
-                id: m.id,
-                from: m.from,
-                error,
             });
-            inner.ack(m.session, m.tag);
         }
-        Outcome::Retry(e) => {
-            log::warn!("message {} from {} left for later: {e}", m.id, m.from);
-        }
+        Outcome::Refused(error) => events.push(Event::Undecryptable {
+            id: m.id,
+            from: m.from,
+            error,
+        }),
+        Outcome::Retry(_) => unreachable!("returned above"),
     }
+    Some(events)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Checks a pair and remembers it if it was new; returns whether it was.
+    fn remember(dedup: &mut Dedup, from: &str, id: &str) -> bool {
+        let pair = dedup.check(from, id);
+        let new = pair.is_some();
+        if let Some(pair) = pair {
+            dedup.insert(pair);
+        }
+        new
+    }
+
     #[test]
     fn dedup_tells_pairs_apart_and_forgets_the_oldest() {
         let mut dedup = Dedup::remembering(2);
-        dedup.insert("ann", "1");
-        assert!(dedup.contains("ann", "1"));
-        assert!(!dedup.contains("ann", "2"));
-        assert!(!dedup.contains("bob", "1"));
+        let seen = |dedup: &mut Dedup, from: &str, id: &str| dedup.check(from, id).is_none();
+        assert!(remember(&mut dedup, "ann", "1"));
+        assert!(seen(&mut dedup, "ann", "1"));
+        assert!(!seen(&mut dedup, "ann", "2"));
+        assert!(!seen(&mut dedup, "bob", "1"));
         // Ids may hold anything (names hold no NUL, so the first one separates).
-        dedup.insert("a", "b\0c");
-        assert!(!dedup.contains("a", "b") && !dedup.contains("ab", "c"));
-        assert!(dedup.contains("a", "b\0c"));
-        // Inserting the newest pair again does not push the oldest out.
-        dedup.insert("a", "b\0c");
-        assert!(dedup.contains("ann", "1"), "a repeat takes no room");
-        dedup.insert("bob", "9");
-        assert!(!dedup.contains("ann", "1"), "the oldest is forgotten");
-        assert!(dedup.contains("a", "b\0c") && dedup.contains("bob", "9"));
+        assert!(remember(&mut dedup, "a", "b\0c"));
+        assert!(!seen(&mut dedup, "a", "b") && !seen(&mut dedup, "ab", "c"));
+        assert!(seen(&mut dedup, "a", "b\0c"));
+        // A repeat is not remembered again, and pushes nothing out.
+        assert!(!remember(&mut dedup, "a", "b\0c"));
+        assert!(seen(&mut dedup, "ann", "1"), "a repeat takes no room");
+        assert!(remember(&mut dedup, "bob", "9"));
+        assert!(!seen(&mut dedup, "ann", "1"), "the oldest is forgotten");
+        assert!(seen(&mut dedup, "a", "b\0c") && seen(&mut dedup, "bob", "9"));
+        assert_eq!((dedup.seen.len(), dedup.order.len()), (2, 2));
     }
 
     #[test]
@@ -567,5 +616,15 @@ mod tests {
         let due = state.take_due_receipts(false);
         assert_eq!(due.len(), 1, "a full receipt goes even while busy");
         assert_eq!(due[0].1.len(), RECEIPT_IDS);
+
+        // Long ids fill a receipt by their bytes first.
+        let long = "x".repeat(64);
+        for _ in 0..RECEIPT_ID_BYTES / 64 - 1 {
+            state.add_receipt("bob", "alice", &long);
+        }
+        assert!(state.take_due_receipts(false).is_empty(), "not full yet");
+        state.add_receipt("bob", "alice", &long);
+        let due = state.take_due_receipts(false);
+        assert_eq!(due[0].1.len(), RECEIPT_ID_BYTES / 64, "full by bytes");
     }
 }
