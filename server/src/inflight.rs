@@ -12,7 +12,7 @@
 use crate::reply::ReplyTo;
 use fastchat_sql::NewPending;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,13 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Via {
     /// To the session on this server with this connection id.
     Local(u64),
-    /// Over the link to a peer with this id (a newer link to the same peer has another).
-    Peer(u64),
+    /// Over a link to a peer, to the recipient's session there.
+    Peer {
+        /// The link's id (a newer link to the same peer has another).
+        link: u64,
+        /// The recipient's session on the peer, as last heard.
+        session: Option<u64>,
+    },
 }
 
 /// One in-flight message.
@@ -59,7 +64,9 @@ pub struct InFlight<R = ReplyTo> {
 
 struct Table<R> {
     entries: HashMap<u64, InFlightEntry<R>>,
-    /// Per recipient with messages in flight: the way they went, and their tokens.
+    /// Per recipient with messages in flight: the way they went, and their tokens in
+    /// the order they went (acknowledgements come mostly in that order: the one
+    /// acknowledged is found at the front).
     recipients: HashMap<String, Way>,
     /// Messages handed to the store thread and not yet committed and hinted.
     queued: HashMap<String, usize>,
@@ -71,7 +78,7 @@ struct Table<R> {
 
 struct Way {
     via: Via,
-    tokens: Vec<u64>,
+    tokens: VecDeque<u64>,
 }
 
 impl<R> Table<R> {
@@ -104,7 +111,9 @@ impl<R> Table<R> {
     fn remove(&mut self, token: u64) -> Option<InFlightEntry<R>> {
         let entry = self.entries.remove(&token)?;
         if let Some(way) = self.recipients.get_mut(&entry.message.recipient) {
-            way.tokens.retain(|&t| t != token);
+            if let Some(at) = way.tokens.iter().position(|&t| t == token) {
+                way.tokens.remove(at);
+            }
             if way.tokens.is_empty() {
                 self.recipients.remove(&entry.message.recipient);
             }
@@ -177,7 +186,7 @@ impl<R> InFlight<R> {
     /// Decides a new message's way under the lock. It goes in flight `via` that way
     /// (`true`: push it now) unless there is no such way, older messages to its
     /// recipient are on their way to storage, or some are in flight another way: then
-    /// those in flight and it are handed to `store`, in that order (`false`).
+    /// any in flight and it are handed to `store`, in that order (`false`).
     pub fn route(
         &self,
         token: u64,
@@ -190,12 +199,17 @@ impl<R> InFlight<R> {
         let via = match via {
             Some(via) if !table.holds(&message.recipient) => via,
             _ => {
+                // Whatever is still in flight to the recipient goes first (its way
+                // may be gone: a link down, a session closing), so that while messages
+                // to it wait for storage, none is in flight.
+                let earlier = table.remove_recipient(&message.recipient);
+                table.queue_all(earlier, &mut store);
                 table.queue(reply, message, &mut store);
                 return false;
             }
         };
         match table.recipients.get_mut(&message.recipient) {
-            Some(way) if way.via == via => way.tokens.push(token),
+            Some(way) if way.via == via => way.tokens.push_back(token),
             Some(_) => {
                 let earlier = table.remove_recipient(&message.recipient);
                 table.queue_all(earlier, &mut store);
@@ -205,7 +219,7 @@ impl<R> InFlight<R> {
             None => {
                 let way = Way {
                     via,
-                    tokens: vec![token],
+                    tokens: VecDeque::from([token]),
                 };
                 table.recipients.insert(message.recipient.clone(), way);
             }
@@ -245,7 +259,8 @@ impl<R> InFlight<R> {
     /// replaced it) to `store`, oldest first. Returns how many.
     pub fn store_via(&self, link_id: u64, mut store: impl FnMut(R, NewPending)) -> usize {
         let mut table = self.table.lock();
-        let taken = table.remove_with_recipients(|e| e.via == Via::Peer(link_id));
+        let taken = table
+            .remove_with_recipients(|e| matches!(e.via, Via::Peer { link, .. } if link == link_id));
         table.queue_all(taken, &mut store)
     }
 
@@ -333,6 +348,14 @@ mod tests {
         }
     }
 
+    /// A way over link `link` to the recipient's session 1 there.
+    fn peer(link: u64) -> Via {
+        Via::Peer {
+            link,
+            session: Some(1),
+        }
+    }
+
     /// Runs `act` with a store that records order keys; returns them in order.
     fn stored_by(act: impl FnOnce(&mut dyn FnMut((), NewPending))) -> Vec<i64> {
         let mut keys = Vec::new();
@@ -352,7 +375,7 @@ mod tests {
     fn a_message_that_would_go_another_way_is_stored_after_those_in_flight() {
         let f = InFlight::<()>::new(0);
         for k in [3, 1, 2] {
-            assert_eq!(route(&f, "bob", k, Some(Via::Peer(7))), NOTHING);
+            assert_eq!(route(&f, "bob", k, Some(peer(7))), NOTHING);
         }
         assert_eq!(route(&f, "carol", 4, Some(Via::Local(9))), NOTHING);
         // Bob logged in here: his next message must not overtake those on the link.
@@ -365,13 +388,27 @@ mod tests {
     }
 
     #[test]
+    fn a_message_with_no_way_out_is_stored_after_those_still_in_flight() {
+        let f = InFlight::<()>::new(0);
+        assert_eq!(route(&f, "bob", 1, Some(peer(7))), NOTHING);
+        assert_eq!(route(&f, "bob", 2, Some(peer(7))), NOTHING);
+        // The link is gone from the router, and its entries not yet taken.
+        assert_eq!(route(&f, "bob", 3, None), [1, 2, 3]);
+        assert_eq!(stored_by(|s| _ = f.store_via(7, s)), NOTHING);
+    }
+
+    #[test]
     fn a_new_link_or_session_is_another_way() {
         let f = InFlight::<()>::new(0);
-        assert_eq!(route(&f, "bob", 1, Some(Via::Peer(7))), NOTHING);
-        assert_eq!(route(&f, "bob", 2, Some(Via::Peer(7))), NOTHING);
-        assert_eq!(route(&f, "bob", 3, Some(Via::Peer(8))), [1, 2, 3]);
+        assert_eq!(route(&f, "bob", 1, Some(peer(7))), NOTHING);
+        assert_eq!(route(&f, "bob", 2, Some(peer(7))), NOTHING);
+        assert_eq!(route(&f, "bob", 3, Some(peer(8))), [1, 2, 3]);
         assert_eq!(route(&f, "carol", 4, Some(Via::Local(1))), NOTHING);
         assert_eq!(route(&f, "carol", 5, Some(Via::Local(2))), [4, 5]);
+        // Dave logged in again on the peer: same link, another session there.
+        let on_link_9 = |session| Via::Peer { link: 9, session };
+        assert_eq!(route(&f, "dave", 6, Some(on_link_9(Some(1)))), NOTHING);
+        assert_eq!(route(&f, "dave", 7, Some(on_link_9(Some(2)))), [6, 7]);
     }
 
     #[test]
@@ -397,10 +434,10 @@ mod tests {
     fn a_link_going_down_stores_what_went_through_it_oldest_first() {
         let f = InFlight::<()>::new(0);
         for (to, k) in [("bob", 5), ("carol", 2), ("bob", 1), ("dave", 3)] {
-            assert_eq!(route(&f, to, k, Some(Via::Peer(7))), NOTHING);
+            assert_eq!(route(&f, to, k, Some(peer(7))), NOTHING);
         }
-        assert_eq!(route(&f, "erin", 4, Some(Via::Peer(8))), NOTHING);
-        assert_eq!(route(&f, "fred", 6, Some(Via::Peer(11))), NOTHING);
+        assert_eq!(route(&f, "erin", 4, Some(peer(8))), NOTHING);
+        assert_eq!(route(&f, "fred", 6, Some(peer(11))), NOTHING);
         assert_eq!(stored_by(|s| _ = f.store_via(11, s)), [6]);
         assert_eq!(stored_by(|s| _ = f.store_via(7, s)), [1, 2, 3, 5]);
         assert_eq!(stored_by(|s| _ = f.store_all(s)), [4]);

@@ -156,9 +156,8 @@ fn run_link(
     if let Some(old) = state.router.add_peer(link) {
         let _ = old.out.try_send(Outgoing::Close);
     }
-    let snapshot = PeerFrame::Snapshot {
-        users: state.router.local_users(),
-    };
+    let (users, sessions) = state.router.local_users();
+    let snapshot = PeerFrame::Snapshot { users, sessions };
     let _ = out.send(Outgoing::Frame(to_body(&snapshot)));
     log::info!("mesh link up: {peer} (incarnation {incarnation})");
 
@@ -185,9 +184,16 @@ fn run_link(
     if state.router.remove_peer(&peer, link_id) {
         link_down(&state, &peer, link_id);
     } else {
-        // Replaced by a newer link: a `group_changed` still unread on this one is lost,
-        // and messages sent through it may never have left.
-        state.group_cache.forget_all();
+        // Dropped by the heartbeat (which ran `link_down`), or replaced by a newer link:
+        // then a `group_changed` still unread on this one is lost. Either way, messages
+        // sent through it since may never have left.
+        if state
+            .router
+            .peer(&peer)
+            .is_some_and(|newer| newer.link_id != link_id)
+        {
+            state.group_cache.forget_all();
+        }
         state.inflight.store_via(link_id, state.store_queue());
     }
 }
@@ -205,17 +211,24 @@ pub fn link_down(state: &ServerState, peer: &str, link_id: u64) {
 fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
     match frame {
         PeerFrame::Hello { .. } => log::warn!("{peer}: second hello ignored"),
-        PeerFrame::Snapshot { users } => {
-            for user in users {
-                if let Some(old) = state.router.set_remote(&user, peer) {
+        PeerFrame::Snapshot { users, sessions } => {
+            for (k, user) in users.into_iter().enumerate() {
+                if let Some(old) = state
+                    .router
+                    .set_remote(&user, peer, sessions.get(k).copied())
+                {
                     old.replace();
                 }
                 state.user_appeared(&user);
             }
         }
-        PeerFrame::Presence { user, online } => {
+        PeerFrame::Presence {
+            user,
+            online,
+            session,
+        } => {
             if online {
-                if let Some(old) = state.router.set_remote(&user, peer) {
+                if let Some(old) = state.router.set_remote(&user, peer, session) {
                     log::info!("{user} logged in on {peer}; closing the session here");
                     old.replace();
                 }
@@ -233,9 +246,14 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
             body,
             sent_at,
             group,
+            session: meant_for,
         } => {
             let delivered = match state.router.locate(&to) {
-                Some(crate::router::Location::Local(session)) => {
+                // Not into another session than the sender meant: older messages may
+                // still be unacknowledged in that one, and must come first.
+                Some(crate::router::Location::Local(session))
+                    if meant_for.is_none_or(|id| id == session.conn_id()) =>
+                {
                     let delivery = crate::session_handle::Delivery {
                         id,
                         from,

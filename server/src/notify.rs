@@ -15,7 +15,9 @@ pub fn notify(state: &ServerState, users: &[String], frame: &ServerFrame) {
             Some(Location::Local(session)) => {
                 let _ = session.send_frame(frame);
             }
-            Some(Location::Remote(server)) => remote.entry(server).or_default().push(user.clone()),
+            Some(Location::Remote { server, .. }) => {
+                remote.entry(server).or_default().push(user.clone())
+            }
             None => {}
         }
     }

@@ -85,10 +85,6 @@ impl GroupReply {
     }
 
     fn answer(&self, stored: bool, failed: Option<ErrorCode>) {
-        if failed == Some(ErrorCode::Unavailable) {
-            self.session
-                .mark_refused(&format!("g:{}", self.group), &self.id);
-        }
         let frame = match failed {
             Some(code) => ServerFrame::Error {
                 req: Some(self.req),
@@ -127,17 +123,30 @@ impl ReplyTo {
         }
     }
 
-    /// It could not be stored: the sender must send it again.
-    pub fn failed(&self, id: &str, code: ErrorCode) {
+    /// It could not be stored, for want of the database (`code` is `unavailable`): from
+    /// now on, later messages from this session to the same target are refused until
+    /// it comes again (see `SessionHandle::mark_refused`). Called before the store
+    /// backlog forgets it and before the answer, so that no later message gets in
+    /// between; for a group message, at its first failed copy, not its last.
+    pub fn hold_back_later(&self, id: &str, code: ErrorCode) {
+        if code != ErrorCode::Unavailable {
+            return;
+        }
         match self {
             ReplyTo::Direct {
-                session,
-                req,
-                target,
-            } => {
-                if code == ErrorCode::Unavailable {
-                    session.mark_refused(target, id);
-                }
+                session, target, ..
+            } => session.mark_refused(target, id),
+            ReplyTo::Group(group) => group
+                .session
+                .mark_refused(&format!("g:{}", group.group), &group.id),
+        }
+    }
+
+    /// It could not be stored: the sender must send it again (after
+    /// [`ReplyTo::hold_back_later`]).
+    pub fn failed(&self, code: ErrorCode) {
+        match self {
+            ReplyTo::Direct { session, req, .. } => {
                 let _ = session.send_frame(&ServerFrame::Error {
                     req: Some(*req),
                     code,

@@ -16,8 +16,13 @@ use std::time::{Duration, Instant};
 pub enum Location {
     /// Logged in on this server.
     Local(SessionHandle),
-    /// Logged in on the named server.
-    Remote(String),
+    /// Logged in on another server.
+    Remote {
+        /// The server's name.
+        server: String,
+        /// The session there (its connection id), when that server said.
+        session: Option<u64>,
+    },
 }
 
 /// A live link to another server.
@@ -183,12 +188,19 @@ impl Router {
         }
     }
 
-    /// Records that `user` is on `server`; returns the local session it displaces, if any.
-    pub fn set_remote(&self, user: &str, server: &str) -> Option<SessionHandle> {
-        let previous = self
-            .users
-            .write()
-            .insert(user.to_string(), Location::Remote(server.to_string()));
+    /// Records that `user` is on `server` in `session`; returns the local session it
+    /// displaces, if any.
+    pub fn set_remote(
+        &self,
+        user: &str,
+        server: &str,
+        session: Option<u64>,
+    ) -> Option<SessionHandle> {
+        let location = Location::Remote {
+            server: server.to_string(),
+            session,
+        };
+        let previous = self.users.write().insert(user.to_string(), location);
         match previous {
             Some(Location::Local(session)) => Some(session),
             _ => None,
@@ -198,7 +210,7 @@ impl Router {
     /// Forgets `user` if it is recorded on `server`.
     pub fn remove_remote(&self, user: &str, server: &str) {
         let mut users = self.users.write();
-        if matches!(users.get(user), Some(Location::Remote(s)) if s == server) {
+        if matches!(users.get(user), Some(Location::Remote { server: s, .. }) if s == server) {
             users.remove(user);
         }
     }
@@ -207,18 +219,20 @@ impl Router {
     pub fn remove_server_users(&self, server: &str) -> usize {
         let mut users = self.users.write();
         let before = users.len();
-        users.retain(|_, loc| !matches!(loc, Location::Remote(s) if s == server));
+        users.retain(|_, loc| !matches!(loc, Location::Remote { server: s, .. } if s == server));
         before - users.len()
     }
 
-    /// Names of the users logged in here.
-    pub fn local_users(&self) -> Vec<String> {
+    /// The users logged in here, and their sessions' connection ids.
+    pub fn local_users(&self) -> (Vec<String>, Vec<u64>) {
         self.users
             .read()
             .iter()
-            .filter(|(_, loc)| matches!(loc, Location::Local(_)))
-            .map(|(name, _)| name.clone())
-            .collect()
+            .filter_map(|(name, loc)| match loc {
+                Location::Local(s) => Some((name.clone(), s.conn_id())),
+                Location::Remote { .. } => None,
+            })
+            .unzip()
     }
 
     /// Every local session.
@@ -228,7 +242,7 @@ impl Router {
             .values()
             .filter_map(|loc| match loc {
                 Location::Local(s) => Some(s.clone()),
-                Location::Remote(_) => None,
+                Location::Remote { .. } => None,
             })
             .collect()
     }

@@ -540,6 +540,7 @@ impl ClientConn {
         state.router.broadcast(&PeerFrame::Presence {
             user: user.to_string(),
             online: true,
+            session: Some(self.conn_id),
         });
         fence_peers(state);
         friends::announce_presence(state, user, true);
@@ -601,6 +602,7 @@ impl ClientConn {
             state.router.broadcast(&PeerFrame::Presence {
                 user: user.to_string(),
                 online: false,
+                session: None,
             });
             friends::announce_presence(state, user, false);
         }

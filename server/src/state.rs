@@ -92,20 +92,23 @@ impl ServerState {
         /// Where the message is pushed, and in what form.
         enum Push {
             Local(SessionHandle, Delivery),
-            Peer(PeerLink, PeerFrame),
+            Peer(PeerLink, Option<u64>, PeerFrame),
         }
         let token = self.inflight.new_token();
         let push = match self.router.locate(&message.recipient) {
             Some(Location::Local(session)) => Some(Push::Local(session, delivery_of(&message))),
-            Some(Location::Remote(server)) => self
-                .router
-                .peer(&server)
-                .map(|link| Push::Peer(link, deliver_frame(token, &message))),
+            Some(Location::Remote { server, session }) => self.router.peer(&server).map(|link| {
+                let frame = deliver_frame(token, &message, session);
+                Push::Peer(link, session, frame)
+            }),
             None => None,
         };
         let via = match &push {
             Some(Push::Local(session, _)) => Some(Via::Local(session.conn_id())),
-            Some(Push::Peer(link, _)) => Some(Via::Peer(link.link_id)),
+            Some(Push::Peer(link, session, _)) => Some(Via::Peer {
+                link: link.link_id,
+                session: *session,
+            }),
             None => None,
         };
         if !self
@@ -118,7 +121,7 @@ impl ServerState {
             Some(Push::Local(session, delivery)) => {
                 session.push_live(&delivery, Origin::Local(token)).is_ok()
             }
-            Some(Push::Peer(link, frame)) => link.send(&frame, LINK_WAIT),
+            Some(Push::Peer(link, _, frame)) => link.send(&frame, LINK_WAIT),
             None => false,
         };
         if !pushed {
@@ -199,7 +202,7 @@ impl ServerState {
         };
         match location {
             Some(Location::Local(session)) => self.request_fetch(&session),
-            Some(Location::Remote(server)) => {
+            Some(Location::Remote { server, .. }) => {
                 if let Some(link) = self.router.peer(&server) {
                     link.send(
                         &PeerFrame::PendingHint {
@@ -232,7 +235,7 @@ impl ServerState {
 }
 
 /// The form of a message sent to the peer that has its recipient.
-fn deliver_frame(token: u64, message: &NewPending) -> PeerFrame {
+fn deliver_frame(token: u64, message: &NewPending, session: Option<u64>) -> PeerFrame {
     PeerFrame::Deliver {
         token,
         id: message.msg_id.clone(),
@@ -241,6 +244,7 @@ fn deliver_frame(token: u64, message: &NewPending) -> PeerFrame {
         body: Blob::from_base64(message.body.clone()),
         sent_at: message.sent_at,
         group: message.group.clone(),
+        session,
     }
 }
 

@@ -138,11 +138,17 @@ fn refuse_stores(
     code: ErrorCode,
     outcome: Stored,
 ) {
+    // First: a later message from the same sender accepted after the failure is
+    // recorded would be stored (its order key is past the failure's) ahead of these.
+    // Marked refused, these make the session refuse it until they come again.
+    for (message, reply) in &stores {
+        reply.hold_back_later(&message.msg_id, code);
+    }
     state
         .inflight
         .done_storing(stores.iter().map(|(m, _)| m.recipient.as_str()), outcome);
-    for (message, reply) in stores {
-        reply.failed(&message.msg_id, code);
+    for (_, reply) in stores {
+        reply.failed(code);
     }
 }
 

@@ -66,6 +66,8 @@ struct DeliverFields {
     sent_at: UnixMillis,
     #[serde(default)]
     group: Option<String>,
+    #[serde(default)]
+    session: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +93,7 @@ fn fast_peer_frame(bytes: &[u8]) -> Option<PeerFrame> {
                 body: f.body,
                 sent_at: f.sent_at,
                 group: f.group,
+                session: f.session,
             })
         }
         "delivered" => {
@@ -310,6 +313,7 @@ mod tests {
                 body: Blob::from_bytes(b"x"),
                 sent_at: 1,
                 group: Some("pals".into()),
+                session: Some(4),
             },
             PeerFrame::Delivered { token: 6 },
             PeerFrame::DeliveredMany {

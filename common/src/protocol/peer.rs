@@ -21,6 +21,10 @@ pub enum PeerFrame {
     Snapshot {
         /// User names.
         users: Vec<String>,
+        /// Each user's session on the sender (its connection id), in the same order;
+        /// empty from a sender that does not say.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sessions: Vec<u64>,
     },
     /// A user logged in on (`online`) or left (`!online`) the sending server.
     Presence {
@@ -28,6 +32,9 @@ pub enum PeerFrame {
         user: String,
         /// Whether the user is now on the sender.
         online: bool,
+        /// The user's new session on the sender (its connection id), when online.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<u64>,
     },
     /// Deliver a direct message to `to`, who is on the receiving server.
     Deliver {
@@ -46,6 +53,12 @@ pub enum PeerFrame {
         /// For a member's copy of a group message: the group.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
+        /// The recipient's session on the receiver that the sender routed it to (from
+        /// `presence` or `snapshot`). A receiver whose session for `to` is another one
+        /// answers `not_delivered`, so that the message cannot overtake older ones still
+        /// unacknowledged in that session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<u64>,
     },
     /// Push `frame` (a membership change, a friend's presence) to those of `users`
     /// who are logged in on the receiver.
