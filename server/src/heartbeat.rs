@@ -2,6 +2,7 @@
 //! noticing servers that died, and storing messages whose delivery timed out.
 
 use crate::mesh::{dial_peer, link_down};
+use crate::presence;
 use crate::state::ServerState;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -85,6 +86,7 @@ fn tick(
     if expired > 0 {
         log::info!("{expired} deliveries timed out (or followed one that did); storing them");
     }
+    presence::rebuild_if_stale(state);
 
     let db = match own.get() {
         Ok(db) => db,

@@ -11,6 +11,7 @@ mod inflight;
 mod keys;
 mod mesh;
 mod notify;
+mod presence;
 mod refused;
 mod reply;
 mod resume;
@@ -125,6 +126,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         orphaned: Default::default(),
         fences: Default::default(),
         live_servers: Default::default(),
+        presence: Default::default(),
     });
 
     let weak = Arc::downgrade(&state);

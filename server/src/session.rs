@@ -8,6 +8,7 @@ use crate::conn::{out_queue, spawn_writer, to_body, OutQueue, Outgoing};
 use crate::friends;
 use crate::groups;
 use crate::keys;
+use crate::presence;
 use crate::reply::ReplyTo;
 use crate::resume;
 use crate::router::Location;
@@ -529,14 +530,7 @@ impl ClientConn {
         state.known_users.write().insert(user.to_string());
         state.orphaned.lock().remove(user);
         self.session = Some(session.clone());
-        match state.pool.get() {
-            Ok(mut db) => {
-                if let Err(e) = fastchat_sql::set_presence(&mut db, user, state.name()) {
-                    log::warn!("{user}: presence not recorded: {e}");
-                }
-            }
-            Err(e) => log::warn!("{user}: presence not recorded: {e}"),
-        }
+        presence::record(state, user, true);
         state.router.broadcast(&PeerFrame::Presence {
             user: user.to_string(),
             online: true,
@@ -594,11 +588,7 @@ impl ClientConn {
         state.on_unacked(session.close());
         let user = session.user();
         if state.router.remove_local(user, self.conn_id) {
-            if let Ok(mut db) = state.pool.get() {
-                if let Err(e) = fastchat_sql::clear_presence(&mut db, user, state.name()) {
-                    log::warn!("{user}: presence not cleared: {e}");
-                }
-            }
+            presence::record(state, user, false);
             state.router.broadcast(&PeerFrame::Presence {
                 user: user.to_string(),
                 online: false,

@@ -55,6 +55,8 @@ pub struct ServerState {
     pub fences: Mutex<HashMap<u64, Sender<String>>>,
     /// The other live servers, as of the maintenance loop's last listing.
     pub live_servers: RwLock<HashSet<String>>,
+    /// Whether this server's presence rows may be wrong (a write failed).
+    pub presence: crate::presence::PresenceRows,
 }
 
 /// How long a push may wait on a congested peer link before the message is stored.

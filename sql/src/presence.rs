@@ -37,3 +37,26 @@ pub fn clear_server_presence(
 ) -> Result<u64, StoreError> {
     Ok(client.execute("DELETE FROM presence WHERE server = $1", &[&server])?)
 }
+
+/// Makes `server`'s presence rows say exactly that `users` are online there (after a
+/// write that failed): rows of users not listed go, listed users without a row get one.
+/// A listed user whose row names another server keeps it: the latest login wins.
+/// Returns how many rows were removed and added.
+pub fn reconcile_presence(
+    client: &mut postgres::Client,
+    server: &str,
+    users: &[String],
+) -> Result<(u64, u64), StoreError> {
+    let mut tx = client.transaction()?;
+    let removed = tx.execute(
+        "DELETE FROM presence WHERE server = $1 AND user_name <> ALL($2)",
+        &[&server, &users],
+    )?;
+    let added = tx.execute(
+        "INSERT INTO presence (user_name, server) SELECT u, $1 FROM unnest($2::text[]) AS u
+         ON CONFLICT (user_name) DO NOTHING",
+        &[&server, &users],
+    )?;
+    tx.commit()?;
+    Ok((removed, added))
+}

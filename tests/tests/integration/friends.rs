@@ -2,7 +2,7 @@
 
 use crate::WAIT;
 use fastchat_client::{Client, ErrorCode, Event, OkResult};
-use fastchat_tests::{wait_event, Cluster};
+use fastchat_tests::{wait_event, wait_until, Cluster};
 
 fn friends(client: &Client) -> Vec<(String, bool)> {
     match client.friends().unwrap() {
@@ -64,4 +64,49 @@ fn friends_see_each_other_come_and_go_across_servers() {
         ErrorCode::NotMember
     );
     assert_eq!(friends(&alice), vec![("bob".into(), false)]);
+}
+
+/// A presence write that fails leaves no user online for good: here the database
+/// refuses the server's delete (a trigger raises an error, as a database in trouble
+/// would), and once it accepts again the maintenance loop rebuilds the server's rows
+/// from who is logged in.
+#[test]
+fn a_presence_row_a_failed_write_left_wrong_is_rebuilt() {
+    let cluster = Cluster::start(1);
+    let alice = cluster.user("alice", None);
+    let bob = cluster.user("bob", None);
+    alice.friend_add("bob").unwrap();
+    assert_eq!(friends(&alice), vec![("bob".into(), true)]);
+
+    let mut db = cluster.db.connect();
+    db.batch_execute(
+        "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+         CREATE TRIGGER refuse_delete BEFORE DELETE ON presence
+             FOR EACH ROW EXECUTE FUNCTION refuse_delete();",
+    )
+    .unwrap();
+    drop(bob);
+    wait_until("bob's presence delete to fail", WAIT, || {
+        cluster
+            .log("server-1")
+            .contains("bob: presence not cleared")
+    });
+    assert_eq!(friends(&alice), vec![("bob".into(), true)], "still wrong");
+    db.batch_execute("DROP TRIGGER refuse_delete ON presence")
+        .unwrap();
+
+    wait_until("bob to be shown offline", WAIT, || {
+        friends(&alice) == vec![("bob".into(), false)]
+    });
+    assert!(cluster.log("server-1").contains("presence rows rebuilt"));
+    // alice's own row survived the rebuild.
+    let alice_rows: i64 = db
+        .query_one(
+            "SELECT count(*) FROM presence WHERE user_name = 'alice'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(alice_rows, 1);
 }
