@@ -99,8 +99,8 @@ struct Inner {
     groups: HashMap<String, Entry>,
 }
 
-/// What [`GroupCache::get`] gives back when it has nothing to use: pass it to
-/// [`GroupCache::fill`] with what the database says.
+/// A read of the database under way: [`GroupCache::miss`] makes one, and
+/// [`GroupCache::fill`] keeps what the read gave unless something changed meanwhile.
 #[derive(Debug)]
 pub struct Miss {
     generation: u64,
@@ -108,33 +108,25 @@ pub struct Miss {
 }
 
 impl GroupCache {
-    /// The cached membership of `group` if it is still young enough, else a [`Miss`]
-    /// to fill once the database is read (the read begins now). Past half its lifetime,
-    /// one caller gets a `Miss` and reads it again while the others still use it: when
-    /// every entry simply expired, every sender to the group at that moment read the
-    /// database at once, and at 2,000 group messages/s the pool ran dry again.
-    pub fn get(&self, group: &str) -> Result<Arc<Membership>, Miss> {
+    /// The cached membership of `group` if it is still young enough, else `None`: read
+    /// it again (see [`GroupCache::miss`]). Past half its lifetime, one caller gets
+    /// `None` and reads it again while the others still use it: when every entry simply
+    /// expired, every sender to the group at that moment read the database at once, and
+    /// at 2,000 group messages/s the pool ran dry again.
+    pub fn get(&self, group: &str) -> Option<Arc<Membership>> {
         let now = Instant::now();
         let inner = self.inner.read();
-        let miss = Miss {
-            generation: inner.generation,
-            read_at: now,
-        };
-        match inner.groups.get(group) {
-            Some(e) => {
-                let age = now.duration_since(e.read_at);
-                if age >= LIFETIME || (age >= LIFETIME / 2 && e.claim_refresh(age)) {
-                    Err(miss)
-                } else {
-                    Ok(e.membership.clone())
-                }
-            }
-            None => Err(miss),
+        let e = inner.groups.get(group)?;
+        let age = now.duration_since(e.read_at);
+        if age >= LIFETIME || (age >= LIFETIME / 2 && e.claim_refresh(age)) {
+            None
+        } else {
+            Some(e.membership.clone())
         }
     }
 
-    /// A [`Miss`] for a read beginning now (when what [`GroupCache::get`] gave cannot
-    /// answer: another epoch, another sender).
+    /// A [`Miss`] for a read beginning now (when [`GroupCache::get`] gave nothing, or
+    /// what it gave cannot answer: another epoch, another sender).
     pub fn miss(&self) -> Miss {
         Miss {
             generation: self.inner.read().generation,
@@ -142,8 +134,8 @@ impl GroupCache {
         }
     }
 
-    /// Keeps `membership`, read from the database after [`GroupCache::get`] missed,
-    /// unless something was forgotten since.
+    /// Keeps `membership`, read from the database since `miss` was made, unless
+    /// something was forgotten since.
     pub fn fill(&self, miss: Miss, group: &str, membership: Arc<Membership>) {
         let mut inner = self.inner.write();
         if inner.generation != miss.generation {
@@ -188,10 +180,16 @@ mod tests {
         })
     }
 
+    /// The [`Miss`] of a caller whose `get` gave nothing.
+    fn missed(cache: &GroupCache, group: &str) -> Miss {
+        assert!(cache.get(group).is_none(), "{group} is not to be used");
+        cache.miss()
+    }
+
     /// A cache holding "g", read `age` ago.
     fn filled_ago(age: Duration) -> GroupCache {
         let cache = GroupCache::default();
-        let mut miss = cache.get("g").unwrap_err();
+        let mut miss = missed(&cache, "g");
         miss.read_at -= age;
         cache.fill(miss, "g", membership(1, &["a"]));
         cache
@@ -200,13 +198,13 @@ mod tests {
     #[test]
     fn a_read_that_began_before_a_change_is_not_kept() {
         let cache = GroupCache::default();
-        let miss = cache.get("g").unwrap_err();
+        let miss = missed(&cache, "g");
         // The read is under way when the group changes.
         cache.forget("g");
         cache.fill(miss, "g", membership(1, &["a", "b"]));
-        assert!(cache.get("g").is_err());
+        assert!(cache.get("g").is_none());
 
-        let miss = cache.get("g").unwrap_err();
+        let miss = missed(&cache, "g");
         cache.fill(miss, "g", membership(2, &["a"]));
         assert_eq!(cache.get("g").unwrap().epoch, 2);
     }
@@ -215,50 +213,50 @@ mod tests {
     fn forgetting_one_or_all() {
         let cache = GroupCache::default();
         for g in ["g", "h"] {
-            let miss = cache.get(g).unwrap_err();
+            let miss = missed(&cache, g);
             cache.fill(miss, g, membership(1, &["a"]));
         }
         cache.forget("g");
-        assert!(cache.get("g").is_err());
+        assert!(cache.get("g").is_none());
         assert!(cache.get("h").unwrap().has("a"));
         assert!(!cache.get("h").unwrap().has("b"));
         cache.forget_all();
-        assert!(cache.get("h").is_err());
+        assert!(cache.get("h").is_none());
     }
 
     #[test]
     fn past_half_its_lifetime_one_caller_reads_again_and_the_others_still_use_it() {
         let cache = filled_ago(LIFETIME / 2);
-        let refresh = cache.get("g").unwrap_err();
+        let refresh = missed(&cache, "g");
         assert!(
-            cache.get("g").is_ok(),
+            cache.get("g").is_some(),
             "someone is reading it again already"
         );
         cache.fill(refresh, "g", membership(1, &["a"]));
-        assert!(cache.get("g").is_ok());
+        assert!(cache.get("g").is_some());
     }
 
     #[test]
     fn a_refresh_that_never_came_back_is_taken_on_by_another_caller() {
         let cache = filled_ago(LIFETIME / 2);
         // This caller's read fails: it never fills.
-        let _lost = cache.get("g").unwrap_err();
-        assert!(cache.get("g").is_ok(), "the claim stands for a while");
+        let _lost = missed(&cache, "g");
+        assert!(cache.get("g").is_some(), "the claim stands for a while");
         // Its claim is now older than REFRESH_RETRY (moved back rather than waited for).
         let backdated = LIFETIME.as_millis() as u64 / 2 - REFRESH_RETRY.as_millis() as u64;
         cache.inner.read().groups["g"]
             .refresh_claimed
             .store(backdated, Ordering::Release);
         assert!(
-            cache.get("g").is_err(),
+            cache.get("g").is_none(),
             "then another caller reads it again"
         );
-        assert!(cache.get("g").is_ok(), "one at a time");
+        assert!(cache.get("g").is_some(), "one at a time");
     }
 
     #[test]
     fn a_membership_expires_a_lifetime_after_its_read_began() {
         let cache = filled_ago(LIFETIME);
-        assert!(cache.get("g").is_err());
+        assert!(cache.get("g").is_none());
     }
 }

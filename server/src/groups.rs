@@ -285,7 +285,7 @@ pub fn send(
     let info = match cached {
         // The cache answers only what it can answer exactly; anything else (a stale
         // epoch, not a member, unknown) is read again, and refused as before.
-        Ok(cached) if cached.epoch as u64 == epoch && cached.has(session.user()) => cached,
+        Some(cached) if cached.epoch as u64 == epoch && cached.has(session.user()) => cached,
         _ => {
             let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
             // The read begins now, not before the wait for a connection: under load

@@ -3,7 +3,7 @@
 
 use crate::error::StoreError;
 use postgres::error::SqlState;
-use postgres::Transaction;
+use postgres::{GenericClient, Transaction};
 
 /// Why a group operation was refused (each maps to a wire error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,23 +69,39 @@ pub struct Change {
     pub new_admin: Option<String>,
 }
 
-fn info(tx: &mut Transaction<'_>, name: &str) -> Result<Option<GroupInfo>, postgres::Error> {
-    let Some(row) = tx.query_opt("SELECT epoch FROM groups WHERE name = $1", &[&name])? else {
+/// The group's epoch and members (in joining order), if it exists. One statement, so one
+/// consistent snapshot, in one round trip (typed parameters, no prepare): every server
+/// reads each group it sends to about twice a second (the membership cache's refresh),
+/// where a transaction of two prepared queries took six.
+fn info(client: &mut impl GenericClient, name: &str) -> Result<Option<GroupInfo>, postgres::Error> {
+    let rows = client.query_typed(
+        "SELECT g.epoch, m.user_name, m.is_admin FROM groups g
+         LEFT JOIN group_members m ON m.group_name = g.name
+         WHERE g.name = $1 ORDER BY m.joined",
+        &[(&name, postgres::types::Type::TEXT)],
+    )?;
+    let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let members = tx
-        .query(
-            "SELECT user_name, is_admin FROM group_members WHERE group_name = $1 ORDER BY joined",
-            &[&name],
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     Ok(Some(GroupInfo {
         name: name.to_string(),
-        epoch: row.get(0),
-        members,
+        epoch: first.get(0),
+        members: rows
+            .iter()
+            .filter_map(|r| Some((r.get::<_, Option<String>>(1)?, r.get(2))))
+            .collect(),
     }))
+}
+
+/// `group`, if `by` is one of its members.
+fn for_member(group: Option<GroupInfo>, by: &str) -> Result<GroupInfo, GroupError> {
+    let Some(group) = group else {
+        return refuse(GroupRefusal::UnknownGroup);
+    };
+    if !group.members.iter().any(|(m, _)| m == by) {
+        return refuse(GroupRefusal::NotMember);
+    }
+    Ok(group)
 }
 
 /// Locks the group's row and returns it with the acting user's membership.
@@ -96,11 +112,7 @@ fn lock(tx: &mut Transaction<'_>, name: &str, by: &str) -> Result<GroupInfo, Gro
     {
         return refuse(GroupRefusal::UnknownGroup);
     }
-    let group = info(tx, name)?.expect("locked row exists");
-    if !group.members.iter().any(|(m, _)| m == by) {
-        return refuse(GroupRefusal::NotMember);
-    }
-    Ok(group)
+    for_member(info(tx, name)?, by)
 }
 
 fn is_admin(group: &GroupInfo, user: &str) -> bool {
@@ -240,36 +252,13 @@ pub fn remove_member(
     Ok(Change { group, new_admin })
 }
 
-/// The group, for one of its members. One statement, so one consistent snapshot, in
-/// one round trip (typed parameters, no prepare): every server reads each group it
-/// sends to about twice a second (the membership cache's refresh), where a transaction
-/// of two prepared queries took six.
+/// The group, for one of its members (one statement: see `info`).
 pub fn group_info(
     client: &mut postgres::Client,
     name: &str,
     by: &str,
 ) -> Result<GroupInfo, GroupError> {
-    let rows = client.query_typed(
-        "SELECT g.epoch, m.user_name, m.is_admin FROM groups g
-         LEFT JOIN group_members m ON m.group_name = g.name
-         WHERE g.name = $1 ORDER BY m.joined",
-        &[(&name, postgres::types::Type::TEXT)],
-    )?;
-    let Some(first) = rows.first() else {
-        return refuse(GroupRefusal::UnknownGroup);
-    };
-    let group = GroupInfo {
-        name: name.to_string(),
-        epoch: first.get(0),
-        members: rows
-            .iter()
-            .filter_map(|r| Some((r.get::<_, Option<String>>(1)?, r.get(2))))
-            .collect(),
-    };
-    if !group.members.iter().any(|(m, _)| m == by) {
-        return refuse(GroupRefusal::NotMember);
-    }
-    Ok(group)
+    for_member(info(client, name)?, by)
 }
 
 /// The groups `user` belongs to: (name, epoch, is admin), by name.
