@@ -10,7 +10,8 @@ pub enum StoreError {
     NameTaken,
     /// A referenced row does not exist (e.g. a message to an unknown user).
     NotFound,
-    /// The database cannot be reached (connection refused or lost, pool timeout);
+    /// The database cannot be reached (connection refused or lost, pool timeout, a
+    /// statement past its timeout);
     /// the caller may retry later.
     Unavailable(String),
     /// Any other database error: a bug or a broken schema. Logged, never sent to clients.
@@ -50,7 +51,9 @@ impl From<postgres::Error> for StoreError {
                 if code.code().starts_with("08")
                     || *code == SqlState::ADMIN_SHUTDOWN
                     || *code == SqlState::CRASH_SHUTDOWN
-                    || *code == SqlState::CANNOT_CONNECT_NOW =>
+                    || *code == SqlState::CANNOT_CONNECT_NOW
+                    // A statement past its timeout, or cancelled by an operator.
+                    || *code == SqlState::QUERY_CANCELED =>
             {
                 StoreError::Unavailable(e.to_string())
             }

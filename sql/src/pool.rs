@@ -36,12 +36,31 @@ pub fn connect_for_maintenance(url: &str) -> Result<postgres::Client, StoreError
     Ok(client)
 }
 
+/// How long one statement on a pooled connection may run, and how long such a
+/// connection may go without an answer from a silent database: a lock nobody releases
+/// or a database gone half-open turns into an `unavailable` answer instead of a thread
+/// stuck for good. Generous: the longest statements (a group commit of 1,000 messages,
+/// a fetch of 1,000 stored ones) take milliseconds.
+const POOLED_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Builds a pool of at most `size` connections. Connections are made lazily and a
-/// checkout waits at most `wait` (then the caller answers `unavailable`).
+/// checkout waits at most `wait` (then the caller answers `unavailable`); each
+/// statement runs at most [`POOLED_STATEMENT_TIMEOUT`].
 pub fn pool(url: &str, size: u32, wait: Duration) -> Result<Pool, StoreError> {
-    let config: postgres::Config = url
+    let mut config: postgres::Config = url
         .parse()
         .map_err(|e: postgres::Error| StoreError::Unavailable(format!("bad database url: {e}")))?;
+    let options = format!(
+        "{} -c statement_timeout={}",
+        config.get_options().unwrap_or_default(),
+        POOLED_STATEMENT_TIMEOUT.as_millis()
+    );
+    config
+        .options(options.trim_start())
+        .connect_timeout(Duration::from_secs(5))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .tcp_user_timeout(POOLED_STATEMENT_TIMEOUT);
     let manager = PostgresConnectionManager::new(config, NoTls);
     Ok(r2d2::Pool::builder()
         .max_size(size)
