@@ -89,3 +89,39 @@ fn a_second_login_replaces_the_first_session() {
         matches!(e, Event::SessionReplaced).then_some(())
     });
 }
+
+/// A statement the database cancels (as it does one past the pool's statement timeout)
+/// is answered `unavailable`, which a client may retry, and the retry succeeds.
+#[test]
+fn a_cancelled_statement_is_answered_unavailable_and_a_retry_succeeds() {
+    let cluster = Cluster::start(1);
+    let mut db = cluster.db.connect();
+    let mut lock = db.transaction().unwrap();
+    // Reads of users go on; the sign-up's insert waits.
+    lock.batch_execute("LOCK TABLE users IN EXCLUSIVE MODE")
+        .unwrap();
+    let client = cluster.client();
+    let signup = std::thread::spawn(move || {
+        let refused = client.signup("dora", "dora-password");
+        (client, refused)
+    });
+    let mut admin = cluster.db.connect();
+    fastchat_tests::wait_until("the sign-up to wait on the lock", WAIT, || {
+        let cancelled: i64 = admin
+            .query_one(
+                // OFFSET 0 keeps the filter ahead of the cancel.
+                "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM (
+                     SELECT pid FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO users%'
+                     OFFSET 0) AS waiting",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        cancelled > 0
+    });
+    let (client, refused) = signup.join().unwrap();
+    assert_eq!(code(refused), ErrorCode::Unavailable);
+    lock.commit().unwrap();
+    client.signup("dora", "dora-password").unwrap();
+}
