@@ -7,30 +7,29 @@
 //! from the router's local users.
 
 use crate::state::ServerState;
-use parking_lot::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-/// Whether this server's presence rows may be wrong, and the lock that orders a
-/// rebuild against single writes.
+/// Whether this server's presence rows may be wrong.
 #[derive(Default)]
 pub struct PresenceRows {
-    /// Set by a write that failed; cleared when a rebuild starts.
+    /// Set by a write that failed, and by a rebuild that failed or overlapped a write;
+    /// cleared when a rebuild starts.
     stale: AtomicBool,
     /// Set while a rebuild runs (one at a time).
     rebuilding: AtomicBool,
-    /// Single writes hold it shared, a rebuild exclusively: a rebuild reads the local
-    /// users and writes the rows as one step, so a login or logout whose router change
-    /// it missed writes its row after it, not before.
-    order: RwLock<()>,
+    /// Single writes begun. A write whose router change a rebuild's snapshot missed
+    /// may land before the rebuild's own, and be undone by it: a rebuild that saw this
+    /// move runs again (no lock is held across the database calls).
+    writes: AtomicU64,
 }
 
 /// Records `user` as online (or offline) here; on failure, marks the rows stale.
 /// Called after the router change.
 pub fn record(state: &ServerState, user: &str, online: bool) {
     let rows = &state.presence;
-    let _shared = rows.order.read();
+    rows.writes.fetch_add(1, Ordering::AcqRel);
     let written = state
         .pool
         .get()
@@ -49,7 +48,7 @@ pub fn record(state: &ServerState, user: &str, online: bool) {
     }
 }
 
-/// Starts a rebuild of the rows on a thread of its own if a write failed (so that a
+/// Starts a rebuild of the rows on a thread of its own if they are stale (so that a
 /// slow database does not hold up the maintenance loop's heartbeat).
 pub fn rebuild_if_stale(state: &Arc<ServerState>) {
     let rows = &state.presence;
@@ -71,8 +70,8 @@ pub fn rebuild_if_stale(state: &Arc<ServerState>) {
 
 fn rebuild(state: &ServerState) {
     let rows = &state.presence;
-    let _exclusive = rows.order.write();
     rows.stale.store(false, Ordering::Release);
+    let writes_before = rows.writes.load(Ordering::Acquire);
     let (users, _) = state.router.local_users();
     let rebuilt = state
         .pool
@@ -80,10 +79,16 @@ fn rebuild(state: &ServerState) {
         .map_err(fastchat_sql::StoreError::from)
         .and_then(|mut db| fastchat_sql::reconcile_presence(&mut db, state.name(), &users));
     match rebuilt {
-        Ok((removed, added)) => log::info!(
-            "presence rows rebuilt for {} local users: {removed} removed, {added} added",
-            users.len()
-        ),
+        Ok((removed, added)) => {
+            log::info!(
+                "presence rows rebuilt for {} local users: {removed} removed, {added} added",
+                users.len()
+            );
+            if rows.writes.load(Ordering::Acquire) != writes_before {
+                // A login or logout ran meanwhile: its row may have been undone.
+                rows.stale.store(true, Ordering::Release);
+            }
+        }
         Err(e) => {
             log::warn!("presence rows not rebuilt ({e}); trying again");
             rows.stale.store(true, Ordering::Release);

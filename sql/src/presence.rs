@@ -49,7 +49,8 @@ pub fn reconcile_presence(
 ) -> Result<(u64, u64), StoreError> {
     let mut tx = client.transaction()?;
     let removed = tx.execute(
-        "DELETE FROM presence WHERE server = $1 AND user_name <> ALL($2)",
+        "DELETE FROM presence AS p WHERE p.server = $1
+         AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS u WHERE u = p.user_name)",
         &[&server, &users],
     )?;
     let added = tx.execute(
