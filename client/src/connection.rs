@@ -61,7 +61,8 @@ impl ClientConfig {
     /// for a client receiving messages one by one, the largest cost after the kernel's.
     /// The handler must return quickly and must not call this client (a send may wait
     /// for a key, whose reply is read by the very thread that would be waiting): pass
-    /// work on to a thread of your own. No lock of the client's is held while it runs. A panic in it is caught and logged; the event is lost.
+    /// work on to a thread of your own. No lock of the client's is held while it runs.
+    /// A panic in it is caught and logged; the event is lost.
     pub fn with_event_handler(mut self, handler: impl Fn(Event) + Send + Sync + 'static) -> Self {
         self.handler = Some(Arc::new(handler));
         self

@@ -462,11 +462,6 @@ fn act(
     pair: Unseen,
     outcome: Outcome,
 ) -> Option<Vec<Event>> {
-    if let Outcome::Retry(e) = &outcome {
-        log::warn!("message {} from {} left for later: {e}", m.id, m.from);
-        return None;
-    }
-    state.dedup.insert(pair);
     let downloads = state
         .downloads
         .get_or_insert_with(|| Downloads::new(inner.config.home.as_deref()));
@@ -548,8 +543,12 @@ fn act(
             from: m.from,
             error,
         }),
-        Outcome::Retry(_) => unreachable!("returned above"),
+        Outcome::Retry(e) => {
+            log::warn!("message {} from {} left for later: {e}", m.id, m.from);
+            return None;
+        }
     }
+    state.dedup.insert(pair);
     Some(events)
 }
 

@@ -196,34 +196,31 @@ impl<R> InFlight<R> {
         mut store: impl FnMut(R, NewPending),
     ) -> bool {
         let mut table = self.table.lock();
-        let via = match via {
-            Some(via) if !table.holds(&message.recipient) => via,
+        // It goes live only its older ones' way, and not while some wait for storage.
+        let held = table.holds(&message.recipient);
+        let via = match (via, table.recipients.get_mut(&message.recipient)) {
+            (Some(via), Some(way)) if !held && way.via == via => {
+                way.tokens.push_back(token);
+                via
+            }
+            (Some(via), None) if !held => {
+                let way = Way {
+                    via,
+                    tokens: VecDeque::from([token]),
+                };
+                table.recipients.insert(message.recipient.clone(), way);
+                via
+            }
             _ => {
-                // Whatever is still in flight to the recipient goes first (its way
-                // may be gone: a link down, a session closing), so that while messages
-                // to it wait for storage, none is in flight.
+                // Whatever is still in flight to the recipient goes first (its way may
+                // be gone: a link down, a session closing), so that while messages to
+                // it wait for storage, none is in flight.
                 let earlier = table.remove_recipient(&message.recipient);
                 table.queue_all(earlier, &mut store);
                 table.queue(reply, message, &mut store);
                 return false;
             }
         };
-        match table.recipients.get_mut(&message.recipient) {
-            Some(way) if way.via == via => way.tokens.push_back(token),
-            Some(_) => {
-                let earlier = table.remove_recipient(&message.recipient);
-                table.queue_all(earlier, &mut store);
-                table.queue(reply, message, &mut store);
-                return false;
-            }
-            None => {
-                let way = Way {
-                    via,
-                    tokens: VecDeque::from([token]),
-                };
-                table.recipients.insert(message.recipient.clone(), way);
-            }
-        }
         let entry = InFlightEntry {
             reply,
             message,
