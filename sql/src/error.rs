@@ -11,8 +11,7 @@ pub enum StoreError {
     /// A referenced row does not exist (e.g. a message to an unknown user).
     NotFound,
     /// The database cannot be reached (connection refused or lost, pool timeout, a
-    /// statement past its timeout);
-    /// the caller may retry later.
+    /// statement past its timeout or cancelled); the caller may retry later.
     Unavailable(String),
     /// Any other database error: a bug or a broken schema. Logged, never sent to clients.
     Db(postgres::Error),

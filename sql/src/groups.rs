@@ -106,12 +106,7 @@ fn for_member(group: Option<GroupInfo>, by: &str) -> Result<GroupInfo, GroupErro
 
 /// Locks the group's row and returns it with the acting user's membership.
 fn lock(tx: &mut Transaction<'_>, name: &str, by: &str) -> Result<GroupInfo, GroupError> {
-    if tx
-        .query_opt("SELECT 1 FROM groups WHERE name = $1 FOR UPDATE", &[&name])?
-        .is_none()
-    {
-        return refuse(GroupRefusal::UnknownGroup);
-    }
+    tx.execute("SELECT 1 FROM groups WHERE name = $1 FOR UPDATE", &[&name])?;
     for_member(info(tx, name)?, by)
 }
 

@@ -23,15 +23,7 @@ pub fn connect(url: &str) -> Result<postgres::Client, StoreError> {
 /// and each statement are bounded, so a database gone half-open cannot stop the
 /// heartbeats for good.
 pub fn connect_for_maintenance(url: &str) -> Result<postgres::Client, StoreError> {
-    let mut config: postgres::Config = url
-        .parse()
-        .map_err(|e: postgres::Error| StoreError::Unavailable(format!("bad database url: {e}")))?;
-    config
-        .connect_timeout(Duration::from_secs(5))
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(5))
-        .tcp_user_timeout(Duration::from_secs(10));
-    let mut client = config.connect(NoTls)?;
+    let mut client = bounded_config(url, Duration::from_secs(10))?.connect(NoTls)?;
     client.batch_execute("SET synchronous_commit TO off; SET statement_timeout TO '5s'")?;
     Ok(client)
 }
@@ -47,24 +39,31 @@ const POOLED_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// checkout waits at most `wait` (then the caller answers `unavailable`); each
 /// statement runs at most [`POOLED_STATEMENT_TIMEOUT`].
 pub fn pool(url: &str, size: u32, wait: Duration) -> Result<Pool, StoreError> {
-    let mut config: postgres::Config = url
-        .parse()
-        .map_err(|e: postgres::Error| StoreError::Unavailable(format!("bad database url: {e}")))?;
+    let mut config = bounded_config(url, POOLED_STATEMENT_TIMEOUT)?;
     let options = format!(
         "{} -c statement_timeout={}",
         config.get_options().unwrap_or_default(),
         POOLED_STATEMENT_TIMEOUT.as_millis()
     );
-    config
-        .options(options.trim_start())
-        .connect_timeout(Duration::from_secs(5))
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(5))
-        .tcp_user_timeout(POOLED_STATEMENT_TIMEOUT);
+    config.options(options.trim_start());
     let manager = PostgresConnectionManager::new(config, NoTls);
     Ok(r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
         .connection_timeout(wait)
         .build_unchecked(manager))
+}
+
+/// The connection settings of `url` with connecting bounded (5 s) and a silent database
+/// noticed: TCP keepalives, and unacknowledged data given up after `silent`.
+fn bounded_config(url: &str, silent: Duration) -> Result<postgres::Config, StoreError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e: postgres::Error| StoreError::Unavailable(format!("bad database url: {e}")))?;
+    config
+        .connect_timeout(Duration::from_secs(5))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .tcp_user_timeout(silent);
+    Ok(config)
 }
