@@ -54,22 +54,28 @@ pub fn list(state: &ServerState, me: &str) -> Result<OkResult, Refusal> {
     })
 }
 
-/// Tells the users who have `user` as a friend that it came online or went offline.
-pub fn announce_presence(state: &ServerState, user: &str, online: bool) {
+/// Tells the users who have `user` as a friend that it came online or went offline;
+/// `false` when they could not be looked up (the user is then kept to announce later).
+pub fn announce_presence(state: &ServerState, user: &str, online: bool) -> bool {
     let followers = match state.pool.get() {
         Ok(mut db) => fastchat_sql::followers_of(&mut db, user),
         Err(e) => Err(e.into()),
     };
     match followers {
-        Ok(followers) if !followers.is_empty() => notify(
-            state,
-            &followers,
-            &ServerFrame::Presence {
-                user: user.to_string(),
-                online,
-            },
-        ),
-        Ok(_) => {}
-        Err(e) => log::warn!("{user}: friends not told of its presence: {e}"),
+        Ok(followers) => {
+            if !followers.is_empty() {
+                let frame = ServerFrame::Presence {
+                    user: user.to_string(),
+                    online,
+                };
+                notify(state, &followers, &frame);
+            }
+            true
+        }
+        Err(e) => {
+            log::warn!("{user}: friends not told of its presence ({e}); telling them later");
+            crate::presence::announce_later(state, user);
+            false
+        }
     }
 }

@@ -86,7 +86,7 @@ fn tick(
     if expired > 0 {
         log::info!("{expired} deliveries timed out (or followed one that did); storing them");
     }
-    presence::rebuild_if_stale(state);
+    presence::repair_if_needed(state);
 
     let db = match own.get() {
         Ok(db) => db,

@@ -5,8 +5,14 @@
 //! would stay wrong until the server stops: `/friends` would show a user online for
 //! good. So a failure marks the rows stale, and the maintenance loop has them rebuilt
 //! from the router's local users.
+//!
+//! The same holds for telling a user's followers that it came or went: when the
+//! followers lookup fails, the user is kept, and the maintenance loop announces its
+//! state as of then (online if the router has it anywhere) once the database answers.
 
 use crate::state::ServerState;
+use parking_lot::Mutex;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -23,6 +29,13 @@ pub struct PresenceRows {
     /// may land before the rebuild's own, and be undone by it: a rebuild that saw this
     /// move runs again (no lock is held across the database calls).
     writes: AtomicU64,
+    /// Users whose followers were not told of their last login or logout.
+    unannounced: Mutex<HashSet<String>>,
+}
+
+/// Keeps `user` to announce again: its followers could not be looked up.
+pub fn announce_later(state: &ServerState, user: &str) {
+    state.presence.unannounced.lock().insert(user.to_string());
 }
 
 /// Records `user` as online (or offline) here; on failure, marks the rows stale.
@@ -48,18 +61,22 @@ pub fn record(state: &ServerState, user: &str, online: bool) {
     }
 }
 
-/// Starts a rebuild of the rows on a thread of its own if they are stale (so that a
-/// slow database does not hold up the maintenance loop's heartbeat).
-pub fn rebuild_if_stale(state: &Arc<ServerState>) {
+/// Starts a repair on a thread of its own (so that a slow database does not hold up the
+/// maintenance loop's heartbeat) if the rows are stale or some followers were not told.
+pub fn repair_if_needed(state: &Arc<ServerState>) {
     let rows = &state.presence;
-    if !rows.stale.load(Ordering::Acquire) || rows.rebuilding.swap(true, Ordering::AcqRel) {
+    let needed = rows.stale.load(Ordering::Acquire) || !rows.unannounced.lock().is_empty();
+    if !needed || rows.rebuilding.swap(true, Ordering::AcqRel) {
         return;
     }
     let owned = state.clone();
     let spawned = thread::Builder::new()
         .name("presence-rebuild".into())
         .spawn(move || {
-            rebuild(&owned);
+            if owned.presence.stale.load(Ordering::Acquire) {
+                rebuild(&owned);
+            }
+            announce_again(&owned);
             owned.presence.rebuilding.store(false, Ordering::Release);
         });
     if let Err(e) = spawned {
@@ -92,6 +109,22 @@ fn rebuild(state: &ServerState) {
         Err(e) => {
             log::warn!("presence rows not rebuilt ({e}); trying again");
             rows.stale.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Tells the followers of each user kept by [`announce_later`] whether it is online now
+/// (anywhere in the mesh, as the router knows). A lookup that fails again keeps the user
+/// for the next tick.
+fn announce_again(state: &ServerState) {
+    let users = std::mem::take(&mut *state.presence.unannounced.lock());
+    for user in users {
+        let online = state.router.locate(&user).is_some();
+        if crate::friends::announce_presence(state, &user, online) {
+            log::info!(
+                "{user}: friends told late that it is {}",
+                if online { "online" } else { "offline" }
+            );
         }
     }
 }

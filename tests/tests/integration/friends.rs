@@ -110,3 +110,33 @@ fn a_presence_row_a_failed_write_left_wrong_is_rebuilt() {
         .get(0);
     assert_eq!(alice_rows, 1);
 }
+
+/// A login or logout whose followers could not be looked up is announced later: here
+/// the `friends` table is hidden (renamed) while bob logs out on the other server, so
+/// alice is not told then; once it is back, the maintenance loop tells her.
+#[test]
+fn followers_a_failed_lookup_missed_are_told_later() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-2"));
+    alice.friend_add("bob").unwrap();
+    assert_eq!(friends(&alice), vec![("bob".into(), true)]);
+
+    let mut db = cluster.db.connect();
+    db.batch_execute("ALTER TABLE friends RENAME TO friends_hidden_by_the_test")
+        .unwrap();
+    bob.logout().unwrap();
+    wait_until("bob's followers lookup to fail", WAIT, || {
+        cluster
+            .log("server-2")
+            .contains("bob: friends not told of its presence")
+    });
+    db.batch_execute("ALTER TABLE friends_hidden_by_the_test RENAME TO friends")
+        .unwrap();
+
+    assert_eq!(next_presence(&alice), ("bob".into(), false));
+    assert!(cluster
+        .log("server-2")
+        .contains("bob: friends told late that it is offline"));
+    assert_eq!(friends(&alice), vec![("bob".into(), false)]);
+}
