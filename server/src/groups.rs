@@ -15,6 +15,7 @@ use fastchat_common::protocol::now_millis;
 use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::{GroupError, GroupInfo, GroupRefusal, NewPending};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Longest group key record accepted (JSON; a wrapped copy per member).
@@ -294,7 +295,7 @@ pub fn send(
             let read =
                 fastchat_sql::group_info(&mut db, group, session.user()).map_err(group_refusal)?;
             drop(db);
-            let membership = std::sync::Arc::new(Membership::from(&read));
+            let membership = Arc::new(Membership::from(&read));
             state.group_cache.fill(miss, group, membership.clone());
             membership
         }
@@ -322,16 +323,20 @@ pub fn send(
         sent_at,
         others.len(),
     );
-    let body = body.into_base64();
+    // Every member's copy shares these.
+    let body: Arc<str> = body.into_base64().into();
+    let sender: Arc<str> = session.user().into();
+    let id: Arc<str> = id.into();
+    let group: Arc<str> = group.into();
     for member in others {
         let message = NewPending {
             recipient: member.clone(),
-            sender: session.user().to_string(),
+            sender: sender.clone(),
             msg_id: id.clone(),
             body: body.clone(),
             sent_at,
             order_key: state.next_order_key(),
-            group: Some(group.to_string()),
+            group: Some(group.clone()),
         };
         state.route_message(ReplyTo::Group(reply.clone()), message);
     }

@@ -336,9 +336,9 @@ mod tests {
     fn message(to: &str, order_key: i64) -> NewPending {
         NewPending {
             recipient: to.to_string(),
-            sender: "alice".to_string(),
-            msg_id: format!("m{order_key}"),
-            body: String::new(),
+            sender: "alice".into(),
+            msg_id: format!("m{order_key}").into(),
+            body: "".into(),
             sent_at: 0,
             order_key,
             group: None,

@@ -255,11 +255,11 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
                     if meant_for.is_none_or(|id| id == session.conn_id()) =>
                 {
                     let delivery = crate::session_handle::Delivery {
-                        id,
-                        from,
-                        body,
+                        id: &id,
+                        from: &from,
+                        body: body.as_base64(),
                         sent_at,
-                        group,
+                        group: group.as_deref(),
                     };
                     let origin = crate::session_handle::Origin::Peer(peer.to_string(), token);
                     session.push_live(&delivery, origin).is_ok()

@@ -115,7 +115,12 @@ impl Default for Heard {
 impl PeerLink {
     /// Queues a frame, waiting at most `wait` when the link is congested.
     pub fn send(&self, frame: &PeerFrame, wait: Duration) -> bool {
-        self.queue(Outgoing::Frame(to_body(frame)), wait)
+        self.send_body(to_body(frame), wait)
+    }
+
+    /// Like [`PeerLink::send`], for a frame body already serialized.
+    pub fn send_body(&self, body: Vec<u8>, wait: Duration) -> bool {
+        self.queue(Outgoing::Frame(body), wait)
     }
 
     /// Tells the peer that the message with `token` was acknowledged by its recipient.

@@ -623,9 +623,9 @@ impl ClientConn {
         }
         let message = NewPending {
             recipient: to,
-            sender: session.user().to_string(),
-            msg_id: id,
-            body: body.into_base64(),
+            sender: session.user().into(),
+            msg_id: id.into(),
+            body: body.into_base64().into(),
             sent_at: now_millis(),
             order_key: self.state.next_order_key(),
             group: None,

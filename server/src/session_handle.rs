@@ -6,7 +6,7 @@ use crate::conn::{to_body, OutQueue, Outgoing};
 use crate::refused::RefusedQueues;
 use crossbeam_channel::{SendTimeoutError, TrySendError};
 use fastchat_common::protocol::client::ServerFrame;
-use fastchat_common::Blob;
+use fastchat_common::protocol::{MessageOut, RelayedOut};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::net::{Shutdown, TcpStream};
@@ -24,19 +24,20 @@ pub enum Origin {
     Stored(i64),
 }
 
-/// A message to push to the client.
-#[derive(Debug, Clone)]
-pub struct Delivery {
+/// A message to push to the client, borrowed from wherever it is kept (an in-flight
+/// message, a peer's frame, a stored row): pushing it copies nothing but the frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
     /// Sender's message id.
-    pub id: String,
+    pub id: &'a str,
     /// Sender.
-    pub from: String,
-    /// Opaque body.
-    pub body: Blob,
+    pub from: &'a str,
+    /// Opaque body, base64.
+    pub body: &'a str,
     /// Server timestamp.
     pub sent_at: i64,
     /// For a member's copy of a group message: the group.
-    pub group: Option<String>,
+    pub group: Option<&'a str>,
 }
 
 struct DeliveryState {
@@ -151,14 +152,16 @@ impl SessionHandle {
     }
 
     fn message_frame(tag: u64, user: &str, d: &Delivery, stored: bool) -> Vec<u8> {
-        to_body(&ServerFrame::Message {
+        to_body(&MessageOut {
             tag,
-            id: d.id.clone(),
-            from: d.from.clone(),
-            to: user.to_string(),
-            body: d.body.clone(),
-            sent_at: d.sent_at,
-            group: d.group.clone(),
+            message: RelayedOut {
+                id: d.id,
+                from: d.from,
+                to: user,
+                body: d.body,
+                sent_at: d.sent_at,
+                group: d.group,
+            },
             stored,
         })
     }

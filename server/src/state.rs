@@ -1,6 +1,7 @@
 //! `ServerState`: everything the server's threads share, behind one `Arc`.
 
 use crate::config::Config;
+use crate::conn::to_body;
 use crate::inflight::{InFlight, Via};
 use crate::reply::ReplyTo;
 use crate::router::{Location, PeerLink, Router};
@@ -9,8 +10,8 @@ use crate::store::StoreJob;
 use crate::tls::ServerTls;
 use crossbeam_channel::Sender;
 use fastchat_common::protocol::peer::PeerFrame;
+use fastchat_common::protocol::{DeliverOut, RelayedOut};
 use fastchat_common::ticket::TicketVerifier;
-use fastchat_common::Blob;
 use fastchat_sql::{NewPending, Pool};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -93,12 +94,12 @@ impl ServerState {
     pub fn route_message(&self, reply: ReplyTo, message: NewPending) {
         /// Where the message is pushed, and in what form.
         enum Push {
-            Local(SessionHandle, Delivery),
-            Peer(PeerLink, Option<u64>, PeerFrame),
+            Local(SessionHandle),
+            Peer(PeerLink, Option<u64>, Vec<u8>),
         }
         let token = self.inflight.new_token();
         let push = match self.router.locate(&message.recipient) {
-            Some(Location::Local(session)) => Some(Push::Local(session, delivery_of(&message))),
+            Some(Location::Local(session)) => Some(Push::Local(session)),
             Some(Location::Remote { server, session }) => self.router.peer(&server).map(|link| {
                 let frame = deliver_frame(token, &message, session);
                 Push::Peer(link, session, frame)
@@ -106,13 +107,21 @@ impl ServerState {
             None => None,
         };
         let via = match &push {
-            Some(Push::Local(session, _)) => Some(Via::Local(session.conn_id())),
+            Some(Push::Local(session)) => Some(Via::Local(session.conn_id())),
             Some(Push::Peer(link, session, _)) => Some(Via::Peer {
                 link: link.link_id,
                 session: *session,
             }),
             None => None,
         };
+        // What the push needs of the message, shared with the copy that `route` keeps.
+        let (id, from, body, group) = (
+            message.msg_id.clone(),
+            message.sender.clone(),
+            message.body.clone(),
+            message.group.clone(),
+        );
+        let sent_at = message.sent_at;
         if !self
             .inflight
             .route(token, reply, message, via, self.store_queue())
@@ -120,10 +129,17 @@ impl ServerState {
             return;
         }
         let pushed = match push {
-            Some(Push::Local(session, delivery)) => {
+            Some(Push::Local(session)) => {
+                let delivery = Delivery {
+                    id: &id,
+                    from: &from,
+                    body: &body,
+                    sent_at,
+                    group: group.as_deref(),
+                };
                 session.push_live(&delivery, Origin::Local(token)).is_ok()
             }
-            Some(Push::Peer(link, _, frame)) => link.send(&frame, LINK_WAIT),
+            Some(Push::Peer(link, _, frame)) => link.send_body(frame, LINK_WAIT),
             None => false,
         };
         if !pushed {
@@ -237,26 +253,17 @@ impl ServerState {
 }
 
 /// The form of a message sent to the peer that has its recipient.
-fn deliver_frame(token: u64, message: &NewPending, session: Option<u64>) -> PeerFrame {
-    PeerFrame::Deliver {
+fn deliver_frame(token: u64, message: &NewPending, session: Option<u64>) -> Vec<u8> {
+    to_body(&DeliverOut {
         token,
-        id: message.msg_id.clone(),
-        from: message.sender.clone(),
-        to: message.recipient.clone(),
-        body: Blob::from_base64(message.body.clone()),
-        sent_at: message.sent_at,
-        group: message.group.clone(),
+        message: RelayedOut {
+            id: &message.msg_id,
+            from: &message.sender,
+            to: &message.recipient,
+            body: &message.body,
+            sent_at: message.sent_at,
+            group: message.group.as_deref(),
+        },
         session,
-    }
-}
-
-/// The push form of a message.
-pub fn delivery_of(message: &NewPending) -> Delivery {
-    Delivery {
-        id: message.msg_id.clone(),
-        from: message.sender.clone(),
-        body: Blob::from_base64(message.body.clone()),
-        sent_at: message.sent_at,
-        group: message.group.clone(),
-    }
+    })
 }

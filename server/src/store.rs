@@ -7,7 +7,7 @@ use crate::reply::ReplyTo;
 use crate::session_handle::{Delivery, PushError, SessionHandle};
 use crate::state::ServerState;
 use crossbeam_channel::Receiver;
-use fastchat_common::{Blob, ErrorCode};
+use fastchat_common::ErrorCode;
 use fastchat_sql::NewPending;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -195,11 +195,11 @@ fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), S
         for row in rows {
             after = Some((row.sent_at, row.order_key));
             let delivery = Delivery {
-                id: row.msg_id,
-                from: row.sender,
-                body: Blob::from_base64(row.body),
+                id: &row.msg_id,
+                from: &row.sender,
+                body: &row.body,
                 sent_at: row.sent_at,
-                group: row.group,
+                group: row.group.as_deref(),
             };
             match session.push_stored(&delivery, row.seq, FETCH_WAIT) {
                 Ok(()) => {}

@@ -2,25 +2,28 @@
 //! deleted once the recipient's client has acknowledged them.
 
 use crate::error::StoreError;
+use std::sync::Arc;
 
-/// A message to store for a recipient who could not be reached.
+/// A message to store for a recipient who could not be reached (and, in a server, a
+/// message in flight). What every member's copy of a group message has in common is
+/// shared, not copied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewPending {
     /// The recipient.
     pub recipient: String,
     /// The sender.
-    pub sender: String,
+    pub sender: Arc<str>,
     /// The sender's message id.
-    pub msg_id: String,
+    pub msg_id: Arc<str>,
     /// Opaque body, base64 text.
-    pub body: String,
+    pub body: Arc<str>,
     /// Server timestamp, Unix milliseconds.
     pub sent_at: i64,
     /// The accepting server's monotonic acceptance counter: with `sent_at`, the
     /// delivery order.
     pub order_key: i64,
     /// The group, for a member's copy of a group message.
-    pub group: Option<String>,
+    pub group: Option<Arc<str>>,
 }
 
 /// A stored message, as taken for delivery.
@@ -64,12 +67,12 @@ pub fn store_pending(
             &insert,
             &[
                 &m.recipient,
-                &m.sender,
-                &m.msg_id,
-                &m.body,
+                &&*m.sender,
+                &&*m.msg_id,
+                &&*m.body,
                 &m.sent_at,
                 &m.order_key,
-                &m.group,
+                &m.group.as_deref(),
             ],
         )?;
         seqs.push(row.get(0));

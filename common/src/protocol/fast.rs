@@ -4,12 +4,17 @@
 //! flattened one) first buffers every field as generic content and then converts it:
 //! an allocation per field, twice, on every frame. Anything else, and anything the fast
 //! path does not accept, goes the generic way, so errors read the same.
+//!
+//! The other way, [`MessageOut`] and [`DeliverOut`] write a `message` and a `deliver`
+//! from borrowed fields: a server relaying a message (to each member of a group, say)
+//! serializes it without first copying its id, sender, body and group into an owned
+//! frame. They write exactly what the owned frames write (tested below).
 
 use crate::blob::Blob;
 use crate::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
 use crate::protocol::peer::PeerFrame;
 use crate::protocol::UnixMillis;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 /// Only the tag, borrowed; every other field is skipped without being kept.
@@ -225,6 +230,52 @@ impl ServerFrame {
     }
 }
 
+/// What a message carries on every link, borrowed; `body` is the body's base64 text.
+#[derive(Serialize, Clone, Copy)]
+pub struct RelayedOut<'a> {
+    /// The sender's message id.
+    pub id: &'a str,
+    /// The sender.
+    pub from: &'a str,
+    /// The recipient.
+    pub to: &'a str,
+    /// The opaque body, base64.
+    pub body: &'a str,
+    /// When the first server accepted it.
+    pub sent_at: UnixMillis,
+    /// For a member's copy of a group message: the group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<&'a str>,
+}
+
+/// A `message` frame ([`ServerFrame::Message`]) over borrowed fields.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "message")]
+pub struct MessageOut<'a> {
+    /// Delivery tag.
+    pub tag: u64,
+    /// The message.
+    #[serde(flatten)]
+    pub message: RelayedOut<'a>,
+    /// Whether it comes from storage.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stored: bool,
+}
+
+/// A `deliver` frame ([`PeerFrame::Deliver`]) over borrowed fields.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "deliver")]
+pub struct DeliverOut<'a> {
+    /// The sender's in-flight token.
+    pub token: u64,
+    /// The message.
+    #[serde(flatten)]
+    pub message: RelayedOut<'a>,
+    /// The recipient's session on the receiver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +322,39 @@ mod tests {
             let json = serde_json::to_vec(&frame).unwrap();
             assert!(fast_server_frame(&json).is_some());
             assert_eq!(ServerFrame::from_json(&json).unwrap(), frame);
+        }
+    }
+
+    /// `borrowed` reads back as the owned frame, which writes the very same JSON: a
+    /// field missing, misnamed, of another form or out of order would differ.
+    fn writes_as<Owned: Serialize + serde::de::DeserializeOwned>(borrowed: &impl Serialize) {
+        let json = serde_json::to_string(borrowed).unwrap();
+        let owned: Owned = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&owned).unwrap(), json);
+    }
+
+    #[test]
+    fn the_borrowed_frames_write_what_the_owned_ones_write() {
+        let body = Blob::from_bytes(b"sealed");
+        for (group, stored, session) in [(None, false, None), (Some("pals"), true, Some(4))] {
+            let message = RelayedOut {
+                id: "m\"3",
+                from: "ann",
+                to: "bob",
+                body: body.as_base64(),
+                sent_at: 1_700_000_000_000,
+                group,
+            };
+            writes_as::<ServerFrame>(&MessageOut {
+                tag: 9,
+                message,
+                stored,
+            });
+            writes_as::<PeerFrame>(&DeliverOut {
+                token: 5,
+                message,
+                session,
+            });
         }
     }
 

@@ -9,6 +9,8 @@ pub mod client;
 mod fast;
 pub mod peer;
 
+pub use fast::{DeliverOut, MessageOut, RelayedOut};
+
 /// The protocol version every hello carries. Bumped on an incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
