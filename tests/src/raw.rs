@@ -17,12 +17,30 @@ pub struct RawConn {
 impl RawConn {
     /// Connects to `addr` over TLS, trusting the CA in `ca`; reads time out after 10 s.
     pub fn connect(addr: &str, ca: &Path) -> RawConn {
+        let ca = std::fs::read(ca).expect("cluster CA");
+        RawConn::connect_with(addr, &ca, None)
+    }
+
+    /// Connects to a server's peer listener as the server `name`, with that name's
+    /// certificate from `tls_dir` (as `make_pki` writes them): a hand-driven peer.
+    pub fn connect_as_peer(addr: &str, tls_dir: &Path, name: &str) -> RawConn {
+        let read = |file: &str| std::fs::read(tls_dir.join(file)).expect("certificate files");
+        let ca = read("ca.pem");
+        let identity = tls::TlsIdentity::from_pem(
+            &read(&format!("{name}.pem")),
+            &read(&format!("{name}.key")),
+            &ca,
+        )
+        .expect("peer identity");
+        RawConn::connect_with(addr, &ca, Some(&identity))
+    }
+
+    fn connect_with(addr: &str, ca: &[u8], identity: Option<&tls::TlsIdentity>) -> RawConn {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("set timeout");
-        let ca = std::fs::read(ca).expect("cluster CA");
-        let connector = tls::connector(&ca, None).expect("TLS connector");
+        let connector = tls::connector(ca, identity).expect("TLS connector");
         let (reader, writer) = tls::connect(
             &connector,
             "127.0.0.1",

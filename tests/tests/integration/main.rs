@@ -11,6 +11,7 @@ mod friends;
 mod groups;
 mod loadtest;
 mod membership;
+mod mesh;
 mod messages;
 mod shutdown;
 mod slow_consumer;
