@@ -148,7 +148,8 @@ fn serve(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         servers: RwLock::new(Vec::new()),
         recent: Mutex::new(HashMap::new()),
     });
-    let pool = fastchat_sql::pool(url, 2, Duration::from_secs(2))?;
+    // A refresh that fails keeps the last list; one stuck on the database ends in 30 s.
+    let pool = fastchat_sql::pool(url, 2, Duration::from_secs(2), Duration::from_secs(30))?;
     {
         let balancer = balancer.clone();
         thread::Builder::new()

@@ -35,6 +35,10 @@ pub struct Config {
     /// Database connections in the pool.
     #[arg(long, default_value_t = 16)]
     pub db_pool: u32,
+    /// Seconds one statement on a pooled connection may run (and a silent database may
+    /// stay silent) before the request is answered `unavailable`.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub db_statement_timeout: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log_level: log::LevelFilter,

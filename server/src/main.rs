@@ -82,7 +82,12 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let tickets = TicketVerifier::from_pem(&pem)?;
     let tls = tls::ServerTls::load(&config.tls_dir, &name)?;
 
-    let pool = fastchat_sql::pool(&config.database_url, config.db_pool, Duration::from_secs(5))?;
+    let pool = fastchat_sql::pool(
+        &config.database_url,
+        config.db_pool,
+        Duration::from_secs(5),
+        Duration::from_secs(config.db_statement_timeout),
+    )?;
     migrate_when_ready(&config.database_url)?;
 
     let client_listener = TcpListener::bind(&config.listen)

@@ -28,22 +28,25 @@ pub fn connect_for_maintenance(url: &str) -> Result<postgres::Client, StoreError
     Ok(client)
 }
 
-/// How long one statement on a pooled connection may run, and how long such a
+/// Builds a pool of at most `size` connections. Connections are made lazily and a
+/// checkout waits at most `wait` (then the caller answers `unavailable`).
+///
+/// Each statement runs at most `statement_timeout`, which is also how long a pooled
 /// connection may go without an answer from a silent database: a lock nobody releases
 /// or a database gone half-open turns into an `unavailable` answer instead of a thread
-/// stuck for good. Generous: the longest statements (a group commit of 1,000 messages,
-/// a fetch of 1,000 stored ones) take milliseconds.
-const POOLED_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Builds a pool of at most `size` connections. Connections are made lazily and a
-/// checkout waits at most `wait` (then the caller answers `unavailable`); each
-/// statement runs at most [`POOLED_STATEMENT_TIMEOUT`].
-pub fn pool(url: &str, size: u32, wait: Duration) -> Result<Pool, StoreError> {
-    let mut config = bounded_config(url, POOLED_STATEMENT_TIMEOUT)?;
+/// stuck for good. The server's default, 30 s, is generous: the longest statements (a
+/// group commit of 1,000 messages, a fetch of 1,000 stored ones) take milliseconds.
+pub fn pool(
+    url: &str,
+    size: u32,
+    wait: Duration,
+    statement_timeout: Duration,
+) -> Result<Pool, StoreError> {
+    let mut config = bounded_config(url, statement_timeout)?;
     let options = format!(
         "{} -c statement_timeout={}",
         config.get_options().unwrap_or_default(),
-        POOLED_STATEMENT_TIMEOUT.as_millis()
+        statement_timeout.as_millis()
     );
     config.options(options.trim_start());
     let manager = PostgresConnectionManager::new(config, NoTls);
