@@ -54,28 +54,38 @@ pub fn list(state: &ServerState, me: &str) -> Result<OkResult, Refusal> {
     })
 }
 
-/// Tells the users who have `user` as a friend that it came online or went offline;
-/// `false` when they could not be looked up (the user is then kept to announce later).
-pub fn announce_presence(state: &ServerState, user: &str, online: bool) -> bool {
-    let followers = match state.pool.get() {
-        Ok(mut db) => fastchat_sql::followers_of(&mut db, user),
-        Err(e) => Err(e.into()),
-    };
-    match followers {
+/// Tells the users who have `user` as a friend that it came online or went offline.
+/// When they cannot be looked up, `user` is kept for the maintenance loop to announce
+/// later ([`crate::presence::announce_later`]).
+pub fn announce_presence(state: &ServerState, user: &str, online: bool) {
+    match followers(state, user) {
         Ok(followers) => {
-            if !followers.is_empty() {
-                let frame = ServerFrame::Presence {
-                    user: user.to_string(),
-                    online,
-                };
-                notify(state, &followers, &frame);
-            }
-            true
+            tell(state, &followers, user, online);
+            // This announcement supersedes one that failed before.
+            crate::presence::announced(state, user);
         }
         Err(e) => {
-            log::warn!("{user}: friends not told of its presence ({e}); telling them later");
-            crate::presence::announce_later(state, user);
-            false
+            if crate::presence::announce_later(state, user) {
+                log::warn!("{user}: friends not told of its presence ({e}); telling them later");
+            }
         }
     }
+}
+
+/// The users who have `user` as a friend.
+pub fn followers(state: &ServerState, user: &str) -> Result<Vec<String>, fastchat_sql::StoreError> {
+    let mut db = state.pool.get()?;
+    fastchat_sql::followers_of(&mut db, user)
+}
+
+/// Pushes `user`'s presence to `followers` wherever they are logged in.
+pub fn tell(state: &ServerState, followers: &[String], user: &str, online: bool) {
+    if followers.is_empty() {
+        return;
+    }
+    let frame = ServerFrame::Presence {
+        user: user.to_string(),
+        online,
+    };
+    notify(state, followers, &frame);
 }

@@ -23,8 +23,8 @@ pub struct PresenceRows {
     /// Set by a write that failed, and by a rebuild that failed or overlapped a write;
     /// cleared when a rebuild starts.
     stale: AtomicBool,
-    /// Set while a rebuild runs (one at a time).
-    rebuilding: AtomicBool,
+    /// Set while a repair (a rebuild, late announcements) runs (one at a time).
+    repairing: AtomicBool,
     /// Single writes begun. A write whose router change a rebuild's snapshot missed
     /// may land before the rebuild's own, and be undone by it: a rebuild that saw this
     /// move runs again (no lock is held across the database calls).
@@ -33,9 +33,18 @@ pub struct PresenceRows {
     unannounced: Mutex<HashSet<String>>,
 }
 
-/// Keeps `user` to announce again: its followers could not be looked up.
-pub fn announce_later(state: &ServerState, user: &str) {
-    state.presence.unannounced.lock().insert(user.to_string());
+/// Keeps `user` to announce again: its followers could not be looked up. `false` if it
+/// was kept already.
+pub fn announce_later(state: &ServerState, user: &str) -> bool {
+    state.presence.unannounced.lock().insert(user.to_string())
+}
+
+/// `user`'s followers were told of its presence: nothing is left to announce for it.
+pub fn announced(state: &ServerState, user: &str) {
+    let mut unannounced = state.presence.unannounced.lock();
+    if !unannounced.is_empty() {
+        unannounced.remove(user);
+    }
 }
 
 /// Records `user` as online (or offline) here; on failure, marks the rows stale.
@@ -66,22 +75,22 @@ pub fn record(state: &ServerState, user: &str, online: bool) {
 pub fn repair_if_needed(state: &Arc<ServerState>) {
     let rows = &state.presence;
     let needed = rows.stale.load(Ordering::Acquire) || !rows.unannounced.lock().is_empty();
-    if !needed || rows.rebuilding.swap(true, Ordering::AcqRel) {
+    if !needed || rows.repairing.swap(true, Ordering::AcqRel) {
         return;
     }
     let owned = state.clone();
     let spawned = thread::Builder::new()
-        .name("presence-rebuild".into())
+        .name("presence-repair".into())
         .spawn(move || {
             if owned.presence.stale.load(Ordering::Acquire) {
                 rebuild(&owned);
             }
             announce_again(&owned);
-            owned.presence.rebuilding.store(false, Ordering::Release);
+            owned.presence.repairing.store(false, Ordering::Release);
         });
     if let Err(e) = spawned {
-        log::error!("cannot start the presence rebuild: {e}");
-        rows.rebuilding.store(false, Ordering::Release);
+        log::error!("cannot start the presence repair: {e}");
+        rows.repairing.store(false, Ordering::Release);
     }
 }
 
@@ -114,17 +123,30 @@ fn rebuild(state: &ServerState) {
 }
 
 /// Tells the followers of each user kept by [`announce_later`] whether it is online now
-/// (anywhere in the mesh, as the router knows). A lookup that fails again keeps the user
-/// for the next tick.
+/// (anywhere in the mesh, as the router knows). The state is read after the lookup, just
+/// before the push, and again after it: if it changed meanwhile (a login or logout whose
+/// own announcement may have gone out first), the user is kept to be announced again.
+/// A lookup that fails again keeps the user for the next tick.
 fn announce_again(state: &ServerState) {
     let users = std::mem::take(&mut *state.presence.unannounced.lock());
     for user in users {
+        let followers = match crate::friends::followers(state, &user) {
+            Ok(followers) => followers,
+            Err(e) => {
+                log::debug!("{user}: friends still not told ({e})");
+                announce_later(state, &user);
+                continue;
+            }
+        };
         let online = state.router.locate(&user).is_some();
-        if crate::friends::announce_presence(state, &user, online) {
-            log::info!(
-                "{user}: friends told late that it is {}",
-                if online { "online" } else { "offline" }
-            );
+        crate::friends::tell(state, &followers, &user, online);
+        if state.router.locate(&user).is_some() != online {
+            announce_later(state, &user);
+            continue;
         }
+        log::info!(
+            "{user}: friends told late that it is {}",
+            if online { "online" } else { "offline" }
+        );
     }
 }

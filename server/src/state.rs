@@ -16,6 +16,7 @@ use fastchat_sql::{NewPending, Pool};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Shared server state.
@@ -92,14 +93,24 @@ impl ServerState {
     /// them: [`InFlight::route`] decides under the lock that every move from flight to
     /// storage takes too.
     pub fn route_message(&self, reply: ReplyTo, message: NewPending) {
+        /// What a local push needs of the message, shared with the copy `route` keeps.
+        type Shared = (Arc<str>, Arc<str>, Arc<str>, Option<Arc<str>>);
         /// Where the message is pushed, and in what form.
         enum Push {
-            Local(SessionHandle),
+            Local(SessionHandle, Shared),
             Peer(PeerLink, Option<u64>, Vec<u8>),
         }
         let token = self.inflight.new_token();
         let push = match self.router.locate(&message.recipient) {
-            Some(Location::Local(session)) => Some(Push::Local(session)),
+            Some(Location::Local(session)) => {
+                let shared = (
+                    message.msg_id.clone(),
+                    message.sender.clone(),
+                    message.body.clone(),
+                    message.group.clone(),
+                );
+                Some(Push::Local(session, shared))
+            }
             Some(Location::Remote { server, session }) => self.router.peer(&server).map(|link| {
                 let frame = deliver_frame(token, &message, session);
                 Push::Peer(link, session, frame)
@@ -107,20 +118,13 @@ impl ServerState {
             None => None,
         };
         let via = match &push {
-            Some(Push::Local(session)) => Some(Via::Local(session.conn_id())),
+            Some(Push::Local(session, _)) => Some(Via::Local(session.conn_id())),
             Some(Push::Peer(link, session, _)) => Some(Via::Peer {
                 link: link.link_id,
                 session: *session,
             }),
             None => None,
         };
-        // What the push needs of the message, shared with the copy that `route` keeps.
-        let (id, from, body, group) = (
-            message.msg_id.clone(),
-            message.sender.clone(),
-            message.body.clone(),
-            message.group.clone(),
-        );
         let sent_at = message.sent_at;
         if !self
             .inflight
@@ -129,7 +133,7 @@ impl ServerState {
             return;
         }
         let pushed = match push {
-            Some(Push::Local(session)) => {
+            Some(Push::Local(session, (id, from, body, group))) => {
                 let delivery = Delivery {
                     id: &id,
                     from: &from,

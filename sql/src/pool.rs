@@ -31,8 +31,8 @@ pub fn connect_for_maintenance(url: &str) -> Result<postgres::Client, StoreError
 /// Builds a pool of at most `size` connections. Connections are made lazily and a
 /// checkout waits at most `wait` (then the caller answers `unavailable`).
 ///
-/// Each statement runs at most `statement_timeout`, which is also how long a pooled
-/// connection may go without an answer from a silent database: a lock nobody releases
+/// Each statement runs at most `statement_timeout`, which is also (but at least 5 s) how
+/// long a pooled connection may go without an answer from a silent database: a lock nobody releases
 /// or a database gone half-open turns into an `unavailable` answer instead of a thread
 /// stuck for good. The server's default, 30 s, is generous: the longest statements (a
 /// group commit of 1,000 messages, a fetch of 1,000 stored ones) take milliseconds.
@@ -42,7 +42,9 @@ pub fn pool(
     wait: Duration,
     statement_timeout: Duration,
 ) -> Result<Pool, StoreError> {
-    let mut config = bounded_config(url, statement_timeout)?;
+    // Not below 5 s for TCP: a short statement bound must not drop connections over a
+    // brief stall.
+    let mut config = bounded_config(url, statement_timeout.max(Duration::from_secs(5)))?;
     let options = format!(
         "{} -c statement_timeout={}",
         config.get_options().unwrap_or_default(),

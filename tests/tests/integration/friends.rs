@@ -135,8 +135,10 @@ fn followers_a_failed_lookup_missed_are_told_later() {
         .unwrap();
 
     assert_eq!(next_presence(&alice), ("bob".into(), false));
-    assert!(cluster
-        .log("server-2")
-        .contains("bob: friends told late that it is offline"));
+    wait_until("server-2 to log the late announcement", WAIT, || {
+        cluster
+            .log("server-2")
+            .contains("bob: friends told late that it is offline")
+    });
     assert_eq!(friends(&alice), vec![("bob".into(), false)]);
 }
