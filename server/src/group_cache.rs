@@ -14,8 +14,8 @@
 //! - a membership read from the database before a change may come back after the change
 //!   was forgotten: it is kept only if nothing was forgotten since the read began
 //!   (`generation`);
-//! - a membership is used for at most [`LIFETIME`] after its read began (one sender
-//!   reads it again past half of that), and a change
+//! - a membership is used for at most [`LIFETIME`] after its read began (past half of
+//!   that, one sender has it read again, in the background), and a change
 //!   that could not fence every live server (one not linked, or not answering in time)
 //!   waits that long before it is answered: whatever was read before the change has
 //!   expired everywhere by then.
@@ -86,6 +86,15 @@ impl From<&GroupInfo> for Membership {
     }
 }
 
+/// A cached membership, for one caller.
+pub struct Cached {
+    /// The membership.
+    pub membership: Arc<Membership>,
+    /// Whether this caller is to have it read again: it is past half its lifetime, and
+    /// nobody else has taken that on.
+    pub refresh: bool,
+}
+
 /// The cache; see the module documentation for when it forgets.
 #[derive(Default)]
 pub struct GroupCache {
@@ -109,20 +118,22 @@ pub struct Miss {
 
 impl GroupCache {
     /// The cached membership of `group` if it is still young enough, else `None`: read
-    /// it again (see [`GroupCache::miss`]). Past half its lifetime, one caller gets
-    /// `None` and reads it again while the others still use it: when every entry simply
-    /// expired, every sender to the group at that moment read the database at once, and
-    /// at 2,000 group messages/s the pool ran dry again.
-    pub fn get(&self, group: &str) -> Option<Arc<Membership>> {
+    /// it again (see [`GroupCache::miss`]). Past half its lifetime, one caller is told to
+    /// have it read again (`refresh`) while every caller still uses it: when every entry
+    /// simply expired, every sender to the group at that moment read the database at
+    /// once, and at 2,000 group messages/s the pool ran dry again.
+    pub fn get(&self, group: &str) -> Option<Cached> {
         let now = Instant::now();
         let inner = self.inner.read();
         let e = inner.groups.get(group)?;
         let age = now.duration_since(e.read_at);
-        if age >= LIFETIME || (age >= LIFETIME / 2 && e.claim_refresh(age)) {
-            None
-        } else {
-            Some(e.membership.clone())
+        if age >= LIFETIME {
+            return None;
         }
+        Some(Cached {
+            membership: e.membership.clone(),
+            refresh: age >= LIFETIME / 2 && e.claim_refresh(age),
+        })
     }
 
     /// A [`Miss`] for a read beginning now (when [`GroupCache::get`] gave nothing, or
@@ -206,7 +217,7 @@ mod tests {
 
         let miss = missed(&cache, "g");
         cache.fill(miss, "g", membership(2, &["a"]));
-        assert_eq!(cache.get("g").unwrap().epoch, 2);
+        assert_eq!(cache.get("g").unwrap().membership.epoch, 2);
     }
 
     #[test]
@@ -218,40 +229,42 @@ mod tests {
         }
         cache.forget("g");
         assert!(cache.get("g").is_none());
-        assert!(cache.get("h").unwrap().has("a"));
-        assert!(!cache.get("h").unwrap().has("b"));
+        assert!(cache.get("h").unwrap().membership.has("a"));
+        assert!(!cache.get("h").unwrap().membership.has("b"));
         cache.forget_all();
         assert!(cache.get("h").is_none());
     }
 
+    /// Whether `get` gives the entry, and tells this caller to have it read again.
+    fn refresh_due(cache: &GroupCache) -> bool {
+        cache.get("g").expect("still usable").refresh
+    }
+
     #[test]
-    fn past_half_its_lifetime_one_caller_reads_again_and_the_others_still_use_it() {
+    fn past_half_its_lifetime_one_caller_has_it_read_again_and_all_still_use_it() {
+        let cache = filled_ago(LIFETIME / 2 - Duration::from_millis(50));
+        assert!(!refresh_due(&cache), "young: nobody reads it again");
         let cache = filled_ago(LIFETIME / 2);
-        let refresh = missed(&cache, "g");
-        assert!(
-            cache.get("g").is_some(),
-            "someone is reading it again already"
-        );
+        let refresh = cache.miss();
+        assert!(refresh_due(&cache));
+        assert!(!refresh_due(&cache), "someone is reading it again already");
         cache.fill(refresh, "g", membership(1, &["a"]));
-        assert!(cache.get("g").is_some());
+        assert!(!refresh_due(&cache), "young again");
     }
 
     #[test]
     fn a_refresh_that_never_came_back_is_taken_on_by_another_caller() {
         let cache = filled_ago(LIFETIME / 2);
         // This caller's read fails: it never fills.
-        let _lost = missed(&cache, "g");
-        assert!(cache.get("g").is_some(), "the claim stands for a while");
+        assert!(refresh_due(&cache));
+        assert!(!refresh_due(&cache), "the claim stands for a while");
         // Its claim is now older than REFRESH_RETRY (moved back rather than waited for).
         let backdated = LIFETIME.as_millis() as u64 / 2 - REFRESH_RETRY.as_millis() as u64;
         cache.inner.read().groups["g"]
             .refresh_claimed
             .store(backdated, Ordering::Release);
-        assert!(
-            cache.get("g").is_none(),
-            "then another caller reads it again"
-        );
-        assert!(cache.get("g").is_some(), "one at a time");
+        assert!(refresh_due(&cache), "then another caller takes it on");
+        assert!(!refresh_due(&cache), "one at a time");
     }
 
     #[test]

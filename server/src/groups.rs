@@ -8,6 +8,7 @@ use crate::reply::{GroupReply, ReplyTo};
 use crate::session::{refuse, store_refusal, Refusal};
 use crate::session_handle::SessionHandle;
 use crate::state::{ServerState, LINK_WAIT};
+use crossbeam_channel::Receiver;
 use fastchat_common::e2e::GroupKeyRecord;
 use fastchat_common::names::is_valid_name;
 use fastchat_common::protocol::client::{GroupMember, GroupSummary, OkResult, ServerFrame};
@@ -15,7 +16,7 @@ use fastchat_common::protocol::now_millis;
 use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::{GroupError, GroupInfo, GroupRefusal, NewPending};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// Longest group key record accepted (JSON; a wrapped copy per member).
@@ -283,7 +284,13 @@ pub fn send(
 ) -> Result<(), Refusal> {
     check_name(group)?;
     let cached = state.group_cache.get(group);
-    let info = match cached {
+    if cached.as_ref().is_some_and(|c| c.refresh) {
+        // Read again off this thread: a sender waiting for the database here held up
+        // its own next messages for as long as a busy database took to answer.
+        // A full queue drops the request; the claim lapses and a later sender retries.
+        let _ = state.group_refresh.try_send(group.to_string());
+    }
+    let info = match cached.map(|c| c.membership) {
         // The cache answers only what it can answer exactly; anything else (a stale
         // epoch, not a member, unknown) is read again, and refused as before.
         Some(cached) if cached.epoch as u64 == epoch && cached.has(session.user()) => cached,
@@ -341,4 +348,35 @@ pub fn send(
         state.route_message(ReplyTo::Group(reply.clone()), message);
     }
     Ok(())
+}
+
+/// The `group-refresh` thread: reads again the memberships that [`GroupCache::get`]
+/// (`refresh`) asked for, and keeps them unless the group changed meanwhile.
+///
+/// [`GroupCache::get`]: crate::group_cache::GroupCache::get
+pub fn run_refresher(state: Weak<ServerState>, groups: Receiver<String>) {
+    while let Ok(group) = groups.recv() {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let read = state
+            .pool
+            .get()
+            .map_err(fastchat_sql::StoreError::from)
+            .and_then(|mut db| {
+                // The read begins once a connection is had (see `send`).
+                let miss = state.group_cache.miss();
+                fastchat_sql::group_membership(&mut db, &group).map(|info| (miss, info))
+            });
+        match read {
+            Ok((miss, Some(info))) => {
+                state
+                    .group_cache
+                    .fill(miss, &group, Arc::new(Membership::from(&info)))
+            }
+            // Gone: its entry expires, and a sender then reads and is refused.
+            Ok((_, None)) => {}
+            Err(e) => log::debug!("group {group} not read again ({e}); a sender will retry"),
+        }
+    }
 }

@@ -113,6 +113,9 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
     let (store_tx, store_rx) = crossbeam_channel::unbounded();
     let (fetch_tx, fetch_rx) = crossbeam_channel::unbounded();
+    // At most one request per cached group at a time (the cache's claim); a full queue
+    // drops requests rather than holding up a sender.
+    let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(1024);
     let state = Arc::new(ServerState {
         config,
         incarnation,
@@ -128,6 +131,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         clients: AtomicU64::new(0),
         known_users: Default::default(),
         group_cache: Default::default(),
+        group_refresh: refresh_tx,
         orphaned: Default::default(),
         fences: Default::default(),
         live_servers: Default::default(),
@@ -144,6 +148,12 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         thread::Builder::new()
             .name(format!("fetcher-{i}"))
             .spawn(move || store::run_fetcher(weak, rx))?;
+    }
+    {
+        let weak = Arc::downgrade(&state);
+        thread::Builder::new()
+            .name("group-refresh".into())
+            .spawn(move || groups::run_refresher(weak, refresh_rx))?;
     }
     {
         let state = state.clone();

@@ -50,6 +50,9 @@ pub struct ServerState {
     pub known_users: RwLock<HashSet<String>>,
     /// Group memberships for `group_send`, forgotten at every change.
     pub group_cache: crate::group_cache::GroupCache,
+    /// Queue of the `group-refresh` thread: groups whose cached membership is to be
+    /// read again.
+    pub group_refresh: Sender<String>,
     /// Users we stored messages for while we knew no server for them: when one shows up
     /// on a peer, that peer is told to fetch.
     pub orphaned: Mutex<HashSet<String>>,

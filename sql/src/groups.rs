@@ -247,6 +247,15 @@ pub fn remove_member(
     Ok(Change { group, new_admin })
 }
 
+/// The group's epoch and members, if it exists, whoever asks (one statement: see
+/// `info`): what a server's membership cache reads again in the background.
+pub fn group_membership(
+    client: &mut postgres::Client,
+    name: &str,
+) -> Result<Option<GroupInfo>, StoreError> {
+    Ok(info(client, name)?)
+}
+
 /// The group, for one of its members (one statement: see `info`).
 pub fn group_info(
     client: &mut postgres::Client,

@@ -17,8 +17,8 @@ mod users;
 pub use error::StoreError;
 pub use friends::{add_friend, followers_of, friends_of, remove_friend};
 pub use groups::{
-    add_member, create_group, group_info, group_key, groups_of, remove_member, Change, GroupError,
-    GroupInfo, GroupRefusal,
+    add_member, create_group, group_info, group_key, group_membership, groups_of, remove_member,
+    Change, GroupError, GroupInfo, GroupRefusal,
 };
 pub use keys::{conversation_key, offer_conversation_key, ConversationKeyRow};
 pub use migrate::{migrate, MIGRATIONS};
