@@ -307,25 +307,21 @@ fn a_peer_whose_heartbeat_is_late_but_whose_link_is_busy_is_kept() {
     let alice = cluster.user("alice", Some("server-1"));
     let bob = cluster.user("bob", Some("server-2"));
 
-    // server-2's heartbeat is made 10 s old every 20 ms, as when the database is too
-    // slow to take it; meanwhile alice writes to bob, so the link from server-2 keeps
-    // bringing `delivered` frames.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ager = {
-        let mut db = cluster.db.connect();
-        let stop = stop.clone();
-        thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                db.execute(
-                    "UPDATE servers SET heartbeat = now() - interval '10 seconds' \
-                     WHERE name = 'server-2'",
-                    &[],
-                )
-                .expect("age the heartbeat");
-                thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    // Every heartbeat server-2 writes lands 10 s old, as when the database is too slow
+    // to take it; meanwhile alice writes to bob, so the link from server-2 keeps
+    // bringing `delivered` frames. (A thread ageing the row every 20 ms raced
+    // server-2's own heartbeats: on a loaded machine server-1 could read the fresh one
+    // tick after tick, and the test failed.)
+    let mut db = cluster.db.connect();
+    db.batch_execute(
+        "CREATE FUNCTION keep_heartbeat_late() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN NEW.heartbeat := now() - interval '10 seconds'; RETURN NEW; END $$;
+         CREATE TRIGGER keep_heartbeat_late BEFORE UPDATE ON servers
+             FOR EACH ROW WHEN (NEW.name = 'server-2')
+             EXECUTE FUNCTION keep_heartbeat_late();
+         UPDATE servers SET heartbeat = now() WHERE name = 'server-2';",
+    )
+    .unwrap();
     let mut sent = 0;
     let started = Instant::now();
     while !cluster
@@ -361,8 +357,8 @@ fn a_peer_whose_heartbeat_is_late_but_whose_link_is_busy_is_kept() {
         sent += 1;
         thread::sleep(Duration::from_millis(20));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    ager.join().unwrap();
+    db.batch_execute("DROP TRIGGER keep_heartbeat_late ON servers")
+        .unwrap();
     assert!(
         !cluster
             .log("server-1")
