@@ -294,18 +294,15 @@ pub fn send(
         // The cache answers only what it can answer exactly; anything else (a stale
         // epoch, not a member, unknown) is read again, and refused as before.
         Some(cached) if cached.epoch as u64 == epoch && cached.has(session.user()) => cached,
-        _ => {
-            let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
-            // The read begins now, not before the wait for a connection: under load
-            // that wait alone could outlast the cache's lifetime.
-            let miss = state.group_cache.miss();
-            let read =
-                fastchat_sql::group_info(&mut db, group, session.user()).map_err(group_refusal)?;
-            drop(db);
-            let membership = Arc::new(Membership::from(&read));
-            state.group_cache.fill(miss, group, membership.clone());
-            membership
-        }
+        _ => match read_membership(state, group).map_err(store_refusal)? {
+            Some(read) if read.has(session.user()) => read,
+            Some(_) => return Err(group_refusal(GroupError::Refused(GroupRefusal::NotMember))),
+            None => {
+                return Err(group_refusal(GroupError::Refused(
+                    GroupRefusal::UnknownGroup,
+                )))
+            }
+        },
     };
     if info.epoch as u64 != epoch {
         return refuse(
@@ -350,8 +347,28 @@ pub fn send(
     Ok(())
 }
 
+/// Reads `group`'s membership from the database and keeps it in the cache unless the
+/// group changed meanwhile; `None` when there is no such group.
+fn read_membership(
+    state: &ServerState,
+    group: &str,
+) -> Result<Option<Arc<Membership>>, fastchat_sql::StoreError> {
+    let mut db = state.pool.get()?;
+    // The read begins now, not before the wait for a connection: under load that wait
+    // alone could outlast the cache's lifetime.
+    let miss = state.group_cache.miss();
+    let Some(info) = fastchat_sql::group_membership(&mut db, group)? else {
+        return Ok(None);
+    };
+    drop(db);
+    let membership = Arc::new(Membership::from(&info));
+    state.group_cache.fill(miss, group, membership.clone());
+    Ok(Some(membership))
+}
+
 /// The `group-refresh` thread: reads again the memberships that [`GroupCache::get`]
-/// (`refresh`) asked for, and keeps them unless the group changed meanwhile.
+/// (`refresh`) asked for. A group gone meanwhile is left to expire: a sender then reads
+/// it and is refused.
 ///
 /// [`GroupCache::get`]: crate::group_cache::GroupCache::get
 pub fn run_refresher(state: Weak<ServerState>, groups: Receiver<String>) {
@@ -359,24 +376,8 @@ pub fn run_refresher(state: Weak<ServerState>, groups: Receiver<String>) {
         let Some(state) = state.upgrade() else {
             return;
         };
-        let read = state
-            .pool
-            .get()
-            .map_err(fastchat_sql::StoreError::from)
-            .and_then(|mut db| {
-                // The read begins once a connection is had (see `send`).
-                let miss = state.group_cache.miss();
-                fastchat_sql::group_membership(&mut db, &group).map(|info| (miss, info))
-            });
-        match read {
-            Ok((miss, Some(info))) => {
-                state
-                    .group_cache
-                    .fill(miss, &group, Arc::new(Membership::from(&info)))
-            }
-            // Gone: its entry expires, and a sender then reads and is refused.
-            Ok((_, None)) => {}
-            Err(e) => log::debug!("group {group} not read again ({e}); a sender will retry"),
+        if let Err(e) = read_membership(&state, &group) {
+            log::debug!("group {group} not read again ({e}); a sender will retry");
         }
     }
 }

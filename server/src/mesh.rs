@@ -7,7 +7,7 @@ use crate::state::{ServerState, LINK_WAIT};
 use crate::tls::{TlsRead, TlsWrite};
 use fastchat_common::frame::{read_frame, write_frame, MAX_PEER_FRAME};
 use fastchat_common::protocol::peer::PeerFrame;
-use fastchat_common::protocol::PROTOCOL_VERSION;
+use fastchat_common::protocol::{RelayedOut, PROTOCOL_VERSION};
 use fastchat_sql::ServerRow;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -254,15 +254,16 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
                 Some(crate::router::Location::Local(session))
                     if meant_for.is_none_or(|id| id == session.conn_id()) =>
                 {
-                    let delivery = crate::session_handle::Delivery {
+                    let message = RelayedOut {
                         id: &id,
                         from: &from,
+                        to: &to,
                         body: body.as_base64(),
                         sent_at,
                         group: group.as_deref(),
                     };
                     let origin = crate::session_handle::Origin::Peer(peer.to_string(), token);
-                    session.push_live(&delivery, origin).is_ok()
+                    session.push_live(&message, origin).is_ok()
                 }
                 _ => false,
             };

@@ -41,10 +41,7 @@ pub fn announce_later(state: &ServerState, user: &str) -> bool {
 
 /// `user`'s followers were told of its presence: nothing is left to announce for it.
 pub fn announced(state: &ServerState, user: &str) {
-    let mut unannounced = state.presence.unannounced.lock();
-    if !unannounced.is_empty() {
-        unannounced.remove(user);
-    }
+    state.presence.unannounced.lock().remove(user);
 }
 
 /// Records `user` as online (or offline) here; on failure, marks the rows stale.

@@ -24,22 +24,6 @@ pub enum Origin {
     Stored(i64),
 }
 
-/// A message to push to the client, borrowed from wherever it is kept (an in-flight
-/// message, a peer's frame, a stored row): pushing it copies nothing but the frame.
-#[derive(Debug, Clone, Copy)]
-pub struct Delivery<'a> {
-    /// Sender's message id.
-    pub id: &'a str,
-    /// Sender.
-    pub from: &'a str,
-    /// Opaque body, base64.
-    pub body: &'a str,
-    /// Server timestamp.
-    pub sent_at: i64,
-    /// For a member's copy of a group message: the group.
-    pub group: Option<&'a str>,
-}
-
 struct DeliveryState {
     closed: bool,
     next_tag: u64,
@@ -151,16 +135,14 @@ impl SessionHandle {
         let _ = self.0.socket.shutdown(Shutdown::Both);
     }
 
-    fn message_frame(tag: u64, user: &str, d: &Delivery, stored: bool) -> Vec<u8> {
+    /// The `message` frame pushing `message` (borrowed from wherever it is kept: an
+    /// in-flight message, a peer's frame, a stored row) to this session's `user`.
+    fn message_frame(tag: u64, user: &str, message: &RelayedOut, stored: bool) -> Vec<u8> {
         to_body(&MessageOut {
             tag,
             message: RelayedOut {
-                id: d.id,
-                from: d.from,
                 to: user,
-                body: d.body,
-                sent_at: d.sent_at,
-                group: d.group,
+                ..*message
             },
             stored,
         })
@@ -168,14 +150,14 @@ impl SessionHandle {
 
     /// Pushes a live message. On `Err` the message was not handed to the client and
     /// the caller must store it.
-    pub fn push_live(&self, delivery: &Delivery, origin: Origin) -> Result<(), PushError> {
+    pub fn push_live(&self, message: &RelayedOut, origin: Origin) -> Result<(), PushError> {
         let mut st = self.0.state.lock();
         if st.closed {
             return Err(PushError::Closed);
         }
         let tag = st.next_tag;
         st.next_tag += 1;
-        let body = Self::message_frame(tag, &self.0.user, delivery, false);
+        let body = Self::message_frame(tag, &self.0.user, message, false);
         if st.syncing {
             st.outstanding.insert(tag, origin);
             st.held.push(body);
@@ -197,7 +179,7 @@ impl SessionHandle {
     /// `wait` for room (the fetcher may block on one session; live traffic never does).
     pub fn push_stored(
         &self,
-        delivery: &Delivery,
+        message: &RelayedOut,
         seq: i64,
         wait: Duration,
     ) -> Result<(), PushError> {
@@ -212,7 +194,7 @@ impl SessionHandle {
             let tag = st.next_tag;
             st.next_tag += 1;
             st.outstanding.insert(tag, Origin::Stored(seq));
-            Self::message_frame(tag, &self.0.user, delivery, true)
+            Self::message_frame(tag, &self.0.user, message, true)
         };
         self.queue_waiting(body, wait)
     }

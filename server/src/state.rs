@@ -5,7 +5,7 @@ use crate::conn::to_body;
 use crate::inflight::{InFlight, Via};
 use crate::reply::ReplyTo;
 use crate::router::{Location, PeerLink, Router};
-use crate::session_handle::{Delivery, Origin, SessionHandle};
+use crate::session_handle::{Origin, SessionHandle};
 use crate::store::StoreJob;
 use crate::tls::ServerTls;
 use crossbeam_channel::Sender;
@@ -96,7 +96,8 @@ impl ServerState {
     /// them: [`InFlight::route`] decides under the lock that every move from flight to
     /// storage takes too.
     pub fn route_message(&self, reply: ReplyTo, message: NewPending) {
-        /// What a local push needs of the message, shared with the copy `route` keeps.
+        /// What a local push needs of the message (id, sender, body, group), shared
+        /// with the copy `route` keeps.
         type Shared = (Arc<str>, Arc<str>, Arc<str>, Option<Arc<str>>);
         /// Where the message is pushed, and in what form.
         enum Push {
@@ -137,14 +138,15 @@ impl ServerState {
         }
         let pushed = match push {
             Some(Push::Local(session, (id, from, body, group))) => {
-                let delivery = Delivery {
+                let message = RelayedOut {
                     id: &id,
                     from: &from,
+                    to: session.user(),
                     body: &body,
                     sent_at,
                     group: group.as_deref(),
                 };
-                session.push_live(&delivery, Origin::Local(token)).is_ok()
+                session.push_live(&message, Origin::Local(token)).is_ok()
             }
             Some(Push::Peer(link, _, frame)) => link.send_body(frame, LINK_WAIT),
             None => false,

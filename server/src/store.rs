@@ -4,9 +4,10 @@
 
 use crate::inflight::Stored;
 use crate::reply::ReplyTo;
-use crate::session_handle::{Delivery, PushError, SessionHandle};
+use crate::session_handle::{PushError, SessionHandle};
 use crate::state::ServerState;
 use crossbeam_channel::Receiver;
+use fastchat_common::protocol::RelayedOut;
 use fastchat_common::ErrorCode;
 use fastchat_sql::NewPending;
 use std::sync::{Arc, Weak};
@@ -194,14 +195,15 @@ fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), S
         let full_page = rows.len() as i64 == FETCH_PAGE;
         for row in rows {
             after = Some((row.sent_at, row.order_key));
-            let delivery = Delivery {
+            let message = RelayedOut {
                 id: &row.msg_id,
                 from: &row.sender,
+                to: &row.recipient,
                 body: &row.body,
                 sent_at: row.sent_at,
                 group: row.group.as_deref(),
             };
-            match session.push_stored(&delivery, row.seq, FETCH_WAIT) {
+            match session.push_stored(&message, row.seq, FETCH_WAIT) {
                 Ok(()) => {}
                 Err(PushError::Closed | PushError::SlowConsumer) => return Ok(()),
             }
