@@ -185,7 +185,7 @@ impl Cluster {
     fn add_server_process(&mut self) -> String {
         let name = format!("server-{}", self.servers.len() + 1);
         make_certificates(self.dir.path(), &name);
-        let tls = self.dir.path().join("tls");
+        let tls = self.tls_dir();
         self.spawn_server(&name, &tls)
     }
 
@@ -237,9 +237,14 @@ impl Cluster {
         self.dir.path().join("ticket.key")
     }
 
+    /// The folder of the cluster's CA, certificates and keys (`make_pki` adds to it).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
     /// The cluster CA's certificate file.
     pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("tls/ca.pem")
+        self.tls_dir().join("ca.pem")
     }
 
     /// How a client reaches this cluster (its balancer, trusting its CA).

@@ -84,6 +84,17 @@ impl RawConn {
         }
     }
 
+    /// The next frame `wanted` accepts, skipping the others (pushed events, say).
+    /// Panics if the connection closes or nothing comes within the read timeout.
+    pub fn recv_until(&mut self, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        loop {
+            let frame = self.recv().expect("the connection stays open");
+            if wanted(&frame) {
+                return frame;
+            }
+        }
+    }
+
     /// Reads until the server closes the connection (bounded by the read timeout);
     /// returns the frames seen.
     pub fn recv_until_closed(&mut self) -> Vec<serde_json::Value> {

@@ -348,7 +348,7 @@ fn every_key_the_project_writes_loads_with_the_openssl_tool() {
     alice.signup("alice", "pw").unwrap();
     openssl_reads(&["pkey"], &home.path().join("keys/alice.key"));
     openssl_reads(&["pkey", "-pubin"], &home.path().join("keys/alice.pub"));
-    let tls = cluster.ca().parent().unwrap().to_path_buf();
+    let tls = cluster.tls_dir();
     openssl_reads(&["x509"], &tls.join("ca.pem"));
     openssl_reads(&["x509"], &tls.join("server-1.pem"));
     openssl_reads(&["pkey"], &tls.join("server-1.key"));

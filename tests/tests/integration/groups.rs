@@ -271,12 +271,7 @@ fn raw_group_send(
         "req": req, "type": "group_send", "id": format!("raw-{req}"), "group": group,
         "epoch": epoch, "body": "AQIDBA==",
     }));
-    loop {
-        let frame = raw.recv().expect("an answer");
-        if frame["req"] == req {
-            return frame;
-        }
-    }
+    raw.recv_until(|frame| frame["req"] == req)
 }
 
 #[test]

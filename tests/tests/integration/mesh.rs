@@ -10,12 +10,7 @@ use serde_json::{json, Value};
 
 /// The next frame of `kind` from the peer link, skipping others (fences, presence...).
 fn next_of(peer: &mut RawConn, kind: &str) -> Value {
-    loop {
-        let frame = peer.recv().expect("the link stays open");
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
+    peer.recv_until(|frame| frame["type"] == kind)
 }
 
 /// A peer routed a message to a session of its recipient that has since been replaced
@@ -28,11 +23,7 @@ fn a_peer_delivery_meant_for_another_session_is_answered_not_delivered() {
     let cluster = Cluster::start(1);
     let _bob = cluster.user("bob", Some("server-1"));
     let alice = cluster.user("alice", Some("server-1"));
-    let tls_dir = cluster
-        .ca()
-        .parent()
-        .expect("the CA's folder")
-        .to_path_buf();
+    let tls_dir = cluster.tls_dir();
     make_pki(&tls_dir, &["server-9"]);
     let peer_addr: String = cluster
         .db
