@@ -23,6 +23,38 @@ const STALE_AFTER: Duration = Duration::from_millis(fastchat_sql::HEARTBEAT_TIME
 /// answer, and it is dropped like a dead one.
 const MAX_GRACE: Duration = Duration::from_millis(3 * fastchat_sql::HEARTBEAT_TIMEOUT_MS as u64);
 
+/// How long a server whose heartbeat is late is spared while this server's own ticks
+/// run slow. A machine with more runnable threads than it can serve (an overload)
+/// leaves any one of them waiting seconds for a core: this tick, and the link reader
+/// whose frames would have shown the peer alive. A peer judged from such a tick was
+/// dropped though it was only as starved as we were, and every message to its users
+/// went to the database, which made the overload worse.
+const MAX_STARVED_GRACE: Duration = Duration::from_secs(30);
+
+/// What to do about a server whose heartbeat is late.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Its link brought something lately: keep it.
+    Busy,
+    /// This tick itself ran slow: our view of its link is not to be trusted yet.
+    Starved,
+    /// Drop its link and mark its users offline.
+    Gone,
+}
+
+/// Judges a server whose heartbeat has been late for `late_for`: `heard` is whether its
+/// link brought something within [`STALE_AFTER`], `tick_took` how long this tick has
+/// run so far (its database round trips).
+fn judge(heard: bool, late_for: Duration, tick_took: Duration) -> Verdict {
+    if heard && late_for < MAX_GRACE {
+        Verdict::Busy
+    } else if tick_took >= HEARTBEAT_INTERVAL && late_for < MAX_STARVED_GRACE {
+        Verdict::Starved
+    } else {
+        Verdict::Gone
+    }
+}
+
 /// The maintenance loop's own database connection, outside the pool. Through the pool,
 /// a heartbeat could wait up to 5 s behind client requests (a burst of key lookups, say)
 /// while the other servers call a server dead after 3 s: they dropped their links to it
@@ -62,7 +94,7 @@ pub fn run_maintenance(state: Arc<ServerState>) {
         if late >= HEARTBEAT_INTERVAL {
             log::warn!("maintenance woke {} ms late", late.as_millis());
         }
-        tick(&state, &dialing, &mut db, &mut late_since);
+        tick(started, &state, &dialing, &mut db, &mut late_since);
         let spent = started.elapsed();
         if spent >= HEARTBEAT_INTERVAL {
             log::warn!("maintenance took {} ms", spent.as_millis());
@@ -75,6 +107,7 @@ pub fn run_maintenance(state: Arc<ServerState>) {
 }
 
 fn tick(
+    started: Instant,
     state: &Arc<ServerState>,
     dialing: &Arc<Mutex<HashSet<String>>>,
     own: &mut OwnConnection,
@@ -153,9 +186,23 @@ fn tick(
                 }
                 let since = *late_since.entry(name.clone()).or_insert(now);
                 if let Some(link) = state.router.peer(&name) {
-                    if link.heard.within(STALE_AFTER) && now.duration_since(since) < MAX_GRACE {
-                        log::warn!("{name}'s heartbeat is late, but its link is busy; keeping it");
-                        continue;
+                    let heard = link.heard.within(STALE_AFTER);
+                    match judge(heard, now.duration_since(since), started.elapsed()) {
+                        Verdict::Busy => {
+                            log::warn!(
+                                "{name}'s heartbeat is late, but its link is busy; keeping it"
+                            );
+                            continue;
+                        }
+                        Verdict::Starved => {
+                            log::warn!(
+                                "{name}'s heartbeat is late, but this tick took {} ms: \
+                                 judging it later",
+                                started.elapsed().as_millis()
+                            );
+                            continue;
+                        }
+                        Verdict::Gone => {}
                     }
                     log::warn!("{name} missed its heartbeats; dropping its link");
                     if state.router.remove_peer(&name, link.link_id) {
@@ -171,5 +218,40 @@ fn tick(
             }
         }
         Err(e) => log::warn!("cannot list stale servers: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUICK: Duration = Duration::from_millis(20);
+    const SLOW: Duration = Duration::from_millis(1500);
+
+    #[test]
+    fn a_busy_link_keeps_a_late_server_for_a_while() {
+        assert_eq!(judge(true, Duration::ZERO, QUICK), Verdict::Busy);
+        assert_eq!(judge(true, MAX_GRACE - QUICK, QUICK), Verdict::Busy);
+        assert_eq!(judge(true, MAX_GRACE, QUICK), Verdict::Gone);
+    }
+
+    #[test]
+    fn a_silent_server_is_gone_when_this_tick_ran_on_time() {
+        assert_eq!(judge(false, Duration::ZERO, QUICK), Verdict::Gone);
+        assert_eq!(
+            judge(false, Duration::ZERO, HEARTBEAT_INTERVAL - QUICK),
+            Verdict::Gone
+        );
+    }
+
+    #[test]
+    fn a_slow_tick_judges_later_but_not_for_ever() {
+        assert_eq!(judge(false, Duration::ZERO, SLOW), Verdict::Starved);
+        assert_eq!(judge(true, MAX_GRACE, SLOW), Verdict::Starved);
+        assert_eq!(
+            judge(false, MAX_STARVED_GRACE - QUICK, SLOW),
+            Verdict::Starved
+        );
+        assert_eq!(judge(false, MAX_STARVED_GRACE, SLOW), Verdict::Gone);
     }
 }

@@ -295,6 +295,38 @@ fn messages_refused_during_a_postgresql_outage_are_retried_and_arrive_in_order()
     }
 }
 
+/// Two servers; alice on server-1 has written to bob on server-2, and he got it live.
+fn alice_on_server_1_writing_to_bob_on_server_2() -> (Cluster, Client, Client) {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-2"));
+    assert!(!stored(&alice, "bob", "before"));
+    assert_eq!(
+        fastchat_tests::next_message(&bob, WAIT),
+        ("alice".into(), "before".into())
+    );
+    (cluster, alice, bob)
+}
+
+/// A server process stopped (`SIGSTOP`) until this is dropped, even by a failed test.
+struct Stopped(libc::pid_t);
+
+impl Stopped {
+    fn server(cluster: &Cluster, index: usize) -> Stopped {
+        let pid = cluster.server_pid(index).expect("the server runs") as libc::pid_t;
+        // SAFETY: a signal to a child process this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as in `server`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// Sends `text` from `from` to `to` and returns whether the cluster stored it (rather
 /// than delivering it live).
 fn stored(from: &Client, to: &str, text: &str) -> bool {
@@ -375,36 +407,23 @@ fn a_peer_whose_heartbeat_is_late_but_whose_link_is_busy_is_kept() {
 
 #[test]
 fn a_hung_server_is_dropped_and_its_users_messages_wait_until_it_is_back() {
-    let cluster = Cluster::start(2);
-    let alice = cluster.user("alice", Some("server-1"));
-    let bob = cluster.user("bob", Some("server-2"));
-    assert!(!stored(&alice, "bob", "before"));
-    assert_eq!(
-        fastchat_tests::next_message(&bob, WAIT),
-        ("alice".into(), "before".into())
-    );
+    let (cluster, alice, bob) = alice_on_server_1_writing_to_bob_on_server_2();
 
     // A stopped process neither heartbeats nor talks on its link: it is presumed dead.
-    let pid = cluster.server_pid(1).expect("server-2 runs") as libc::pid_t;
-    // SAFETY: a signal to the child process this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    let resume = || {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
-    };
+    let stopped = Stopped::server(&cluster, 1);
     let dropped = Instant::now();
     while !cluster
         .log("server-1")
         .contains("server-2 missed its heartbeats")
     {
-        if dropped.elapsed() > WAIT {
-            resume();
-            panic!("the hung server-2 was never dropped");
-        }
+        assert!(
+            dropped.elapsed() < WAIT,
+            "the hung server-2 was never dropped"
+        );
         thread::sleep(Duration::from_millis(50));
     }
     let stored_while_hung = stored(&alice, "bob", "while hung");
-    resume();
+    drop(stopped);
     assert!(
         stored_while_hung,
         "a message to a hung server's user is stored"
@@ -414,4 +433,74 @@ fn a_hung_server_is_dropped_and_its_users_messages_wait_until_it_is_back() {
         ("alice".into(), "while hung".into())
     );
     cluster.wait_meshed(2);
+}
+
+#[test]
+fn a_server_whose_own_ticks_run_slow_judges_a_silent_peer_only_once_they_run_on_time() {
+    let (cluster, alice, bob) = alice_on_server_1_writing_to_bob_on_server_2();
+
+    // Each of server-1's heartbeats takes 0.8 s, so its ticks run slow, as on an
+    // overloaded machine where any one thread waits seconds for a core (then the link
+    // reader that would have shown a peer alive waits too).
+    let mut db = cluster.db.connect();
+    db.batch_execute(
+        "CREATE FUNCTION slow_heartbeat() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_sleep(0.8); RETURN NEW; END $$;
+         CREATE TRIGGER slow_heartbeat BEFORE UPDATE ON servers
+             FOR EACH ROW WHEN (NEW.name = 'server-1')
+             EXECUTE FUNCTION slow_heartbeat();",
+    )
+    .unwrap();
+    // server-2 stops: no heartbeat, nothing on its link.
+    let stopped = Stopped::server(&cluster, 1);
+
+    // server-1 sees the late heartbeat and puts off its judgement, round after round.
+    let put_off = |cluster: &Cluster| {
+        cluster
+            .log("server-1")
+            .matches("server-2's heartbeat is late, but this tick took")
+            .count()
+    };
+    let started = Instant::now();
+    while put_off(&cluster) < 3 {
+        assert!(
+            !cluster
+                .log("server-1")
+                .contains("server-2 missed its heartbeats"),
+            "server-2 was judged from a slow tick"
+        );
+        assert!(
+            started.elapsed() < WAIT,
+            "server-1 never put off judging server-2"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !cluster
+            .log("server-1")
+            .contains("server-2 missed its heartbeats"),
+        "server-2 was judged from a slow tick"
+    );
+
+    // Once server-1's ticks run on time again, the silent server-2 is dropped.
+    db.batch_execute("DROP TRIGGER slow_heartbeat ON servers")
+        .unwrap();
+    let started = Instant::now();
+    while !cluster
+        .log("server-1")
+        .contains("server-2 missed its heartbeats")
+    {
+        assert!(
+            started.elapsed() < WAIT,
+            "the stopped server-2 was never dropped"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(stopped);
+    cluster.wait_meshed(2);
+    alice.send_text("bob", "after").1.wait(WAIT).unwrap();
+    assert_eq!(
+        fastchat_tests::next_message(&bob, WAIT),
+        ("alice".into(), "after".into())
+    );
 }
