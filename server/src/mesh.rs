@@ -144,7 +144,7 @@ fn run_link(
     };
     let heard = Heard::new();
     let link = PeerLink {
-        name: peer.clone(),
+        name: peer.as_str().into(),
         link_id,
         out: out.clone(),
         heard: heard.clone(),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 /// Pushes `frame` to each of `users` who is online, on this server or a peer.
 pub fn notify(state: &ServerState, users: &[String], frame: &ServerFrame) {
-    let mut remote: HashMap<String, Vec<String>> = HashMap::new();
+    let mut remote: HashMap<std::sync::Arc<str>, Vec<String>> = HashMap::new();
     for user in users {
         match state.router.locate(user) {
             Some(Location::Local(session)) => {

@@ -18,8 +18,8 @@ pub enum Location {
     Local(SessionHandle),
     /// Logged in on another server.
     Remote {
-        /// The server's name.
-        server: String,
+        /// The server's name (shared: a lookup clones it for every message).
+        server: Arc<str>,
         /// The session there (its connection id), when that server said.
         session: Option<u64>,
     },
@@ -28,8 +28,8 @@ pub enum Location {
 /// A live link to another server.
 #[derive(Clone)]
 pub struct PeerLink {
-    /// The peer's name.
-    pub name: String,
+    /// The peer's name (shared: a lookup clones the link for every message).
+    pub name: Arc<str>,
     /// Distinguishes this link from an older or newer one to the same peer.
     pub link_id: u64,
     /// The link's writer queue.
@@ -202,7 +202,7 @@ impl Router {
         session: Option<u64>,
     ) -> Option<SessionHandle> {
         let location = Location::Remote {
-            server: server.to_string(),
+            server: server.into(),
             session,
         };
         let previous = self.users.write().insert(user.to_string(), location);
@@ -215,7 +215,7 @@ impl Router {
     /// Forgets `user` if it is recorded on `server`.
     pub fn remove_remote(&self, user: &str, server: &str) {
         let mut users = self.users.write();
-        if matches!(users.get(user), Some(Location::Remote { server: s, .. }) if s == server) {
+        if matches!(users.get(user), Some(Location::Remote { server: s, .. }) if **s == *server) {
             users.remove(user);
         }
     }
@@ -224,7 +224,7 @@ impl Router {
     pub fn remove_server_users(&self, server: &str) -> usize {
         let mut users = self.users.write();
         let before = users.len();
-        users.retain(|_, loc| !matches!(loc, Location::Remote { server: s, .. } if s == server));
+        users.retain(|_, loc| !matches!(loc, Location::Remote { server: s, .. } if **s == *server));
         before - users.len()
     }
 
@@ -264,7 +264,7 @@ impl Router {
 
     /// Installs a link, returning the one it replaces.
     pub fn add_peer(&self, link: PeerLink) -> Option<PeerLink> {
-        self.peers.write().insert(link.name.clone(), link)
+        self.peers.write().insert(link.name.to_string(), link)
     }
 
     /// Removes the link if it is still this one; returns whether it was.

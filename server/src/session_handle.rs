@@ -2,7 +2,7 @@
 //! delivery bookkeeping: which pushed messages await the client's `ack`, and the
 //! messages held back while stored ones are being fetched, so that order is kept.
 
-use crate::conn::{to_body, OutQueue, Outgoing};
+use crate::conn::{to_body, to_body_sized, OutQueue, Outgoing, FRAME_OVERHEAD};
 use crate::refused::RefusedQueues;
 use crossbeam_channel::{SendTimeoutError, TrySendError};
 use fastchat_common::protocol::client::ServerFrame;
@@ -138,14 +138,15 @@ impl SessionHandle {
     /// The `message` frame pushing `message` (borrowed from wherever it is kept: an
     /// in-flight message, a peer's frame, a stored row) to this session's `user`.
     fn message_frame(tag: u64, user: &str, message: &RelayedOut, stored: bool) -> Vec<u8> {
-        to_body(&MessageOut {
+        let frame = MessageOut {
             tag,
             message: RelayedOut {
                 to: user,
                 ..*message
             },
             stored,
-        })
+        };
+        to_body_sized(&frame, message.body.len() + FRAME_OVERHEAD)
     }
 
     /// Pushes a live message. On `Err` the message was not handed to the client and

@@ -1,7 +1,7 @@
 //! `ServerState`: everything the server's threads share, behind one `Arc`.
 
 use crate::config::Config;
-use crate::conn::to_body;
+use crate::conn::{to_body_sized, FRAME_OVERHEAD};
 use crate::inflight::{InFlight, Via};
 use crate::reply::ReplyTo;
 use crate::router::{Location, PeerLink, Router};
@@ -263,7 +263,7 @@ impl ServerState {
 
 /// The form of a message sent to the peer that has its recipient.
 fn deliver_frame(token: u64, message: &NewPending, session: Option<u64>) -> Vec<u8> {
-    to_body(&DeliverOut {
+    let frame = DeliverOut {
         token,
         message: RelayedOut {
             id: &message.msg_id,
@@ -274,5 +274,6 @@ fn deliver_frame(token: u64, message: &NewPending, session: Option<u64>) -> Vec<
             group: message.group.as_deref(),
         },
         session,
-    })
+    };
+    to_body_sized(&frame, message.body.len() + FRAME_OVERHEAD)
 }
