@@ -23,12 +23,14 @@ const STALE_AFTER: Duration = Duration::from_millis(fastchat_sql::HEARTBEAT_TIME
 /// answer, and it is dropped like a dead one.
 const MAX_GRACE: Duration = Duration::from_millis(3 * fastchat_sql::HEARTBEAT_TIMEOUT_MS as u64);
 
-/// How long a server whose heartbeat is late is spared while this server's own ticks
-/// run slow. A machine with more runnable threads than it can serve (an overload)
-/// leaves any one of them waiting seconds for a core: this tick, and the link reader
-/// whose frames would have shown the peer alive. A peer judged from such a tick was
-/// dropped though it was only as starved as we were, and every message to its users
-/// went to the database, which made the overload worse.
+/// How long (from when it was first seen late) a server whose heartbeat is late is
+/// spared while this server's own ticks run slow. A machine with more runnable threads
+/// than it can serve (an overload) leaves any one of them waiting seconds for a core:
+/// this tick, and the link reader whose frames would have shown the peer alive. A peer
+/// judged from such a tick was dropped though it was only as starved as we were, and
+/// every message to its users went to the database, which made the overload worse. A
+/// slow database makes the ticks slow too, and defers the judgement the same way: the
+/// late heartbeats may be its doing.
 const MAX_STARVED_GRACE: Duration = Duration::from_secs(30);
 
 /// What to do about a server whose heartbeat is late.
@@ -44,7 +46,7 @@ enum Verdict {
 
 /// Judges a server whose heartbeat has been late for `late_for`: `heard` is whether its
 /// link brought something within [`STALE_AFTER`], `tick_took` how long this tick has
-/// run so far (its database round trips).
+/// taken so far, from when it was due (a late wake-up and its database round trips).
 fn judge(heard: bool, late_for: Duration, tick_took: Duration) -> Verdict {
     if heard && late_for < MAX_GRACE {
         Verdict::Busy
@@ -83,7 +85,7 @@ pub fn run_maintenance(state: Arc<ServerState>) {
         url: state.config.database_url.clone(),
         client: None,
     };
-    // Servers seen with a late heartbeat, since when (kept while their links are busy).
+    // Servers seen with a late heartbeat, since when (while they are not dropped yet).
     let mut late_since: HashMap<String, Instant> = HashMap::new();
     // Other servers call this one dead after 3 s without a heartbeat: say when a tick
     // starts late or runs long, so that an overloaded machine shows in the log.
@@ -94,7 +96,7 @@ pub fn run_maintenance(state: Arc<ServerState>) {
         if late >= HEARTBEAT_INTERVAL {
             log::warn!("maintenance woke {} ms late", late.as_millis());
         }
-        tick(started, &state, &dialing, &mut db, &mut late_since);
+        tick(due.min(started), &state, &dialing, &mut db, &mut late_since);
         let spent = started.elapsed();
         if spent >= HEARTBEAT_INTERVAL {
             log::warn!("maintenance took {} ms", spent.as_millis());
@@ -106,8 +108,10 @@ pub fn run_maintenance(state: Arc<ServerState>) {
     }
 }
 
+/// One round of maintenance; `due` is when it should have begun (a tick that woke late
+/// counts as slow from then).
 fn tick(
-    started: Instant,
+    due: Instant,
     state: &Arc<ServerState>,
     dialing: &Arc<Mutex<HashSet<String>>>,
     own: &mut OwnConnection,
@@ -179,6 +183,9 @@ fn tick(
     match fastchat_sql::stale_servers(db) {
         Ok(stale) => {
             let now = Instant::now();
+            // How slow this tick is, from when it was due to the check, before the round
+            // trips for the stale servers themselves.
+            let tick_took = now.saturating_duration_since(due);
             late_since.retain(|name, _| stale.contains(name));
             for name in stale {
                 if name == state.name() {
@@ -187,7 +194,7 @@ fn tick(
                 let since = *late_since.entry(name.clone()).or_insert(now);
                 if let Some(link) = state.router.peer(&name) {
                     let heard = link.heard.within(STALE_AFTER);
-                    match judge(heard, now.duration_since(since), started.elapsed()) {
+                    match judge(heard, now.duration_since(since), tick_took) {
                         Verdict::Busy => {
                             log::warn!(
                                 "{name}'s heartbeat is late, but its link is busy; keeping it"
@@ -198,7 +205,7 @@ fn tick(
                             log::warn!(
                                 "{name}'s heartbeat is late, but this tick took {} ms: \
                                  judging it later",
-                                started.elapsed().as_millis()
+                                tick_took.as_millis()
                             );
                             continue;
                         }
