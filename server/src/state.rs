@@ -96,9 +96,13 @@ impl ServerState {
     /// them: [`InFlight::route`] decides under the lock that every move from flight to
     /// storage takes too.
     pub fn route_message(&self, reply: ReplyTo, message: NewPending) {
-        /// What a local push needs of the message (id, sender, body, group), shared
-        /// with the copy `route` keeps.
-        type Shared = (Arc<str>, Arc<str>, Arc<str>, Option<Arc<str>>);
+        /// What a local push needs of the message, shared with the copy `route` keeps.
+        struct Shared {
+            id: Arc<str>,
+            from: Arc<str>,
+            body: Arc<str>,
+            group: Option<Arc<str>>,
+        }
         /// Where the message is pushed, and in what form.
         enum Push {
             Local(SessionHandle, Shared),
@@ -107,12 +111,12 @@ impl ServerState {
         let token = self.inflight.new_token();
         let push = match self.router.locate(&message.recipient) {
             Some(Location::Local(session)) => {
-                let shared = (
-                    message.msg_id.clone(),
-                    message.sender.clone(),
-                    message.body.clone(),
-                    message.group.clone(),
-                );
+                let shared = Shared {
+                    id: message.msg_id.clone(),
+                    from: message.sender.clone(),
+                    body: message.body.clone(),
+                    group: message.group.clone(),
+                };
                 Some(Push::Local(session, shared))
             }
             Some(Location::Remote { server, session }) => self.router.peer(&server).map(|link| {
@@ -137,14 +141,14 @@ impl ServerState {
             return;
         }
         let pushed = match push {
-            Some(Push::Local(session, (id, from, body, group))) => {
+            Some(Push::Local(session, shared)) => {
                 let message = RelayedOut {
-                    id: &id,
-                    from: &from,
+                    id: &shared.id,
+                    from: &shared.from,
                     to: session.user(),
-                    body: &body,
+                    body: &shared.body,
                     sent_at,
-                    group: group.as_deref(),
+                    group: shared.group.as_deref(),
                 };
                 session.push_live(&message, Origin::Local(token)).is_ok()
             }

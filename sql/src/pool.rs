@@ -32,9 +32,9 @@ pub fn connect_for_maintenance(url: &str) -> Result<postgres::Client, StoreError
 /// checkout waits at most `wait` (then the caller answers `unavailable`).
 ///
 /// Each statement runs at most `statement_timeout`, which is also (but at least 5 s) how
-/// long a pooled connection may go without an answer from a silent database: a lock nobody releases
-/// or a database gone half-open turns into an `unavailable` answer instead of a thread
-/// stuck for good. The server's default, 30 s, is generous: the longest statements (a
+/// long a pooled connection may go without an answer from a silent database: a lock
+/// nobody releases or a database gone half-open turns into an `unavailable` answer
+/// instead of a thread stuck for good. The server's default, 30 s, is generous: the longest statements (a
 /// group commit of 1,000 messages, a fetch of 1,000 stored ones) take milliseconds.
 pub fn pool(
     url: &str,

@@ -413,17 +413,15 @@ fn a_hung_server_is_dropped_and_its_users_messages_wait_until_it_is_back() {
     let stopped = Stopped::server(&cluster, 1);
     // Normally within about 3 s; while server-1's own ticks run slow (a loaded
     // machine), it may put the judgement off for up to 30 s.
-    let dropped = Instant::now();
-    while !cluster
-        .log("server-1")
-        .contains("server-2 missed its heartbeats")
-    {
-        assert!(
-            dropped.elapsed() < WAIT + Duration::from_secs(30),
-            "the hung server-2 was never dropped"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    fastchat_tests::wait_until(
+        "server-1 to drop the hung server-2",
+        WAIT + Duration::from_secs(30),
+        || {
+            cluster
+                .log("server-1")
+                .contains("server-2 missed its heartbeats")
+        },
+    );
     let stored_while_hung = stored(&alice, "bob", "while hung");
     drop(stopped);
     assert!(
@@ -456,48 +454,35 @@ fn a_server_whose_own_ticks_run_slow_judges_a_silent_peer_only_once_they_run_on_
     // server-2 stops: no heartbeat, nothing on its link.
     let stopped = Stopped::server(&cluster, 1);
 
-    // server-1 sees the late heartbeat and puts off its judgement, round after round.
-    let put_off = |cluster: &Cluster| {
+    // server-1 sees the late heartbeat and puts off its judgement, round after round,
+    // never dropping server-2 meanwhile.
+    let dropped = |cluster: &Cluster| {
         cluster
             .log("server-1")
-            .matches("server-2's heartbeat is late, but this tick took")
-            .count()
+            .contains("server-2 missed its heartbeats")
     };
-    let started = Instant::now();
-    while put_off(&cluster) < 3 {
-        assert!(
-            !cluster
-                .log("server-1")
-                .contains("server-2 missed its heartbeats"),
-            "server-2 was judged from a slow tick"
-        );
-        assert!(
-            started.elapsed() < WAIT,
-            "server-1 never put off judging server-2"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        !cluster
-            .log("server-1")
-            .contains("server-2 missed its heartbeats"),
-        "server-2 was judged from a slow tick"
+    fastchat_tests::wait_until(
+        "server-1 to put off judging server-2 three times",
+        WAIT,
+        || {
+            let log = cluster.log("server-1");
+            assert!(
+                !log.contains("server-2 missed its heartbeats"),
+                "server-2 was judged from a slow tick"
+            );
+            log.matches("server-2's heartbeat is late, but this tick took")
+                .count()
+                >= 3
+        },
     );
+    assert!(!dropped(&cluster), "server-2 was judged from a slow tick");
 
     // Once server-1's ticks run on time again, the silent server-2 is dropped.
     db.batch_execute("DROP TRIGGER slow_heartbeat ON servers")
         .unwrap();
-    let started = Instant::now();
-    while !cluster
-        .log("server-1")
-        .contains("server-2 missed its heartbeats")
-    {
-        assert!(
-            started.elapsed() < WAIT,
-            "the stopped server-2 was never dropped"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    fastchat_tests::wait_until("server-1 to drop the stopped server-2", WAIT, || {
+        dropped(&cluster)
+    });
     drop(stopped);
     cluster.wait_meshed(2);
     alice.send_text("bob", "after").1.wait(WAIT).unwrap();
