@@ -40,14 +40,15 @@ pub(crate) struct Keyring {
     identity: Mutex<IdentityState>,
     identity_changed: Condvar,
     public_keys: Mutex<HashMap<String, PublicKey>>,
-    /// (peer, key id) -> key.
-    conversation_keys: Mutex<HashMap<(String, String), SymmetricKey>>,
+    /// peer -> key id -> key (nested, so that a lookup by `&str` allocates nothing:
+    /// it runs for every message sent and opened).
+    conversation_keys: Mutex<HashMap<String, HashMap<String, SymmetricKey>>>,
     /// peer -> the key id new messages use.
     current: Mutex<HashMap<String, String>>,
     /// Held while `known_keys.json` is read, changed and written.
     pin_lock: Mutex<()>,
-    /// (group, epoch) -> key.
-    group_keys: Mutex<HashMap<(String, u64), SymmetricKey>>,
+    /// group -> epoch -> key.
+    group_keys: Mutex<HashMap<String, HashMap<u64, SymmetricKey>>>,
     /// group -> the epoch new messages are sealed under, as last learnt.
     group_epochs: Mutex<HashMap<String, u64>>,
 }
@@ -267,8 +268,20 @@ impl Keyring {
         let key = open_conversation_key(record, &me.user, &me.keys, &maker).map_err(e2e_error)?;
         self.conversation_keys
             .lock()
-            .insert((peer.to_string(), record.key_id.clone()), key.clone());
+            .entry(peer.to_string())
+            .or_default()
+            .insert(record.key_id.clone(), key.clone());
         Ok(key)
+    }
+
+    fn cached_conversation_key(&self, peer: &str, key_id: &str) -> Option<SymmetricKey> {
+        let keys = self.conversation_keys.lock();
+        keys.get(peer)?.get(key_id).cloned()
+    }
+
+    fn cached_group_key(&self, group: &str, epoch: u64) -> Option<SymmetricKey> {
+        let keys = self.group_keys.lock();
+        keys.get(group)?.get(&epoch).cloned()
     }
 
     /// The key to seal a new message to `peer` with, and its id: cached, fetched, or
@@ -280,12 +293,8 @@ impl Keyring {
         peer: &str,
     ) -> Result<(String, SymmetricKey), ClientError> {
         if let Some(id) = self.current.lock().get(peer).cloned() {
-            if let Some(key) = self
-                .conversation_keys
-                .lock()
-                .get(&(peer.to_string(), id.clone()))
-            {
-                return Ok((id, key.clone()));
+            if let Some(key) = self.cached_conversation_key(peer, &id) {
+                return Ok((id, key));
             }
         }
         let fetched = call(RequestBody::ConversationKey {
@@ -327,12 +336,8 @@ impl Keyring {
         peer: &str,
         key_id: &str,
     ) -> Result<SymmetricKey, ClientError> {
-        if let Some(key) = self
-            .conversation_keys
-            .lock()
-            .get(&(peer.to_string(), key_id.to_string()))
-        {
-            return Ok(key.clone());
+        if let Some(key) = self.cached_conversation_key(peer, key_id) {
+            return Ok(key);
         }
         let reply = call(RequestBody::ConversationKey {
             peer: peer.to_string(),
@@ -355,7 +360,7 @@ impl Keyring {
     /// of that name was deleted and made again, restarting its epochs).
     pub fn group_changed(&self, group: &str) {
         self.group_epochs.lock().remove(group);
-        self.group_keys.lock().retain(|(g, _), _| g != group);
+        self.group_keys.lock().remove(group);
     }
 
     /// Opens a group key record from the server: it must be for this group and epoch,
@@ -399,7 +404,9 @@ impl Keyring {
         let key = open_group_key(record, &me.user, &me.keys, &maker).map_err(e2e_error)?;
         self.group_keys
             .lock()
-            .insert((group.to_string(), epoch), key.clone());
+            .entry(group.to_string())
+            .or_default()
+            .insert(epoch, key.clone());
         Ok(key)
     }
 
@@ -425,8 +432,8 @@ impl Keyring {
         members: Option<&[String]>,
     ) -> Result<SymmetricKey, ClientError> {
         if members.is_none() {
-            if let Some(key) = self.group_keys.lock().get(&(group.to_string(), epoch)) {
-                return Ok(key.clone());
+            if let Some(key) = self.cached_group_key(group, epoch) {
+                return Ok(key);
             }
         }
         let reply = call(RequestBody::GroupKey {
@@ -451,8 +458,8 @@ impl Keyring {
     ) -> Result<(u64, SymmetricKey), ClientError> {
         let known = self.group_epochs.lock().get(group).copied();
         if let Some(epoch) = known {
-            if let Some(key) = self.group_keys.lock().get(&(group.to_string(), epoch)) {
-                return Ok((epoch, key.clone()));
+            if let Some(key) = self.cached_group_key(group, epoch) {
+                return Ok((epoch, key));
             }
         }
         let Some(OkResult::Group { epoch, members, .. }) = call(RequestBody::GroupMembers {
