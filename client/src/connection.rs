@@ -380,7 +380,7 @@ impl Inner {
                     w.retry_due = false;
                     w.sent_on = link.id;
                     if let Some(frame) = &w.resend {
-                        let _ = link.out.send(Out::Frame(frame.clone()));
+                        link.out.queue(frame.clone());
                     }
                 }
             });
@@ -406,7 +406,7 @@ impl Inner {
     /// Queues an acknowledgement for the installed link's writer thread.
     pub(crate) fn ack_through_writer(&self, tag: u64) {
         if let Some(link) = self.link.lock().as_ref() {
-            let _ = link.out.send(Out::Ack(tag));
+            link.out.ack(tag);
         }
     }
 
@@ -455,6 +455,7 @@ fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> Repl
     let frame = serde_json::to_vec(&Request { req, body }).expect("serializes");
     let (tx, rx) = crossbeam_channel::bounded(1);
     let link = inner.link.lock();
+    let mut send_on = None;
     match link.as_ref() {
         Some(link) => {
             let waiter = Waiter {
@@ -466,10 +467,7 @@ fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> Repl
                 to,
             };
             inner.waiting.lock().insert(req, waiter);
-            // Sent at once even while an earlier message to the same target waits for
-            // its retry: the server refuses it and keeps their order (`take_turn`), and
-            // the same retry pass re-sends both, in order.
-            let _ = link.out.send(Out::Frame(frame));
+            send_on = Some((link.out.clone(), frame));
         }
         None if resend => {
             let waiter = Waiter {
@@ -489,6 +487,14 @@ fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> Repl
         }
     }
     drop(link);
+    // Sent at once even while an earlier message to the same target waits for its retry:
+    // the server refuses it and keeps their order (`take_turn`), and the same retry pass
+    // re-sends both, in order. Sent with no lock held: it may write to the socket, and
+    // `close` must be able to cut the link meanwhile. Had the link ended since, the write
+    // fails and the reconnection re-sends the frame from its waiter.
+    if let Some((out, frame)) = send_on {
+        out.send(frame);
+    }
     // The client may have given up just before we registered.
     if inner.closed.load(Ordering::Acquire) {
         if let Some(w) = inner.waiting.lock().remove(&req) {
@@ -601,7 +607,7 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
         body: RequestBody::Resume { user, token },
     })
     .expect("serializes");
-    let _ = link.out.send(Out::Frame(frame));
+    link.out.send(frame);
     let resumed = ReplyHandle::new(rx).wait(NET_TIMEOUT);
     if let Err(e) = resumed {
         inner.waiting.lock().remove(&req);
@@ -615,7 +621,7 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
         if let Some(frame) = &w.resend {
             w.sent_on = id;
             w.retry_due = false;
-            let _ = link.out.send(Out::Frame(frame.clone()));
+            link.out.queue(frame.clone());
         }
     }
     drop(waiting);
@@ -1183,7 +1189,7 @@ impl Client {
     /// Sends raw bytes as one frame (tests use it to send malformed requests).
     pub fn send_raw_frame(&self, body: Vec<u8>) {
         if let Some(link) = self.inner.link.lock().as_ref() {
-            let _ = link.out.send(Out::Frame(body));
+            link.out.send(body);
         }
     }
 

@@ -3,6 +3,7 @@
 use crate::WAIT;
 use fastchat_client::Event;
 use fastchat_tests::{next_message, sent_stored, wait_until, Cluster};
+use std::time::Duration;
 
 #[test]
 fn direct_message_on_the_same_server() {
@@ -48,6 +49,38 @@ fn direct_message_across_servers_keeps_order() {
     let (_, h) = bob.send_text("alice", "pong");
     h.wait(WAIT).unwrap();
     assert_eq!(next_message(&alice, WAIT), ("bob".into(), "pong".into()));
+}
+
+#[test]
+fn lone_messages_and_bursts_from_one_sender_arrive_in_order() {
+    // A message sent alone is written by the sending thread, one of a burst goes
+    // through the link's writer thread (`client/src/link.rs`, `LinkOut`): in turn here,
+    // with large messages on both paths (each round opens with one, written directly).
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    let bob = cluster.user("bob", Some("server-2"));
+    let text = |round: usize, i: usize| {
+        let label = format!("{round}.{i}");
+        match i % 10 {
+            0 => format!("{label} {}", "x".repeat(60_000)),
+            _ => label,
+        }
+    };
+    let mut handles = Vec::new();
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(60));
+        for i in 0..40 {
+            handles.push(alice.send_text("bob", &text(round, i)).1);
+        }
+    }
+    for h in handles {
+        h.wait(WAIT).expect("sent");
+    }
+    for round in 0..5 {
+        for i in 0..40 {
+            assert_eq!(next_message(&bob, WAIT), ("alice".into(), text(round, i)));
+        }
+    }
 }
 
 #[test]
