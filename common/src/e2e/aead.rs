@@ -91,20 +91,26 @@ fn with_context<T>(
 /// in the output: the opener must supply the same bytes). The nonce is 96 random bits, so
 /// one key should seal no more than about 2^32 messages.
 pub fn seal(key: &SymmetricKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let nonce = fresh_nonce();
     let mut sealed = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len() + 16);
-    sealed.extend_from_slice(&nonce);
+    seal_into(key, aad, plaintext, &mut sealed);
+    sealed
+}
+
+/// [`seal`], appending `nonce || ciphertext || tag` to `out` (a header already in it
+/// stays in front; with room for [`SEAL_OVERHEAD`] and the plaintext, it does not grow).
+pub fn seal_into(key: &SymmetricKey, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+    let nonce = fresh_nonce();
+    out.extend_from_slice(&nonce);
     let mut tag = [0u8; TAG_BYTES];
     with_context(&SEALER, |ctx| {
         ctx.encrypt_init(None, Some(key.as_bytes()), Some(&nonce))?;
         ctx.cipher_update(aad, None)?;
-        ctx.cipher_update_vec(plaintext, &mut sealed)?;
-        ctx.cipher_final_vec(&mut sealed)?;
+        ctx.cipher_update_vec(plaintext, out)?;
+        ctx.cipher_final_vec(out)?;
         ctx.tag(&mut tag)
     })
     .expect("AES-256-GCM with a 32-byte key and 12-byte nonce");
-    sealed.extend_from_slice(&tag);
-    sealed
+    out.extend_from_slice(&tag);
 }
 
 /// Reverses [`seal`]; [`E2eError::Undecryptable`] when `sealed` is too short, was altered,
