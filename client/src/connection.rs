@@ -663,7 +663,8 @@ fn send_sealed(inner: &Inner, id: &str, to: &str, body: &[u8], report: bool) -> 
 }
 
 /// Seals one receipt for the messages `ids` (all from `to`) and sends it to their
-/// sender, without waiting.
+/// sender, without waiting for the reply (the write itself may wait on the socket, see
+/// `link::LinkOut::send`).
 pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, ids: Vec<String>) {
     let receipt_id = new_message_id();
     let count = ids.len();
@@ -1188,8 +1189,10 @@ impl Client {
 
     /// Sends raw bytes as one frame (tests use it to send malformed requests).
     pub fn send_raw_frame(&self, body: Vec<u8>) {
-        if let Some(link) = self.inner.link.lock().as_ref() {
-            link.out.send(body);
+        let out = self.inner.link.lock().as_ref().map(|link| link.out.clone());
+        // With the link lock released: the write may wait on the socket.
+        if let Some(out) = out {
+            out.send(body);
         }
     }
 

@@ -76,7 +76,10 @@ pub(crate) struct LinkOut {
 impl LinkOut {
     /// Sends a frame: at once from this thread if it can, else through the writer. A
     /// failed write cuts the link (its reader then ends it, and reconnection sends the
-    /// frame again if its request is one that can be).
+    /// frame again if its request is one that can be). Written here, it waits until the
+    /// socket takes it: for a server that stopped reading, up to
+    /// [`crate::transport::WRITE_STALL`], after which the write fails. Callers hold no
+    /// lock that `close` or the link's reader needs.
     pub fn send(&self, frame: Vec<u8>) {
         let now = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
         let previous = self.last_send.swap(now, Ordering::AcqRel);
@@ -385,4 +388,87 @@ fn read_loop(
     READER_ACKS.with(|acks| *acks.borrow_mut() = None);
     alive.store(false, Ordering::Release);
     crate::connection::link_ended(&inner, link_id, reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{connect, Trust};
+    use fastchat_common::tls::{self, pki, TlsIdentity};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A TLS server on loopback that returns the first `n` frames it reads; and a
+    /// `LinkOut` connected to it whose writer thread is not started yet.
+    fn link_to_reader(n: usize) -> (LinkOut, impl FnOnce(), thread::JoinHandle<Vec<Vec<u8>>>) {
+        let ca = pki::make_ca("link-test").unwrap();
+        let pair = pki::issue(&ca, "server-1").unwrap();
+        let identity = TlsIdentity::from_pem(
+            pair.cert.as_bytes(),
+            pair.key.as_bytes(),
+            ca.cert.as_bytes(),
+        )
+        .unwrap();
+        let acceptor = tls::acceptor(&identity, false).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let (reader, _writer) = tls::accept(&acceptor, &socket, &socket).unwrap();
+            let mut reader = BufReader::new(reader);
+            (0..n)
+                .map(|_| read_frame(&mut reader, 1024).unwrap().expect("a frame"))
+                .collect()
+        });
+        let trust = Trust::from_ca_pem(ca.cert.as_bytes()).unwrap();
+        let conn = connect(&trust, &addr).unwrap();
+        let (queue, rx) = crossbeam_channel::unbounded();
+        let stream = Arc::new(Mutex::new(conn.writer));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let out = LinkOut {
+            opened: Instant::now(),
+            last_send: AtomicU64::new(0),
+            queue,
+            stream: stream.clone(),
+            queued: queued.clone(),
+            socket: conn.socket.clone(),
+        };
+        let socket = conn.socket;
+        let start_writer = move || {
+            thread::spawn(move || write_loop(stream, queued, socket, rx));
+        };
+        (out, start_writer, server)
+    }
+
+    fn after_a_gap() {
+        thread::sleep(Duration::from_micros(BURST_GAP_MICROS + 5_000));
+    }
+
+    #[test]
+    fn a_lone_frame_is_written_by_the_sending_thread() {
+        let (out, _writer_never_started, server) = link_to_reader(1);
+        after_a_gap();
+        out.send(b"alone".to_vec());
+        assert_eq!(server.join().unwrap(), vec![b"alone".to_vec()]);
+    }
+
+    #[test]
+    fn a_lone_frame_never_overtakes_one_still_queued() {
+        let (out, start_writer, server) = link_to_reader(3);
+        // Queued, and nothing takes it off the queue yet.
+        out.queue(b"first".to_vec());
+        after_a_gap();
+        // Alone, and the write half is free: but one frame is still queued.
+        out.send(b"second".to_vec());
+        // Part of a burst: queued whatever the queue holds.
+        out.send(b"third".to_vec());
+        start_writer();
+        assert_eq!(
+            server.join().unwrap(),
+            vec![b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
+        );
+    }
 }

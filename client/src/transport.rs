@@ -13,6 +13,11 @@ use std::time::Duration;
 /// Time allowed for connecting, the handshake, and each answer of a set-up exchange.
 pub(crate) const NET_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a write to a server may make no progress before it fails and the link ends
+/// (then reconnection sends again what can be). A thread that sends a frame itself
+/// (`link::LinkOut`) waits at most this long for a server that stopped reading.
+pub(crate) const WRITE_STALL: Duration = Duration::from_secs(30);
+
 /// Plaintext in from the server.
 pub(crate) type TlsRead = TlsReader<SharedSocket, SharedSocket>;
 /// Plaintext out to the server.
@@ -99,10 +104,12 @@ fn tcp_connect(addr: &str) -> Result<TcpStream, ClientError> {
 
 /// Connects to `addr` (`HOST:PORT`) and runs the TLS handshake; the server's certificate
 /// must be signed by the cluster CA and name `HOST`. Reads time out after
-/// [`NET_TIMEOUT`] until the caller clears it.
+/// [`NET_TIMEOUT`] until the caller clears it; writes after [`WRITE_STALL`] without
+/// progress, always.
 pub(crate) fn connect(trust: &Trust, addr: &str) -> Result<TlsConn, ClientError> {
     let socket = SharedSocket(Arc::new(tcp_connect(addr)?));
     let _ = socket.set_read_timeout(Some(NET_TIMEOUT));
+    let _ = socket.set_write_timeout(Some(WRITE_STALL));
     match tls::connect(
         &trust.connector,
         host_of(addr),
