@@ -21,16 +21,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-/// A running link: where its writer's queue is, and its socket (to cut it).
+/// A running link: where its frames go, and whether it is still up.
 pub(crate) struct Link {
     /// Distinguishes this link from earlier and later ones.
     pub id: u64,
     /// The server's name.
     pub server: String,
-    /// Where its frames go.
+    /// Where its frames go (and its socket, to cut it).
     pub out: Arc<LinkOut>,
-    /// A handle on the socket, to shut it down.
-    pub socket: SharedSocket,
     /// Cleared by the reader when the link has ended (checked by whoever installs it,
     /// in case it ended before it was installed).
     pub alive: Arc<AtomicBool>,
@@ -39,7 +37,7 @@ pub(crate) struct Link {
 impl Link {
     /// Shuts the socket down; the reader then ends the link.
     pub fn cut(&self) {
-        let _ = self.socket.shutdown(Shutdown::Both);
+        self.out.cut();
     }
 }
 
@@ -73,7 +71,50 @@ pub(crate) struct LinkOut {
     socket: SharedSocket,
 }
 
+/// The writer thread's side of a [`LinkOut`]: [`LinkWriter::run`] writes what is queued.
+struct LinkWriter {
+    stream: Arc<Mutex<TlsWrite>>,
+    queued: Arc<AtomicUsize>,
+    socket: SharedSocket,
+    rx: Receiver<Out>,
+}
+
 impl LinkOut {
+    /// A link's outlet over its write half, and the writer thread's side of it (not
+    /// started: the caller runs it on a thread of its own).
+    fn new(stream: TlsWrite, socket: SharedSocket) -> (LinkOut, LinkWriter) {
+        let (queue, rx) = crossbeam_channel::unbounded();
+        let stream = Arc::new(Mutex::new(stream));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = LinkWriter {
+            stream: stream.clone(),
+            queued: queued.clone(),
+            socket: socket.clone(),
+            rx,
+        };
+        let out = LinkOut {
+            opened: Instant::now(),
+            last_send: AtomicU64::new(0),
+            queue,
+            stream,
+            queued,
+            socket,
+        };
+        (out, writer)
+    }
+
+    /// Shuts the socket down; the link's reader then ends the link.
+    pub fn cut(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+
+    /// Writes `bytes` on the locked write half; a failed write cuts the link.
+    fn write_locked(&self, stream: &mut TlsWrite, bytes: &[u8]) {
+        if stream.write_all(bytes).is_err() {
+            self.cut();
+        }
+    }
+
     /// Sends a frame: at once from this thread if it can, else through the writer. A
     /// failed write cuts the link (its reader then ends it, and reconnection sends the
     /// frame again if its request is one that can be). Written here, it waits until the
@@ -89,9 +130,7 @@ impl LinkOut {
                 if self.queued.load(Ordering::Acquire) == 0 {
                     let mut buf = Vec::with_capacity(frame.len() + 4);
                     encode_frame(&frame, &mut buf);
-                    if stream.write_all(&buf).is_err() {
-                        let _ = self.socket.shutdown(Shutdown::Both);
-                    }
+                    self.write_locked(&mut stream, &buf);
                     return;
                 }
             }
@@ -113,6 +152,21 @@ impl LinkOut {
     /// to keep with frames).
     pub fn ack(&self, tag: u64) {
         let _ = self.queue.send(Out::Ack(tag));
+    }
+
+    /// Writes `acks` (taking them) as one `ack` frame when the write half is free, and
+    /// otherwise queues them for the writer thread, so that the caller (the link's
+    /// reader) never waits for a write in progress, a file upload's say.
+    fn write_acks(&self, acks: &mut Vec<u64>) {
+        let Some(mut stream) = self.stream.try_lock() else {
+            for tag in acks.drain(..) {
+                self.ack(tag);
+            }
+            return;
+        };
+        let mut buf = Vec::new();
+        flush_acks(acks, &mut buf);
+        self.write_locked(&mut stream, &buf);
     }
 }
 
@@ -160,38 +214,27 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
         reader,
         writer,
     } = conn;
-    let (queue, out_rx) = crossbeam_channel::unbounded();
     let alive = Arc::new(AtomicBool::new(true));
-    // Shared by the writer thread, the reader, which writes its acknowledgements, and
-    // the threads that send frames directly.
-    let writer = Arc::new(Mutex::new(writer));
-    let reader_writer = writer.clone();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let writer_queued = queued.clone();
+    // Used by the writer thread, the reader (its acknowledgements), and the threads
+    // that send frames directly.
+    let (out, link_writer) = LinkOut::new(writer, socket);
+    let out = Arc::new(out);
     let link = Link {
         id,
         server,
-        out: Arc::new(LinkOut {
-            opened: Instant::now(),
-            last_send: AtomicU64::new(0),
-            queue,
-            stream: writer.clone(),
-            queued,
-            socket: socket.clone(),
-        }),
-        socket: socket.clone(),
+        out: out.clone(),
         alive: alive.clone(),
     };
     thread::Builder::new()
         .name("fastchat-writer".into())
         .stack_size(128 * 1024)
-        .spawn(move || write_loop(writer, writer_queued, socket, out_rx))
+        .spawn(move || link_writer.run())
         .map_err(ClientError::disconnected)?;
     let reader_inner = inner.clone();
     thread::Builder::new()
         .name("fastchat-reader".into())
         .stack_size(256 * 1024)
-        .spawn(move || read_loop(reader, reader_writer, id, reader_inner, alive))
+        .spawn(move || read_loop(reader, out, id, reader_inner, alive))
         .map_err(ClientError::disconnected)?;
     Ok(link)
 }
@@ -214,63 +257,49 @@ pub(crate) fn take_reader_ack(tag: u64) -> bool {
     })
 }
 
-/// Writes the acknowledgements the reader thread kept, as one frame; when the writer
-/// thread is in the middle of a write (a file upload may hold it for long), they go to
-/// it instead, so the reader never waits on the socket's write side.
-fn write_reader_acks(writer: &Mutex<TlsWrite>, inner: &Inner) {
+/// Writes the acknowledgements the reader thread kept (see [`LinkOut::write_acks`]).
+fn write_reader_acks(out: &LinkOut) {
     let mut acks = READER_ACKS.with(|acks| acks.borrow_mut().as_mut().map(std::mem::take));
-    let Some(acks) = acks.as_mut().filter(|a| !a.is_empty()) else {
-        return;
-    };
-    let Some(mut writer) = writer.try_lock() else {
-        for tag in acks.drain(..) {
-            inner.ack_through_writer(tag);
-        }
-        return;
-    };
-    let mut buf = Vec::new();
-    flush_acks(acks, &mut buf);
-    // A failed write ends the link, which the reader sees next.
-    let _ = writer.write_all(&buf);
+    if let Some(acks) = acks.as_mut().filter(|a| !a.is_empty()) {
+        out.write_acks(acks);
+    }
 }
 
-fn write_loop(
-    stream: Arc<Mutex<TlsWrite>>,
-    queued: Arc<AtomicUsize>,
-    socket: SharedSocket,
-    rx: Receiver<Out>,
-) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut acks = Vec::new();
-    while let Ok(first) = fastchat_common::channel::recv(&rx) {
-        buf.clear();
-        let mut frames = 0;
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Out::Frame(body) => {
-                    flush_acks(&mut acks, &mut buf);
-                    encode_frame(&body, &mut buf);
-                    frames += 1;
+impl LinkWriter {
+    /// The writer thread: writes what is queued, in order, until the link ends.
+    fn run(self) {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut acks = Vec::new();
+        while let Ok(first) = fastchat_common::channel::recv(&self.rx) {
+            buf.clear();
+            let mut frames = 0;
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match item {
+                    Out::Frame(body) => {
+                        flush_acks(&mut acks, &mut buf);
+                        encode_frame(&body, &mut buf);
+                        frames += 1;
+                    }
+                    Out::Ack(tag) => acks.push(tag),
                 }
-                Out::Ack(tag) => acks.push(tag),
+                if buf.len() < 256 * 1024 {
+                    next = self.rx.try_recv().ok();
+                }
             }
-            if buf.len() < 256 * 1024 {
-                next = rx.try_recv().ok();
+            flush_acks(&mut acks, &mut buf);
+            let mut stream = self.stream.lock();
+            let written = stream.write_all(&buf);
+            // Only now, and with the stream still locked, may a frame sent after these be
+            // written directly (see `LinkOut`).
+            self.queued.fetch_sub(frames, Ordering::AcqRel);
+            drop(stream);
+            if written.is_err() {
+                break;
             }
         }
-        flush_acks(&mut acks, &mut buf);
-        let mut stream = stream.lock();
-        let written = stream.write_all(&buf);
-        // Only now, and with the stream still locked, may a frame sent after these be
-        // written directly (see `LinkOut`).
-        queued.fetch_sub(frames, Ordering::AcqRel);
-        drop(stream);
-        if written.is_err() {
-            break;
-        }
+        let _ = self.socket.shutdown(Shutdown::Both);
     }
-    let _ = socket.shutdown(Shutdown::Both);
 }
 
 fn flush_acks(acks: &mut Vec<u64>, buf: &mut Vec<u8>) {
@@ -288,7 +317,7 @@ fn flush_acks(acks: &mut Vec<u64>, buf: &mut Vec<u8>) {
 
 fn read_loop(
     stream: TlsRead,
-    writer: Arc<Mutex<TlsWrite>>,
+    out: Arc<LinkOut>,
     link_id: u64,
     inner: Arc<Inner>,
     alive: Arc<AtomicBool>,
@@ -298,7 +327,7 @@ fn read_loop(
     let reason = loop {
         if reader.buffer().is_empty() {
             // All that was read is handled: acknowledge it before waiting for more.
-            write_reader_acks(&writer, &inner);
+            write_reader_acks(&out);
         }
         let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
             Ok(Some(body)) => body,
@@ -425,20 +454,9 @@ mod tests {
         });
         let trust = Trust::from_ca_pem(ca.cert.as_bytes()).unwrap();
         let conn = connect(&trust, &addr).unwrap();
-        let (queue, rx) = crossbeam_channel::unbounded();
-        let stream = Arc::new(Mutex::new(conn.writer));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let out = LinkOut {
-            opened: Instant::now(),
-            last_send: AtomicU64::new(0),
-            queue,
-            stream: stream.clone(),
-            queued: queued.clone(),
-            socket: conn.socket.clone(),
-        };
-        let socket = conn.socket;
+        let (out, writer) = LinkOut::new(conn.writer, conn.socket);
         let start_writer = move || {
-            thread::spawn(move || write_loop(stream, queued, socket, rx));
+            thread::spawn(move || writer.run());
         };
         (out, start_writer, server)
     }
