@@ -57,8 +57,6 @@ fn fresh_nonce() -> [u8; NONCE_BYTES] {
         let start = stock.next * NONCE_BYTES;
         let mut nonce = [0u8; NONCE_BYTES];
         nonce.copy_from_slice(&stock.bytes[start..start + NONCE_BYTES]);
-        // Used: nothing keeps a copy of a nonce once it is handed out.
-        stock.bytes[start..start + NONCE_BYTES].fill(0);
         stock.next += 1;
         nonce
     })
