@@ -295,6 +295,9 @@ fn messages_refused_during_a_postgresql_outage_are_retried_and_arrive_in_order()
     }
 }
 
+/// What server-1 logs when it drops its link to server-2 as dead.
+const SERVER_2_DROPPED: &str = "server-2 missed its heartbeats";
+
 /// Two servers; alice on server-1 has written to bob on server-2, and he got it live.
 fn alice_on_server_1_writing_to_bob_on_server_2() -> (Cluster, Client, Client) {
     let cluster = Cluster::start(2);
@@ -392,9 +395,7 @@ fn a_peer_whose_heartbeat_is_late_but_whose_link_is_busy_is_kept() {
     db.batch_execute("DROP TRIGGER keep_heartbeat_late ON servers")
         .unwrap();
     assert!(
-        !cluster
-            .log("server-1")
-            .contains("server-2 missed its heartbeats"),
+        !cluster.log("server-1").contains(SERVER_2_DROPPED),
         "the busy link was dropped"
     );
     for k in 0..sent {
@@ -416,11 +417,7 @@ fn a_hung_server_is_dropped_and_its_users_messages_wait_until_it_is_back() {
     fastchat_tests::wait_until(
         "server-1 to drop the hung server-2",
         WAIT + Duration::from_secs(30),
-        || {
-            cluster
-                .log("server-1")
-                .contains("server-2 missed its heartbeats")
-        },
+        || cluster.log("server-1").contains(SERVER_2_DROPPED),
     );
     let stored_while_hung = stored(&alice, "bob", "while hung");
     drop(stopped);
@@ -456,18 +453,14 @@ fn a_server_whose_own_ticks_run_slow_judges_a_silent_peer_only_once_they_run_on_
 
     // server-1 sees the late heartbeat and puts off its judgement, round after round,
     // never dropping server-2 meanwhile.
-    let dropped = |cluster: &Cluster| {
-        cluster
-            .log("server-1")
-            .contains("server-2 missed its heartbeats")
-    };
+    let dropped = |cluster: &Cluster| cluster.log("server-1").contains(SERVER_2_DROPPED);
     fastchat_tests::wait_until(
         "server-1 to put off judging server-2 three times",
         WAIT,
         || {
             let log = cluster.log("server-1");
             assert!(
-                !log.contains("server-2 missed its heartbeats"),
+                !log.contains(SERVER_2_DROPPED),
                 "server-2 was judged from a slow tick"
             );
             log.matches("server-2's heartbeat is late, but this tick took")

@@ -55,7 +55,9 @@ fn direct_message_across_servers_keeps_order() {
 fn lone_messages_and_bursts_from_one_sender_arrive_in_order() {
     // A message sent alone is written by the sending thread, one of a burst goes
     // through the link's writer thread (`client/src/link.rs`, `LinkOut`): in turn here,
-    // with large messages on both paths (each round opens with one, written directly).
+    // with large messages among them (each round opens with one, after a pause). Which
+    // path each frame takes, and that a lone one never overtakes a queued one, the unit
+    // tests in `link.rs` show; this shows both together, end to end, across servers.
     let cluster = Cluster::start(2);
     let alice = cluster.user("alice", Some("server-1"));
     let bob = cluster.user("bob", Some("server-2"));
