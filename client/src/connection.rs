@@ -404,7 +404,7 @@ impl Inner {
     }
 
     /// Queues an acknowledgement for the installed link's writer thread.
-    pub(crate) fn ack_through_writer(&self, tag: u64) {
+    fn ack_through_writer(&self, tag: u64) {
         if let Some(link) = self.link.lock().as_ref() {
             link.out.ack(tag);
         }
