@@ -1,12 +1,16 @@
 //! Connection plumbing shared by client sessions and peer links: the outgoing queue,
-//! bounded in frames and in bytes, and the writer thread that drains it, batching every
-//! queued frame into one write.
+//! bounded in frames and in bytes, the writer thread that drains it, batching every
+//! queued frame into one write, and the direct write of a frame that finds the queue
+//! empty and the write half free.
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use fastchat_common::frame::encode_frame;
-use std::io::Write;
+use parking_lot::Mutex;
+use std::cell::{Cell, RefCell};
+use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,6 +25,9 @@ pub enum Outgoing {
     /// Send the frame this makes, made only now: what accumulated while the writer was
     /// busy goes as one frame (a peer link's acknowledgements).
     Made(FrameMaker),
+    /// Write what a direct write left in the [`Sink`] (the socket would not take it
+    /// then).
+    Kept,
     /// Send what is queued before this, then close the connection.
     Close,
 }
@@ -30,6 +37,7 @@ impl std::fmt::Debug for Outgoing {
         match self {
             Outgoing::Frame(body) => write!(f, "Frame({} bytes)", body.len()),
             Outgoing::Made(_) => write!(f, "Made"),
+            Outgoing::Kept => write!(f, "Kept"),
             Outgoing::Close => write!(f, "Close"),
         }
     }
@@ -56,15 +64,21 @@ pub fn to_body_sized<T: serde::Serialize>(value: &T, capacity: usize) -> Vec<u8>
 const WRITE_BATCH: usize = 256 * 1024;
 
 /// Starts the writer thread for `stream` (the TLS writing half of `socket`): it drains
-/// `rx`, writes frames in batches (sealed as one), and shuts the socket down (waking the reader) on `Close`, on a write error, or when every
-/// sender is gone.
-pub fn spawn_writer<W: Write + Send + 'static>(
+/// the queue, writes frames in batches (sealed as one), and shuts the socket down
+/// (waking the reader) on `Close`, on a write error, or when every sender is gone. From
+/// now on a frame that finds nothing queued and the write half free is written by the
+/// thread that sends it ([`OutQueue::try_send`]).
+pub fn spawn_writer<W: WriteHalf + 'static>(
     name: String,
-    mut stream: W,
+    stream: W,
     socket: TcpStream,
     queue: OutReceiver,
+    writes: Writes,
 ) -> std::io::Result<thread::JoinHandle<()>> {
-    let OutReceiver { rx, bytes } = queue;
+    let OutReceiver { rx, bytes, turn } = queue;
+    *turn.stream.lock() = Some(Box::new(stream));
+    turn.direct
+        .store(writes == Writes::Direct, Ordering::Release);
     thread::Builder::new().name(name).spawn(move || {
         // Grows with the batches it carries: an idle connection keeps little.
         let mut buf = Vec::new();
@@ -72,8 +86,10 @@ pub fn spawn_writer<W: Write + Send + 'static>(
             buf.clear();
             let mut closing = false;
             let mut taken = 0;
+            let mut items = 0;
             let mut next = Some(first);
             while let Some(item) = next.take() {
+                items += 1;
                 match item {
                     Outgoing::Frame(body) => {
                         taken += body.len();
@@ -84,6 +100,8 @@ pub fn spawn_writer<W: Write + Send + 'static>(
                             encode_frame(&body, &mut buf);
                         }
                     }
+                    // Written below, with the batch: `flush` writes what the sink kept.
+                    Outgoing::Kept => {}
                     Outgoing::Close => {
                         closing = true;
                         break;
@@ -93,11 +111,23 @@ pub fn spawn_writer<W: Write + Send + 'static>(
                     next = rx.try_recv().ok();
                 }
             }
-            if !buf.is_empty() {
-                if let Err(e) = stream.write_all(&buf) {
-                    log::debug!("write failed: {e}");
-                    break 'outer;
-                }
+            let mut held = turn.stream.lock();
+            let Some(stream) = held.as_mut() else {
+                break;
+            };
+            let written = if buf.is_empty() {
+                Ok(())
+            } else {
+                stream.write_all(&buf)
+            };
+            let written = written.and_then(|()| stream.flush());
+            // Lowered only once written, the write half still held: a direct write
+            // that sees nothing queued comes after all of this on the wire.
+            turn.queued.fetch_sub(items, Ordering::AcqRel);
+            drop(held);
+            if let Err(e) = written {
+                log::debug!("write failed: {e}");
+                break 'outer;
             }
             bytes.fetch_sub(taken, Ordering::AcqRel);
             if closing {
@@ -106,6 +136,150 @@ pub fn spawn_writer<W: Write + Send + 'static>(
         }
         let _ = socket.shutdown(Shutdown::Both);
     })
+}
+
+/// Who writes a connection's frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// The sending thread when it can ([`OutQueue::write_now`]), else the writer
+    /// thread: a client connection, which gets a frame or two at a time.
+    Direct,
+    /// Always the writer thread, which packs what piled up into one record and one
+    /// system call: a mesh link, where a group message to remote members is a burst of
+    /// frames (written one by one, they made `group`'s tail several times longer).
+    Queued,
+}
+
+/// A connection's writing half, as its writer thread and direct writes use it.
+pub trait WriteHalf: Write + Send {
+    /// Writes `buf` unless another thread is writing to the socket (`None`: nothing
+    /// was written).
+    fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>>;
+}
+
+impl<W: Write + Send> WriteHalf for fastchat_common::tls::TlsWriter<W> {
+    fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>> {
+        fastchat_common::tls::TlsWriter::try_write_all(self, buf)
+    }
+}
+
+/// Who writes to a connection, and in which order. A frame sent while nothing is
+/// queued and the write half is free is written by the sending thread at once (a
+/// reader routing a message, a session answering its client), which saves waking the
+/// writer thread for it; everything else goes through the queue, whose writer packs
+/// what has piled up into one write. `queued` counts what is in the channel and is
+/// lowered by the writer only after writing it, holding the write half, so a frame
+/// written directly never overtakes one queued before it.
+struct WriteTurn {
+    /// The connection's TLS writing half, once its writer thread runs.
+    stream: Mutex<Option<Box<dyn WriteHalf>>>,
+    /// Items in the channel not yet written.
+    queued: AtomicUsize,
+    /// Whether frames may be written directly ([`Writes::Direct`]).
+    direct: AtomicBool,
+}
+
+thread_local! {
+    /// Set while this thread writes directly: the [`Sink`] must not wait on the socket.
+    static DONT_WAIT: Cell<bool> = const { Cell::new(false) };
+    /// Set by the [`Sink`] when it kept bytes the socket would not take without waiting.
+    static KEPT: Cell<bool> = const { Cell::new(false) };
+    /// A direct write's frame (length prefix and body in one buffer, so one TLS record).
+    static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A direct write's buffer above this size is not kept for the thread's next one: ten
+/// thousand client readers each keeping their largest frame would cost more than the
+/// allocation saves.
+const FRAME_KEPT_MAX: usize = 16 * 1024;
+
+/// Runs `write` with the [`Sink`] in its no-waiting mode; also returns whether the sink
+/// kept bytes for the writer thread.
+fn without_waiting<T>(write: impl FnOnce() -> T) -> (T, bool) {
+    DONT_WAIT.set(true);
+    KEPT.set(false);
+    let result = write();
+    DONT_WAIT.set(false);
+    (result, KEPT.replace(false))
+}
+
+/// The socket end of a server connection's TLS writing half. Normally it writes and
+/// waits like the socket. During a direct write ([`without_waiting`]) it never waits:
+/// what the socket will not take at once is kept, and written (waiting) before anything
+/// else by the next write that may wait, the writer thread's at the latest, which an
+/// [`Outgoing::Kept`] asks for.
+pub struct Sink {
+    socket: TcpStream,
+    kept: Vec<u8>,
+}
+
+impl Sink {
+    /// A sink writing to `socket`.
+    pub fn new(socket: TcpStream) -> Sink {
+        Sink {
+            socket,
+            kept: Vec::new(),
+        }
+    }
+
+    fn write_kept(&mut self) -> io::Result<()> {
+        if !self.kept.is_empty() {
+            self.socket.write_all(&self.kept)?;
+            self.kept = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Sends what the socket takes without waiting.
+    fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: the descriptor is this sink's open socket, and `buf` is valid for
+            // `buf.len()` bytes for the duration of the call.
+            let n = unsafe {
+                libc::send(
+                    self.socket.as_raw_fd(),
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(0),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if DONT_WAIT.get() {
+            let sent = if self.kept.is_empty() {
+                self.send_now(buf)?
+            } else {
+                0
+            };
+            if sent < buf.len() {
+                self.kept.extend_from_slice(&buf[sent..]);
+                KEPT.set(true);
+            }
+            return Ok(buf.len());
+        }
+        self.write_kept()?;
+        self.socket.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if DONT_WAIT.get() {
+            return Ok(());
+        }
+        self.write_kept()
+    }
 }
 
 /// A queue towards one connection's writer, bounded both in frames (the channel) and in
@@ -119,12 +293,14 @@ pub struct OutQueue {
     tx: Sender<Outgoing>,
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
+    turn: Arc<WriteTurn>,
 }
 
 /// The writer's end of an [`OutQueue`].
 pub struct OutReceiver {
     rx: Receiver<Outgoing>,
     bytes: Arc<AtomicUsize>,
+    turn: Arc<WriteTurn>,
 }
 
 #[cfg(test)]
@@ -139,13 +315,19 @@ impl OutReceiver {
 pub fn out_queue(frames: usize, max_bytes: usize) -> (OutQueue, OutReceiver) {
     let (tx, rx) = crossbeam_channel::bounded(frames);
     let bytes = Arc::new(AtomicUsize::new(0));
+    let turn = Arc::new(WriteTurn {
+        stream: Mutex::new(None),
+        queued: AtomicUsize::new(0),
+        direct: AtomicBool::new(false),
+    });
     (
         OutQueue {
             tx,
             bytes: bytes.clone(),
             max_bytes,
+            turn: turn.clone(),
         },
-        OutReceiver { rx, bytes },
+        OutReceiver { rx, bytes, turn },
     )
 }
 
@@ -153,7 +335,7 @@ fn size_of(item: &Outgoing) -> usize {
     match item {
         Outgoing::Frame(body) => body.len(),
         // Made later, and not counted: a peer link's acknowledgements, a few bytes each.
-        Outgoing::Made(_) | Outgoing::Close => 0,
+        Outgoing::Made(_) | Outgoing::Kept | Outgoing::Close => 0,
     }
 }
 
@@ -169,23 +351,92 @@ impl OutQueue {
         true
     }
 
-    /// Queues without waiting.
+    /// Writes a frame at once if nothing is queued and the write half is free; `true`
+    /// if it did (what the socket would not take without waiting is kept for the
+    /// writer thread, queued behind a [`Outgoing::Kept`]). Never waits: a frame it did
+    /// not write goes into the queue.
+    fn write_now(&self, body: &[u8]) -> bool {
+        let turn = &*self.turn;
+        if !turn.direct.load(Ordering::Acquire) || turn.queued.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let Some(mut held) = turn.stream.try_lock() else {
+            return false;
+        };
+        // Checked again with the write half held: the writer lowers it only then.
+        if turn.queued.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let Some(stream) = held.as_mut() else {
+            return false; // no writer thread (yet)
+        };
+        let (written, kept) = FRAME.with_borrow_mut(|frame| {
+            frame.clear();
+            encode_frame(body, frame);
+            let result = without_waiting(|| stream.try_write_all(frame));
+            if frame.capacity() > FRAME_KEPT_MAX {
+                *frame = Vec::new();
+            }
+            result
+        });
+        let Some(written) = written else {
+            return false; // the reader is writing (a TLS control record): queued
+        };
+        if let Err(e) = written {
+            // Queued instead: the writer meets the error too, and closes the connection.
+            log::debug!("direct write failed: {e}");
+            return false;
+        }
+        if kept {
+            // Queued before the write half is let go, so later frames queue behind it.
+            turn.queued.fetch_add(1, Ordering::AcqRel);
+            if self.tx.try_send(Outgoing::Kept).is_err() {
+                // Nothing else is queued, so the channel is not full: the writer is gone
+                // and the connection is ending.
+                turn.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        true
+    }
+
+    /// Puts `item` in the channel with `send`, counting it as queued.
+    fn enqueue<E>(
+        &self,
+        item: Outgoing,
+        send: impl FnOnce(&Sender<Outgoing>, Outgoing) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.turn.queued.fetch_add(1, Ordering::AcqRel);
+        send(&self.tx, item).inspect_err(|_| {
+            self.turn.queued.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
+    /// Writes a frame at once when it can ([`OutQueue::write_now`]), else queues it;
+    /// never waits.
     pub fn try_send(&self, item: Outgoing) -> Result<(), TrySendError<Outgoing>> {
+        if matches!(&item, Outgoing::Frame(body) if self.write_now(body)) {
+            return Ok(());
+        }
         let n = size_of(&item);
         if !self.reserve(n) {
             return Err(TrySendError::Full(item));
         }
-        self.tx.try_send(item).inspect_err(|_| {
-            self.bytes.fetch_sub(n, Ordering::AcqRel);
-        })
+        self.enqueue(item, |tx, item| tx.try_send(item))
+            .inspect_err(|_| {
+                self.bytes.fetch_sub(n, Ordering::AcqRel);
+            })
     }
 
-    /// Queues, waiting at most `wait` for room (in frames and in bytes).
+    /// Writes a frame at once when it can ([`OutQueue::write_now`]), else queues it,
+    /// waiting at most `wait` for room (in frames and in bytes).
     pub fn send_timeout(
         &self,
         item: Outgoing,
         wait: Duration,
     ) -> Result<(), SendTimeoutError<Outgoing>> {
+        if matches!(&item, Outgoing::Frame(body) if self.write_now(body)) {
+            return Ok(());
+        }
         let n = size_of(&item);
         let deadline = Instant::now() + wait;
         while !self.reserve(n) {
@@ -196,13 +447,142 @@ impl OutQueue {
             thread::sleep(Duration::from_millis(1));
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        self.tx.send_timeout(item, left).inspect_err(|_| {
-            self.bytes.fetch_sub(n, Ordering::AcqRel);
-        })
+        self.enqueue(item, |tx, item| tx.send_timeout(item, left))
+            .inspect_err(|_| {
+                self.bytes.fetch_sub(n, Ordering::AcqRel);
+            })
     }
 
     /// Queues, waiting as long as it takes (small control frames only).
     pub fn send(&self, item: Outgoing) -> Result<(), SendTimeoutError<Outgoing>> {
         self.send_timeout(item, Duration::from_secs(3600))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{out_queue, spawn_writer, OutQueue, Outgoing, Sink, WriteHalf, Writes};
+    use fastchat_common::frame::read_frame;
+    use parking_lot::Mutex;
+    use std::io::{self, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::Duration;
+
+    /// A connected pair on loopback: (the end a writer writes to, the end the test reads).
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (far, _) = listener.accept().unwrap();
+        far.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (near, far)
+    }
+
+    /// A sink that records the name of each thread that writes through it.
+    struct Recording {
+        sink: Sink,
+        writers: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Write for Recording {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let name = thread::current().name().unwrap_or("?").to_string();
+            self.writers.lock().push(name);
+            self.sink.write(buf)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.sink.flush()
+        }
+    }
+
+    impl WriteHalf for Recording {
+        fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>> {
+            Some(self.write_all(buf))
+        }
+    }
+
+    impl WriteHalf for Sink {
+        fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>> {
+            Some(self.write_all(buf))
+        }
+    }
+
+    /// A client connection's queue (16 frames, `max_bytes`) with its writer thread
+    /// running, and the far end to read what it writes.
+    fn direct_writer(max_bytes: usize) -> (OutQueue, TcpStream) {
+        let (near, far) = socket_pair();
+        let (out, rx) = out_queue(16, max_bytes);
+        let sink = Sink::new(near.try_clone().unwrap());
+        spawn_writer("test-w".into(), sink, near, rx, Writes::Direct).unwrap();
+        (out, far)
+    }
+
+    fn next_frame(far: &mut TcpStream) -> Vec<u8> {
+        read_frame(far, 64 << 20).unwrap().expect("a frame")
+    }
+
+    #[test]
+    fn a_frame_for_an_idle_connection_is_written_by_the_thread_that_sends_it() {
+        let (near, mut far) = socket_pair();
+        let writers = Arc::new(Mutex::new(Vec::new()));
+        let stream = Recording {
+            sink: Sink::new(near.try_clone().unwrap()),
+            writers: writers.clone(),
+        };
+        let (out, rx) = out_queue(16, 1 << 20);
+        spawn_writer("test-w".into(), stream, near, rx, Writes::Direct).unwrap();
+        let sender = thread::Builder::new()
+            .name("router".into())
+            .spawn(move || out.try_send(Outgoing::Frame(b"hello".to_vec())).unwrap())
+            .unwrap();
+        sender.join().unwrap();
+        assert_eq!(next_frame(&mut far), b"hello");
+        assert_eq!(*writers.lock(), ["router"]);
+    }
+
+    #[test]
+    fn a_frame_sent_directly_never_overtakes_one_queued_before_it() {
+        let (out, mut far) = direct_writer(1 << 20);
+        // The writer takes this from the queue and is held while making its frame,
+        // before it holds the write half: only the count of queued items keeps the
+        // next frame from being written first.
+        let (release, held) = crossbeam_channel::bounded::<()>(1);
+        out.try_send(Outgoing::Made(Box::new(move || {
+            let _ = held.recv_timeout(Duration::from_secs(10));
+            vec![b"first".to_vec()]
+        })))
+        .unwrap();
+        thread::sleep(Duration::from_millis(100));
+        out.try_send(Outgoing::Frame(b"second".to_vec())).unwrap();
+        release.send(()).unwrap();
+        assert_eq!(next_frame(&mut far), b"first");
+        assert_eq!(next_frame(&mut far), b"second");
+    }
+
+    #[test]
+    fn a_direct_write_never_waits_for_a_peer_that_does_not_read() {
+        let (out, mut far) = direct_writer(64 << 20);
+        // Far more than the socket buffers hold while nobody reads.
+        let big: Vec<u8> = (0..32 << 20).map(|i| (i % 251) as u8).collect();
+        let (done, sent) = crossbeam_channel::bounded(1);
+        let frame = big.clone();
+        thread::spawn(move || {
+            out.try_send(Outgoing::Frame(frame)).unwrap();
+            out.try_send(Outgoing::Frame(b"after".to_vec())).unwrap();
+            done.send(()).unwrap();
+        });
+        assert!(
+            sent.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the sending thread waited on the socket"
+        );
+        // What the socket did not take was kept and is written by the writer thread,
+        // before the frame queued after it.
+        assert!(
+            next_frame(&mut far) == big,
+            "the large frame arrived damaged"
+        );
+        assert_eq!(next_frame(&mut far), b"after");
     }
 }

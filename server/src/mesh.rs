@@ -1,7 +1,7 @@
 //! The server mesh: one link per pair of servers (the later-started one dials), the
 //! hello exchange, and the link reader that applies what peers tell us.
 
-use crate::conn::{out_queue, spawn_writer, to_body, Outgoing};
+use crate::conn::{out_queue, spawn_writer, to_body, Outgoing, Writes};
 use crate::router::{Heard, PeerLink};
 use crate::state::{ServerState, LINK_WAIT};
 use crate::tls::{TlsRead, TlsWrite};
@@ -134,7 +134,7 @@ fn run_link(
     let (out, rx) = out_queue(LINK_QUEUE, LINK_QUEUE_BYTES);
     let writer = match stream
         .try_clone()
-        .and_then(|s| spawn_writer(format!("peer-{peer}-w"), tls_write, s, rx))
+        .and_then(|s| spawn_writer(format!("peer-{peer}-w"), tls_write, s, rx, Writes::Queued))
     {
         Ok(w) => w,
         Err(e) => {

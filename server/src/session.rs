@@ -4,7 +4,7 @@
 //! connection's writer queue. Bad input gets an error reply (or, where no reply can be
 //! framed, a closed connection) and never reaches anything beyond this connection.
 
-use crate::conn::{out_queue, spawn_writer, to_body, OutQueue, Outgoing};
+use crate::conn::{out_queue, spawn_writer, to_body, OutQueue, Outgoing, Writes};
 use crate::friends;
 use crate::groups;
 use crate::keys;
@@ -112,10 +112,15 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         }
     };
     let (out, rx) = out_queue(CLIENT_QUEUE, CLIENT_QUEUE_BYTES);
-    let writer = match stream
-        .try_clone()
-        .and_then(|s| spawn_writer(format!("client-{conn_id}-w"), tls_write, s, rx))
-    {
+    let writer = match stream.try_clone().and_then(|s| {
+        spawn_writer(
+            format!("client-{conn_id}-w"),
+            tls_write,
+            s,
+            rx,
+            Writes::Direct,
+        )
+    }) {
         Ok(w) => w,
         Err(e) => {
             log::error!("cannot start writer for {peer}: {e}");

@@ -1,15 +1,16 @@
 //! This server's TLS contexts, loaded once from `--tls-dir`: one for clients, one for
 //! peers (mutual TLS: a peer must show a cluster certificate), and one to dial peers.
 
+use crate::conn::Sink;
 use fastchat_common::tls::{self, TlsIdentity, TlsReader, TlsWriter};
 use openssl::ssl::{SslAcceptor, SslConnector};
 use std::net::TcpStream;
 use std::path::Path;
 
 /// Plaintext in from a TLS socket.
-pub type TlsRead = TlsReader<TcpStream, TcpStream>;
+pub type TlsRead = TlsReader<TcpStream, Sink>;
 /// Plaintext out to a TLS socket.
-pub type TlsWrite = TlsWriter<TcpStream>;
+pub type TlsWrite = TlsWriter<Sink>;
 
 /// The contexts every connection of this server is made with.
 pub struct ServerTls {
@@ -63,8 +64,8 @@ impl ServerTls {
     }
 }
 
-fn halves(stream: &TcpStream) -> Result<(TcpStream, TcpStream), String> {
+fn halves(stream: &TcpStream) -> Result<(TcpStream, Sink), String> {
     let r = stream.try_clone().map_err(|e| e.to_string())?;
     let w = stream.try_clone().map_err(|e| e.to_string())?;
-    Ok((r, w))
+    Ok((r, Sink::new(w)))
 }

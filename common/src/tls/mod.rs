@@ -382,6 +382,32 @@ impl<R: Read, W: Write> Read for TlsReader<R, W> {
     }
 }
 
+impl<W: Write> TlsWriter<W> {
+    /// Seals `buf` and writes it, unless another thread is writing to the socket: then
+    /// nothing is sealed and the answer is `None`. So a caller that must not wait on a
+    /// peer (a server thread routing a message) waits at most for the engine's memory
+    /// work, never for another thread's write.
+    pub fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>> {
+        let mut engine = self.shared.engine.lock();
+        let mut sink = self.shared.sink.try_lock()?;
+        let mut written = 0;
+        while written < buf.len() {
+            match engine.ssl_write(&buf[written..]) {
+                Ok(n) => written += n,
+                Err(e) => {
+                    return Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        describe(&e),
+                    )))
+                }
+            }
+        }
+        let bytes = std::mem::take(&mut engine.get_mut().outgoing);
+        drop(engine);
+        Some(sink.write_all(&bytes).and_then(|()| sink.flush()))
+    }
+}
+
 impl<W: Write> Write for TlsWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut engine = self.shared.engine.lock();
@@ -398,7 +424,9 @@ impl<W: Write> Write for TlsWriter<W> {
         Ok(written)
     }
 
+    /// Flushes the write half (a socket has nothing to flush; a sink that keeps bytes
+    /// back writes them).
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.shared.sink.lock().flush()
     }
 }

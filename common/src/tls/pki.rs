@@ -241,6 +241,41 @@ mod tests {
         server.join().unwrap();
     }
 
+    /// `try_write_all` while another thread writes to the socket seals nothing: the
+    /// peer gets the next record as if that call had not been made.
+    #[test]
+    fn try_write_all_seals_nothing_while_the_socket_is_being_written() {
+        let ca = make_ca("test").unwrap();
+        let server_id = identity(&ca, &issue(&ca, "server-1").unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acc = acceptor(&server_id, false).unwrap();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let (_reader, mut writer) = accept(&acc, sock.try_clone().unwrap(), sock).unwrap();
+            // Another thread holds the socket's write half for a while.
+            let shared = writer.shared.clone();
+            let (held, holding) = std::sync::mpsc::channel();
+            let other = std::thread::spawn(move || {
+                let _writing = shared.sink.lock();
+                held.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            });
+            holding.recv().unwrap();
+            assert!(writer.try_write_all(b"skipped").is_none());
+            other.join().unwrap();
+            writer.try_write_all(b"after").unwrap().unwrap();
+        });
+        let conn = connector(ca.cert.as_bytes(), None).unwrap();
+        let sock = dial(addr);
+        let (mut reader, _writer) =
+            connect(&conn, "server-1", sock.try_clone().unwrap(), sock).unwrap();
+        let mut got = [0u8; 5];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"after");
+        server.join().unwrap();
+    }
+
     /// A server that accepts one connection; its thread returns whether the
     /// handshake was refused.
     fn one_handshake(
