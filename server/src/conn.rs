@@ -65,9 +65,9 @@ const WRITE_BATCH: usize = 256 * 1024;
 
 /// Starts the writer thread for `stream` (the TLS writing half of `socket`): it drains
 /// the queue, writes frames in batches (sealed as one), and shuts the socket down
-/// (waking the reader) on `Close`, on a write error, or when every sender is gone. From
-/// now on a frame that finds nothing queued and the write half free is written by the
-/// thread that sends it ([`OutQueue::try_send`]).
+/// (waking the reader) on `Close`, on a write error, or when every sender is gone. With
+/// [`Writes::Direct`], from now on a frame that finds nothing queued and the write half
+/// free is written by the thread that sends it ([`OutQueue::try_send`]).
 pub fn spawn_writer<W: WriteHalf + 'static>(
     name: String,
     stream: W,
