@@ -189,9 +189,9 @@ thread_local! {
 }
 
 /// A direct write's buffer above this size is not kept for the thread's next one: ten
-/// thousand client readers each keeping their largest frame would cost more than the
-/// allocation saves.
-const FRAME_KEPT_MAX: usize = 16 * 1024;
+/// thousand client readers each keeping their largest frame would cost more memory per
+/// connection than the allocation saves (a chat message's frame is well below it).
+const FRAME_KEPT_MAX: usize = 4 * 1024;
 
 /// Runs `write` with the [`Sink`] in its no-waiting mode; also returns whether the sink
 /// kept bytes for the writer thread.
