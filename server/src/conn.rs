@@ -6,7 +6,7 @@
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use fastchat_common::frame::encode_frame;
 use parking_lot::Mutex;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
@@ -152,14 +152,15 @@ pub enum Writes {
 
 /// A connection's writing half, as its writer thread and direct writes use it.
 pub trait WriteHalf: Write + Send {
-    /// Writes `buf` unless another thread is writing to the socket (`None`: nothing
-    /// was written).
-    fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>>;
+    /// Writes `buf` without waiting, unless another thread is writing to the socket
+    /// (`None`: nothing was written). `Some(Ok(true))`: what the socket would not take
+    /// was kept, for the next [`Write::flush`].
+    fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<bool>>;
 }
 
-impl<W: Write + Send> WriteHalf for fastchat_common::tls::TlsWriter<W> {
-    fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>> {
-        fastchat_common::tls::TlsWriter::try_write_all(self, buf)
+impl WriteHalf for fastchat_common::tls::TlsWriter<Sink> {
+    fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<bool>> {
+        self.try_write_with(buf, Sink::send_or_keep)
     }
 }
 
@@ -180,10 +181,6 @@ struct WriteTurn {
 }
 
 thread_local! {
-    /// Set while this thread writes directly: the [`Sink`] must not wait on the socket.
-    static DONT_WAIT: Cell<bool> = const { Cell::new(false) };
-    /// Set by the [`Sink`] when it kept bytes the socket would not take without waiting.
-    static KEPT: Cell<bool> = const { Cell::new(false) };
     /// A direct write's frame (length prefix and body in one buffer, so one TLS record).
     static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -193,21 +190,11 @@ thread_local! {
 /// connection than the allocation saves (a chat message's frame is well below it).
 const FRAME_KEPT_MAX: usize = 4 * 1024;
 
-/// Runs `write` with the [`Sink`] in its no-waiting mode; also returns whether the sink
-/// kept bytes for the writer thread.
-fn without_waiting<T>(write: impl FnOnce() -> T) -> (T, bool) {
-    DONT_WAIT.set(true);
-    KEPT.set(false);
-    let result = write();
-    DONT_WAIT.set(false);
-    (result, KEPT.replace(false))
-}
-
-/// The socket end of a server connection's TLS writing half. Normally it writes and
-/// waits like the socket. During a direct write ([`without_waiting`]) it never waits:
-/// what the socket will not take at once is kept, and written (waiting) before anything
-/// else by the next write that may wait, the writer thread's at the latest, which an
-/// [`Outgoing::Kept`] asks for.
+/// The socket end of a server connection's TLS writing half. As a `Write` it writes
+/// and waits like the socket, after what it kept. [`Sink::send_or_keep`] never waits:
+/// what the socket will not take at once is kept, and written before anything else by
+/// the next write that may wait (the writer thread's at the latest, which an
+/// [`Outgoing::Kept`] asks for).
 pub struct Sink {
     socket: TcpStream,
     kept: Vec<u8>,
@@ -220,6 +207,18 @@ impl Sink {
             socket,
             kept: Vec::new(),
         }
+    }
+
+    /// Sends what the socket takes now and keeps the rest; `true` if it kept any.
+    /// Behind bytes already kept, it keeps all of `buf`.
+    pub fn send_or_keep(&mut self, buf: &[u8]) -> io::Result<bool> {
+        let sent = if self.kept.is_empty() {
+            self.send_now(buf)?
+        } else {
+            0
+        };
+        self.kept.extend_from_slice(&buf[sent..]);
+        Ok(!self.kept.is_empty())
     }
 
     fn write_kept(&mut self) -> io::Result<()> {
@@ -258,26 +257,11 @@ impl Sink {
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if DONT_WAIT.get() {
-            let sent = if self.kept.is_empty() {
-                self.send_now(buf)?
-            } else {
-                0
-            };
-            if sent < buf.len() {
-                self.kept.extend_from_slice(&buf[sent..]);
-                KEPT.set(true);
-            }
-            return Ok(buf.len());
-        }
         self.write_kept()?;
         self.socket.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if DONT_WAIT.get() {
-            return Ok(());
-        }
         self.write_kept()
     }
 }
@@ -370,23 +354,26 @@ impl OutQueue {
         let Some(stream) = held.as_mut() else {
             return false; // no writer thread (yet)
         };
-        let (written, kept) = FRAME.with_borrow_mut(|frame| {
+        let written = FRAME.with_borrow_mut(|frame| {
             frame.clear();
             encode_frame(body, frame);
-            let result = without_waiting(|| stream.try_write_all(frame));
+            let result = stream.write_now(frame);
             if frame.capacity() > FRAME_KEPT_MAX {
                 *frame = Vec::new();
             }
             result
         });
-        let Some(written) = written else {
-            return false; // the reader is writing (a TLS control record): queued
+        let kept = match written {
+            // The reader is writing (a TLS control record): queued.
+            None => return false,
+            Some(Ok(kept)) => kept,
+            Some(Err(e)) => {
+                // Queued instead: the writer meets the error too, and closes the
+                // connection.
+                log::debug!("direct write failed: {e}");
+                return false;
+            }
         };
-        if let Err(e) = written {
-            // Queued instead: the writer meets the error too, and closes the connection.
-            log::debug!("direct write failed: {e}");
-            return false;
-        }
         if kept {
             // Queued before the write half is let go, so later frames queue behind it.
             turn.queued.fetch_add(1, Ordering::AcqRel);
@@ -498,14 +485,17 @@ mod tests {
     }
 
     impl WriteHalf for Recording {
-        fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>> {
-            Some(self.write_all(buf))
+        fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<bool>> {
+            let name = thread::current().name().unwrap_or("?").to_string();
+            self.writers.lock().push(name);
+            self.sink.write_now(buf)
         }
     }
 
+    /// The sink alone, without TLS: direct writes go straight to `send_or_keep`.
     impl WriteHalf for Sink {
-        fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>> {
-            Some(self.write_all(buf))
+        fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<bool>> {
+            Some(self.send_or_keep(buf))
         }
     }
 

@@ -383,11 +383,16 @@ impl<R: Read, W: Write> Read for TlsReader<R, W> {
 }
 
 impl<W: Write> TlsWriter<W> {
-    /// Seals `buf` and writes it, unless another thread is writing to the socket: then
-    /// nothing is sealed and the answer is `None`. So a caller that must not wait on a
-    /// peer (a server thread routing a message) waits at most for the engine's memory
-    /// work, never for another thread's write.
-    pub fn try_write_all(&mut self, buf: &[u8]) -> Option<io::Result<()>> {
+    /// Seals `buf` and hands the records to `send` with the write half held, unless
+    /// another thread holds it (it is writing to the socket): then nothing is sealed and
+    /// the answer is `None`. So a caller that must not wait on a peer (a server thread
+    /// routing a message) waits at most for the engine's memory work, never for another
+    /// thread's write, and `send` decides how to write.
+    pub fn try_write_with<T>(
+        &mut self,
+        buf: &[u8],
+        send: impl FnOnce(&mut W, &[u8]) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
         let mut engine = self.shared.engine.lock();
         let mut sink = self.shared.sink.try_lock()?;
         let mut written = 0;
@@ -404,7 +409,7 @@ impl<W: Write> TlsWriter<W> {
         }
         let bytes = std::mem::take(&mut engine.get_mut().outgoing);
         drop(engine);
-        Some(sink.write_all(&bytes).and_then(|()| sink.flush()))
+        Some(send(&mut sink, &bytes))
     }
 }
 
@@ -425,7 +430,7 @@ impl<W: Write> Write for TlsWriter<W> {
     }
 
     /// Flushes the write half (a socket has nothing to flush; a sink that keeps bytes
-    /// back writes them).
+    /// back, like the server's, writes them).
     fn flush(&mut self) -> io::Result<()> {
         self.shared.sink.lock().flush()
     }

@@ -241,10 +241,10 @@ mod tests {
         server.join().unwrap();
     }
 
-    /// `try_write_all` while another thread writes to the socket seals nothing: the
+    /// `try_write_with` while another thread writes to the socket seals nothing: the
     /// peer gets the next record as if that call had not been made.
     #[test]
-    fn try_write_all_seals_nothing_while_the_socket_is_being_written() {
+    fn try_write_with_seals_nothing_while_the_socket_is_being_written() {
         let ca = make_ca("test").unwrap();
         let server_id = identity(&ca, &issue(&ca, "server-1").unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -262,9 +262,10 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(300));
             });
             holding.recv().unwrap();
-            assert!(writer.try_write_all(b"skipped").is_none());
+            let send = |sink: &mut TcpStream, bytes: &[u8]| sink.write_all(bytes);
+            assert!(writer.try_write_with(b"skipped", send).is_none());
             other.join().unwrap();
-            writer.try_write_all(b"after").unwrap().unwrap();
+            writer.try_write_with(b"after", send).unwrap().unwrap();
         });
         let conn = connector(ca.cert.as_bytes(), None).unwrap();
         let sock = dial(addr);
