@@ -346,10 +346,12 @@ fn raise_descriptor_limit() {
 
 fn main() -> ExitCode {
     // As in the server: each login's 16 MiB of scrypt goes back to the system when freed,
-    // so that the memory figures show connections, not malloc's retention.
+    // so that the memory figures show connections, not malloc's retention; and a file
+    // chunk's buffers are not given back and faulted in again at every chunk.
     // SAFETY: mallopt only sets a malloc parameter; called before any other thread.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * 1024 * 1024);
     }
     raise_descriptor_limit();
     let cli = Cli::parse();
