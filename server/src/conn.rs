@@ -48,18 +48,6 @@ pub fn to_body<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("wire types serialize")
 }
 
-/// Room a relayed message's frame needs beyond its body (tag or token, names, id,
-/// times): with it, the frame is written into one allocation rather than grown from
-/// 128 bytes by doubling, three reallocations for a typical message.
-pub const FRAME_OVERHEAD: usize = 256;
-
-/// Like [`to_body`], into a buffer of `capacity` bytes to start with.
-pub fn to_body_sized<T: serde::Serialize>(value: &T, capacity: usize) -> Vec<u8> {
-    let mut body = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut body, value).expect("wire types serialize");
-    body
-}
-
 /// Bytes the writer gathers before it writes, so one syscall carries many frames.
 const WRITE_BATCH: usize = 256 * 1024;
 

@@ -2,7 +2,7 @@
 //! delivery bookkeeping: which pushed messages await the client's `ack`, and the
 //! messages held back while stored ones are being fetched, so that order is kept.
 
-use crate::conn::{to_body, to_body_sized, OutQueue, Outgoing, FRAME_OVERHEAD};
+use crate::conn::{to_body, OutQueue, Outgoing};
 use crate::refused::RefusedQueues;
 use crossbeam_channel::{SendTimeoutError, TrySendError};
 use fastchat_common::protocol::client::ServerFrame;
@@ -146,7 +146,7 @@ impl SessionHandle {
             },
             stored,
         };
-        to_body_sized(&frame, message.body.len() + FRAME_OVERHEAD)
+        frame.to_json()
     }
 
     /// Pushes a live message. On `Err` the message was not handed to the client and

@@ -1,7 +1,6 @@
 //! `ServerState`: everything the server's threads share, behind one `Arc`.
 
 use crate::config::Config;
-use crate::conn::{to_body_sized, FRAME_OVERHEAD};
 use crate::inflight::{InFlight, Via};
 use crate::reply::ReplyTo;
 use crate::router::{Location, PeerLink, Router};
@@ -279,5 +278,5 @@ fn deliver_frame(token: u64, message: &NewPending, session: Option<u64>) -> Vec<
         },
         session,
     };
-    to_body_sized(&frame, message.body.len() + FRAME_OVERHEAD)
+    frame.to_json()
 }

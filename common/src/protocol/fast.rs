@@ -4,17 +4,13 @@
 //! flattened one) first buffers every field as generic content and then converts it:
 //! an allocation per field, twice, on every frame. Anything else, and anything the fast
 //! path does not accept, goes the generic way, so errors read the same.
-//!
-//! The other way, [`MessageOut`] and [`DeliverOut`] write a `message` and a `deliver`
-//! from borrowed fields: a server relaying a message (to each member of a group, say)
-//! serializes it without first copying its id, sender, body and group into an owned
-//! frame. They write exactly what the owned frames write (tested below).
+//! The other way is `write.rs`.
 
 use crate::blob::Blob;
 use crate::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
 use crate::protocol::peer::PeerFrame;
 use crate::protocol::UnixMillis;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::borrow::Cow;
 
 /// Only the tag, borrowed; every other field is skipped without being kept.
@@ -22,6 +18,37 @@ use std::borrow::Cow;
 struct Tag<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
+}
+
+/// The frame's `type`. What serde and `write.rs` write begins with it (after `req` in a
+/// request): read from there it costs nothing, where parsing the frame for it scans
+/// every string in it, the body too, once more. Anything else is parsed.
+fn frame_type(bytes: &[u8]) -> Option<Cow<'_, str>> {
+    if let Some(kind) = leading_type(bytes) {
+        return Some(Cow::Borrowed(kind));
+    }
+    let tag: Tag<'_> = serde_json::from_slice(bytes).ok()?;
+    Some(tag.kind)
+}
+
+/// The `type` of a frame that begins `{"type":"…"` or `{"req":N,"type":"…"`, if it has
+/// no escape. The rest of the frame is not looked at: the parse of its fields that
+/// follows refuses it if it is not JSON.
+fn leading_type(bytes: &[u8]) -> Option<&str> {
+    let mut rest = bytes.strip_prefix(b"{")?;
+    if let Some(number) = rest.strip_prefix(br#""req":"#) {
+        let digits = number.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = number[digits..].strip_prefix(b",")?;
+    }
+    let kind = rest.strip_prefix(br#""type":""#)?;
+    let end = kind.iter().position(|&b| b == b'"' || b == b'\\')?;
+    if kind[end] != b'"' {
+        return None;
+    }
+    std::str::from_utf8(&kind[..end]).ok()
 }
 
 #[derive(Deserialize)]
@@ -86,8 +113,7 @@ struct TokensFields {
 }
 
 fn fast_peer_frame(bytes: &[u8]) -> Option<PeerFrame> {
-    let tag: Tag<'_> = serde_json::from_slice(bytes).ok()?;
-    match tag.kind.as_ref() {
+    match frame_type(bytes)?.as_ref() {
         "deliver" => {
             let f: DeliverFields = serde_json::from_slice(bytes).ok()?;
             Some(PeerFrame::Deliver {
@@ -114,8 +140,7 @@ fn fast_peer_frame(bytes: &[u8]) -> Option<PeerFrame> {
 }
 
 fn fast_request(bytes: &[u8]) -> Option<Request> {
-    let tag: Tag<'_> = serde_json::from_slice(bytes).ok()?;
-    match tag.kind.as_ref() {
+    match frame_type(bytes)?.as_ref() {
         "send" => {
             let f: SendFields = serde_json::from_slice(bytes).ok()?;
             Some(Request {
@@ -168,8 +193,8 @@ struct SentFields<'a> {
 }
 
 fn fast_server_frame(bytes: &[u8]) -> Option<ServerFrame> {
-    let tag: Tag<'_> = serde_json::from_slice(bytes).ok()?;
-    if tag.kind == "ok" {
+    let kind = frame_type(bytes)?;
+    if kind == "ok" {
         let f: OkSentFields<'_> = serde_json::from_slice(bytes).ok()?;
         if f.result.kind != "sent" {
             return None;
@@ -183,7 +208,7 @@ fn fast_server_frame(bytes: &[u8]) -> Option<ServerFrame> {
             }),
         });
     }
-    if tag.kind != "message" {
+    if kind != "message" {
         return None;
     }
     let f: MessageFields = serde_json::from_slice(bytes).ok()?;
@@ -228,52 +253,6 @@ impl ServerFrame {
             None => serde_json::from_slice(bytes),
         }
     }
-}
-
-/// What a message carries on every link, borrowed; `body` is the body's base64 text.
-#[derive(Serialize, Clone, Copy)]
-pub struct RelayedOut<'a> {
-    /// The sender's message id.
-    pub id: &'a str,
-    /// The sender.
-    pub from: &'a str,
-    /// The recipient.
-    pub to: &'a str,
-    /// The opaque body, base64.
-    pub body: &'a str,
-    /// When the first server accepted it.
-    pub sent_at: UnixMillis,
-    /// For a member's copy of a group message: the group.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<&'a str>,
-}
-
-/// A `message` frame ([`ServerFrame::Message`]) over borrowed fields.
-#[derive(Serialize)]
-#[serde(tag = "type", rename = "message")]
-pub struct MessageOut<'a> {
-    /// Delivery tag.
-    pub tag: u64,
-    /// The message.
-    #[serde(flatten)]
-    pub message: RelayedOut<'a>,
-    /// Whether it comes from storage.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub stored: bool,
-}
-
-/// A `deliver` frame ([`PeerFrame::Deliver`]) over borrowed fields.
-#[derive(Serialize)]
-#[serde(tag = "type", rename = "deliver")]
-pub struct DeliverOut<'a> {
-    /// The sender's in-flight token.
-    pub token: u64,
-    /// The message.
-    #[serde(flatten)]
-    pub message: RelayedOut<'a>,
-    /// The recipient's session on the receiver.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<u64>,
 }
 
 #[cfg(test)]
@@ -325,37 +304,38 @@ mod tests {
         }
     }
 
-    /// `borrowed` reads back as the owned frame, which writes the very same JSON: a
-    /// field missing, misnamed, of another form or out of order would differ.
-    fn writes_as<Owned: Serialize + serde::de::DeserializeOwned>(borrowed: &impl Serialize) {
-        let json = serde_json::to_string(borrowed).unwrap();
-        let owned: Owned = serde_json::from_str(&json).unwrap();
-        assert_eq!(serde_json::to_string(&owned).unwrap(), json);
-    }
-
     #[test]
-    fn the_borrowed_frames_write_what_the_owned_ones_write() {
-        let body = Blob::from_bytes(b"sealed");
-        for (group, stored, session) in [(None, false, None), (Some("pals"), true, Some(4))] {
-            let message = RelayedOut {
-                id: "m\"3",
-                from: "ann",
-                to: "bob",
-                body: body.as_base64(),
-                sent_at: 1_700_000_000_000,
-                group,
-            };
-            writes_as::<ServerFrame>(&MessageOut {
-                tag: 9,
-                message,
-                stored,
-            });
-            writes_as::<PeerFrame>(&DeliverOut {
-                token: 5,
-                message,
-                session,
-            });
+    fn the_type_is_read_wherever_it_is() {
+        assert_eq!(
+            leading_type(br#"{"type":"message","tag":1}"#),
+            Some("message")
+        );
+        assert_eq!(
+            leading_type(br#"{"req":12,"type":"send","id":"m"}"#),
+            Some("send")
+        );
+        for elsewhere in [
+            &br#"{"id":"m","type":"send"}"#[..],
+            br#"{ "type":"send"}"#,
+            br#"{"req":"1","type":"send"}"#,
+            br#"{"req":,"type":"send"}"#,
+            br#"{"type":"se\u006ed"}"#,
+            br#"{"type":"send"#,
+        ] {
+            assert_eq!(
+                leading_type(elsewhere),
+                None,
+                "{}",
+                String::from_utf8_lossy(elsewhere)
+            );
         }
+        // Where it is not first, the frame is parsed for it: the same request.
+        let moved = br#"{"id":"m","to":"bob","body":"eA==","type":"send","req":3}"#;
+        let first = br#"{"req":3,"type":"send","id":"m","to":"bob","body":"eA=="}"#;
+        assert!(fast_request(moved).is_some());
+        assert_eq!(fast_request(moved), fast_request(first));
+        let escaped = br#"{"req":3,"type":"se\u006ed","id":"m","to":"bob","body":"eA=="}"#;
+        assert_eq!(fast_request(escaped), fast_request(first));
     }
 
     #[test]

@@ -8,8 +8,9 @@ pub mod balancer;
 pub mod client;
 mod fast;
 pub mod peer;
+mod write;
 
-pub use fast::{DeliverOut, MessageOut, RelayedOut};
+pub use write::{DeliverOut, MessageOut, RelayedOut};
 
 /// The protocol version every hello carries. Bumped on an incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
