@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (5, "groups", include_str!("../migrations/0005_groups.sql")),
     (6, "friends", include_str!("../migrations/0006_friends.sql")),
+    (
+        7,
+        "pending_one_index",
+        include_str!("../migrations/0007_pending_one_index.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming FastChat's migration lock among advisory locks.

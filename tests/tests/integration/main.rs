@@ -15,6 +15,7 @@ mod mesh;
 mod messages;
 mod shutdown;
 mod slow_consumer;
+mod storage;
 mod terminal;
 mod tickets;
 mod tls;
