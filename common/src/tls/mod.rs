@@ -382,6 +382,17 @@ impl<R: Read, W: Write> Read for TlsReader<R, W> {
     }
 }
 
+/// Seals all of `buf` into the engine's outgoing records.
+fn seal(engine: &mut SslStream<MemoryIo>, buf: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    while written < buf.len() {
+        written += engine
+            .ssl_write(&buf[written..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, describe(&e)))?;
+    }
+    Ok(())
+}
+
 impl<W: Write> TlsWriter<W> {
     /// Seals `buf` and hands the records to `send` with the write half held, unless
     /// another thread holds it (it is writing to the socket): then nothing is sealed and
@@ -395,17 +406,8 @@ impl<W: Write> TlsWriter<W> {
     ) -> Option<io::Result<T>> {
         let mut engine = self.shared.engine.lock();
         let mut sink = self.shared.sink.try_lock()?;
-        let mut written = 0;
-        while written < buf.len() {
-            match engine.ssl_write(&buf[written..]) {
-                Ok(n) => written += n,
-                Err(e) => {
-                    return Some(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        describe(&e),
-                    )))
-                }
-            }
+        if let Err(e) = seal(&mut engine, buf) {
+            return Some(Err(e));
         }
         let bytes = std::mem::take(&mut engine.get_mut().outgoing);
         drop(engine);
@@ -416,17 +418,9 @@ impl<W: Write> TlsWriter<W> {
 impl<W: Write> Write for TlsWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut engine = self.shared.engine.lock();
-        let mut written = 0;
-        while written < buf.len() {
-            match engine.ssl_write(&buf[written..]) {
-                Ok(n) => written += n,
-                Err(e) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, describe(&e)));
-                }
-            }
-        }
+        seal(&mut engine, buf)?;
         self.shared.send_sealed(engine)?;
-        Ok(written)
+        Ok(buf.len())
     }
 
     /// Flushes the write half (a socket has nothing to flush; a sink that keeps bytes
