@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -53,20 +53,17 @@ const WRITE_BATCH: usize = 256 * 1024;
 
 /// Starts the writer thread for `stream` (the TLS writing half of `socket`): it drains
 /// the queue, writes frames in batches (sealed as one), and shuts the socket down
-/// (waking the reader) on `Close`, on a write error, or when every sender is gone. With
-/// [`Writes::Direct`], from now on a frame that finds nothing queued and the write half
-/// free is written by the thread that sends it ([`OutQueue::try_send`]).
+/// (waking the reader) on `Close`, on a write error, or when every sender is gone. For a
+/// queue made with [`Writes::Direct`], from now on a frame that finds nothing queued and
+/// the write half free is written by the thread that sends it ([`OutQueue::try_send`]).
 pub fn spawn_writer<W: WriteHalf + 'static>(
     name: String,
     stream: W,
     socket: TcpStream,
     queue: OutReceiver,
-    writes: Writes,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     let OutReceiver { rx, bytes, turn } = queue;
     *turn.stream.lock() = Some(Box::new(stream));
-    turn.direct
-        .store(writes == Writes::Direct, Ordering::Release);
     thread::Builder::new().name(name).spawn(move || {
         // Grows with the batches it carries: an idle connection keeps little.
         let mut buf = Vec::new();
@@ -164,8 +161,6 @@ struct WriteTurn {
     stream: Mutex<Option<Box<dyn WriteHalf>>>,
     /// Items in the channel not yet written.
     queued: AtomicUsize,
-    /// Whether frames may be written directly ([`Writes::Direct`]).
-    direct: AtomicBool,
 }
 
 thread_local! {
@@ -266,6 +261,8 @@ pub struct OutQueue {
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
     turn: Arc<WriteTurn>,
+    /// Whether a frame may be written by the thread that sends it.
+    writes: Writes,
 }
 
 /// The writer's end of an [`OutQueue`].
@@ -283,14 +280,14 @@ impl OutReceiver {
     }
 }
 
-/// A queue of at most `frames` frames and `max_bytes` bytes of frame bodies.
-pub fn out_queue(frames: usize, max_bytes: usize) -> (OutQueue, OutReceiver) {
+/// A queue of at most `frames` frames and `max_bytes` bytes of frame bodies, written as
+/// `writes` says once its writer thread runs.
+pub fn out_queue(frames: usize, max_bytes: usize, writes: Writes) -> (OutQueue, OutReceiver) {
     let (tx, rx) = crossbeam_channel::bounded(frames);
     let bytes = Arc::new(AtomicUsize::new(0));
     let turn = Arc::new(WriteTurn {
         stream: Mutex::new(None),
         queued: AtomicUsize::new(0),
-        direct: AtomicBool::new(false),
     });
     (
         OutQueue {
@@ -298,6 +295,7 @@ pub fn out_queue(frames: usize, max_bytes: usize) -> (OutQueue, OutReceiver) {
             bytes: bytes.clone(),
             max_bytes,
             turn: turn.clone(),
+            writes,
         },
         OutReceiver { rx, bytes, turn },
     )
@@ -329,7 +327,7 @@ impl OutQueue {
     /// not write goes into the queue.
     fn write_now(&self, body: &[u8]) -> bool {
         let turn = &*self.turn;
-        if !turn.direct.load(Ordering::Acquire) || turn.queued.load(Ordering::Acquire) != 0 {
+        if self.writes == Writes::Queued || turn.queued.load(Ordering::Acquire) != 0 {
             return false;
         }
         let Some(mut held) = turn.stream.try_lock() else {
@@ -491,9 +489,9 @@ mod tests {
     /// running, and the far end to read what it writes.
     fn direct_writer(max_bytes: usize) -> (OutQueue, TcpStream) {
         let (near, far) = socket_pair();
-        let (out, rx) = out_queue(16, max_bytes);
+        let (out, rx) = out_queue(16, max_bytes, Writes::Direct);
         let sink = Sink::new(near.try_clone().unwrap());
-        spawn_writer("test-w".into(), sink, near, rx, Writes::Direct).unwrap();
+        spawn_writer("test-w".into(), sink, near, rx).unwrap();
         (out, far)
     }
 
@@ -509,8 +507,8 @@ mod tests {
             sink: Sink::new(near.try_clone().unwrap()),
             writers: writers.clone(),
         };
-        let (out, rx) = out_queue(16, 1 << 20);
-        spawn_writer("test-w".into(), stream, near, rx, Writes::Direct).unwrap();
+        let (out, rx) = out_queue(16, 1 << 20, Writes::Direct);
+        spawn_writer("test-w".into(), stream, near, rx).unwrap();
         let sender = thread::Builder::new()
             .name("router".into())
             .spawn(move || out.try_send(Outgoing::Frame(b"hello".to_vec())).unwrap())

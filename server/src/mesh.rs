@@ -131,10 +131,10 @@ fn run_link(
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_nodelay(true);
     let link_id = state.conn_id();
-    let (out, rx) = out_queue(LINK_QUEUE, LINK_QUEUE_BYTES);
+    let (out, rx) = out_queue(LINK_QUEUE, LINK_QUEUE_BYTES, Writes::Queued);
     let writer = match stream
         .try_clone()
-        .and_then(|s| spawn_writer(format!("peer-{peer}-w"), tls_write, s, rx, Writes::Queued))
+        .and_then(|s| spawn_writer(format!("peer-{peer}-w"), tls_write, s, rx))
     {
         Ok(w) => w,
         Err(e) => {

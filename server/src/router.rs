@@ -292,7 +292,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::out_queue;
+    use crate::conn::{out_queue, Writes};
     use fastchat_common::frame::MAX_PEER_FRAME;
 
     fn link_over(out: OutQueue) -> PeerLink {
@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_gathered_while_the_writer_is_busy_go_as_one_frame() {
-        let (out, rx) = out_queue(16, 1 << 20);
+        let (out, rx) = out_queue(16, 1 << 20, Writes::Queued);
         let link = link_over(out);
         let wait = Duration::from_millis(10);
         for token in [7, 8, 9] {
@@ -368,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_marker_that_could_not_be_queued_is_tried_again_with_the_tokens_kept() {
-        let (out, rx) = out_queue(1, 1 << 20);
+        let (out, rx) = out_queue(1, 1 << 20, Writes::Queued);
         let link = link_over(out.clone());
         // The queue is full: the marker cannot go in.
         out.try_send(Outgoing::Frame(b"{}".to_vec())).unwrap();

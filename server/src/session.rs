@@ -111,16 +111,11 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
             return;
         }
     };
-    let (out, rx) = out_queue(CLIENT_QUEUE, CLIENT_QUEUE_BYTES);
-    let writer = match stream.try_clone().and_then(|s| {
-        spawn_writer(
-            format!("client-{conn_id}-w"),
-            tls_write,
-            s,
-            rx,
-            Writes::Direct,
-        )
-    }) {
+    let (out, rx) = out_queue(CLIENT_QUEUE, CLIENT_QUEUE_BYTES, Writes::Direct);
+    let writer = match stream
+        .try_clone()
+        .and_then(|s| spawn_writer(format!("client-{conn_id}-w"), tls_write, s, rx))
+    {
         Ok(w) => w,
         Err(e) => {
             log::error!("cannot start writer for {peer}: {e}");
