@@ -24,7 +24,6 @@ pub use keys::{conversation_key, offer_conversation_key, ConversationKeyRow};
 pub use migrate::{migrate, MIGRATIONS};
 pub use pending::{
     delete_pending, store_pending, take_pending, NewPending, PendingCursor, PendingMessage,
-    TAKE_PENDING, TAKE_PENDING_SETTINGS,
 };
 pub use pool::{connect, connect_for_maintenance, pool, Pool, PooledClient};
 pub use presence::{clear_presence, clear_server_presence, reconcile_presence, set_presence};

@@ -81,15 +81,6 @@ pub fn store_pending(
     Ok(seqs)
 }
 
-/// [`take_pending`]'s query: `recipient`, the cursor's `sent_at` and `order_key`, `limit`.
-pub const TAKE_PENDING: &str = "SELECT seq, recipient, sender, msg_id, body, sent_at, order_key, \
-     group_name FROM pending WHERE recipient = $1 AND (sent_at, order_key) > ($2, $3) \
-     ORDER BY sent_at, order_key LIMIT $4";
-
-/// The planner settings [`TAKE_PENDING`] runs under (in its own transaction).
-pub const TAKE_PENDING_SETTINGS: &str =
-    "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
-
 /// Up to `limit` stored messages for `recipient` after `after` (`None`: from the
 /// start), in delivery order: acceptance time, then the accepting server's counter.
 ///
@@ -107,8 +98,13 @@ pub fn take_pending(
 ) -> Result<Vec<PendingMessage>, StoreError> {
     let (sent_at, order_key) = after.unwrap_or((i64::MIN, i64::MIN));
     let mut tx = client.transaction()?;
-    tx.batch_execute(TAKE_PENDING_SETTINGS)?;
-    let rows = tx.query(TAKE_PENDING, &[&recipient, &sent_at, &order_key, &limit])?;
+    tx.batch_execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")?;
+    let rows = tx.query(
+        "SELECT seq, recipient, sender, msg_id, body, sent_at, order_key, group_name FROM pending
+         WHERE recipient = $1 AND (sent_at, order_key) > ($2, $3)
+         ORDER BY sent_at, order_key LIMIT $4",
+        &[&recipient, &sent_at, &order_key, &limit],
+    )?;
     tx.commit()?;
     Ok(rows
         .iter()
