@@ -5,6 +5,7 @@
 
 use crate::error::ClientError;
 use crate::files::{OutgoingFile, CHUNK_BYTES};
+use crate::handover::HandOvers;
 use crate::history::{Conversation, ConversationRef, EntryRef, History, HistoryEntry};
 use crate::inbox::Inbox;
 use crate::keyring::{Identity, Keyring};
@@ -267,6 +268,8 @@ impl ReplyHandle {
 pub(crate) enum Out {
     Frame(Vec<u8>),
     Ack(u64),
+    /// Write what came before, then shut the connection's sending side (a graceful close).
+    Finish,
 }
 
 /// A request waiting for its reply.
@@ -294,6 +297,10 @@ const MAX_RETRIES: u32 = 120;
 /// How long the client keeps trying to reconnect before it gives up.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
+/// How long [`Client::close`] waits, in all, for the messages being handed over and for
+/// the server to read the last acknowledgements.
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
 /// What the client's threads share, across links.
 pub(crate) struct Inner {
     pub(crate) config: ClientConfig,
@@ -316,6 +323,8 @@ pub(crate) struct Inner {
     pub(crate) resume: Mutex<Option<(String, String)>>,
     pub(crate) events: EventSink,
     pub(crate) inbox: Inbox,
+    /// Messages being handed over; shut by `close`.
+    pub(crate) handovers: HandOvers,
     /// Set while a retry pass is scheduled.
     retry_scheduled: AtomicBool,
 }
@@ -631,6 +640,11 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
             "the new connection ended at once",
         ));
     }
+    if inner.closed.load(Ordering::Acquire) {
+        // Closed meanwhile (`give_up` sets the flag before it takes the installed link).
+        link.cut();
+        return Err(ClientError::disconnected("connection closed"));
+    }
     *installed = Some(link);
     *inner.server.lock() = server.clone();
     Ok(server)
@@ -805,6 +819,7 @@ impl Client {
                 None => EventSink::Channel(events_tx),
             },
             inbox: Inbox::new(),
+            handovers: HandOvers::default(),
             retry_scheduled: AtomicBool::new(false),
         });
         let first = link::start(&inner, 1)?;
@@ -1209,10 +1224,33 @@ impl Client {
         }
     }
 
-    /// Closes the client now; it does not reconnect.
+    /// Closes the client; it does not reconnect. Requests still waiting fail. Messages
+    /// being handed over (to [`Client::events`] or the event handler) finish and no new
+    /// ones are; then the link writes what it holds, acknowledgements included, and ends
+    /// once the server has read it all. So a message handed over is not pushed again at
+    /// the next login, and one that was not stays stored for it. Waits three seconds at
+    /// most for all that (a hung server), and not at all when called from the event
+    /// handler.
     pub fn close(&self) {
-        self.inner.give_up("closed by the client");
-        self.inner.history.flush();
+        let inner = &self.inner;
+        if !inner.closed.load(Ordering::Acquire) && !inner.handovers.closing() {
+            let deadline = match HandOvers::on_this_thread() {
+                true => Instant::now(), // it cannot wait for itself
+                false => Instant::now() + CLOSE_WAIT,
+            };
+            if !inner.handovers.close(deadline) {
+                log::info!("closing during a hand-over: it comes again at the next login");
+            }
+            crate::inbox::send_last_receipts(inner);
+            if !inner.closed.swap(true, Ordering::AcqRel) {
+                let link = inner.link.lock().take();
+                if let Some(link) = link {
+                    link.finish(deadline);
+                }
+            }
+        }
+        inner.give_up("closed by the client");
+        inner.history.flush();
     }
 }
 

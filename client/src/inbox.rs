@@ -302,6 +302,13 @@ fn send_receipts(inner: &Inner, receipts: Receipts) {
     }
 }
 
+/// Sends the receipts gathered and not sent yet (a closing client, once no message is
+/// being handed over any more).
+pub(crate) fn send_last_receipts(inner: &Inner) {
+    let due = inner.inbox.state.lock().take_due_receipts(true);
+    send_receipts(inner, due);
+}
+
 impl Inbox {
     /// An inbox; its thread starts with the first message handed to it.
     pub fn new() -> Inbox {
@@ -394,6 +401,11 @@ fn open_at_once(inner: &Inner, m: Incoming) -> Option<Incoming> {
 pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
     while let Ok(m) = fastchat_common::channel::recv(&rx) {
         let Some(inner) = inner.upgrade() else { break };
+        let Some(handing_over) = inner.handovers.begin() else {
+            // The client is closing: left unacknowledged, for the next login.
+            inner.inbox.queued.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        };
         let (session, tag) = (m.session, m.tag);
         let events = {
             let mut state = inner.inbox.state.lock();
@@ -419,9 +431,11 @@ pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
         hand_over(&inner, events, session, tag);
         // A stored queue arrives in a burst: one receipt per sender for the whole
         // burst (or every 200 ms of it), not one per message (100,000 queued messages
-        // were 100,000 receipts, each a message of its own).
+        // were 100,000 receipts, each a message of its own). Sent before the hand-over
+        // ends, so that a closing client sends them before its link ends.
         let due = inner.inbox.state.lock().take_due_receipts(rx.is_empty());
         send_receipts(&inner, due);
+        drop(handing_over);
         inner.inbox.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -8,6 +8,7 @@ mod balancer;
 mod connection;
 mod error;
 mod files;
+mod handover;
 mod history;
 mod inbox;
 mod keyring;

@@ -32,12 +32,24 @@ pub(crate) struct Link {
     /// Cleared by the reader when the link has ended (checked by whoever installs it,
     /// in case it ended before it was installed).
     pub alive: Arc<AtomicBool>,
+    /// Disconnected when the reader thread ends.
+    reader_done: Receiver<()>,
 }
 
 impl Link {
     /// Shuts the socket down; the reader then ends the link.
     pub fn cut(&self) {
         self.out.cut();
+    }
+
+    /// Ends the link gracefully: the writer writes what it holds and shuts the sending
+    /// side; the server reads to that end, ends the session and closes; the reader reads
+    /// what the server sent until then (leaving nothing unread, whose closing would reset
+    /// the connection). Waits for the reader until `deadline` at most, then cuts.
+    pub fn finish(&self, deadline: Instant) {
+        self.out.finish();
+        let _ = fastchat_common::channel::recv_deadline(&self.reader_done, deadline);
+        self.cut();
     }
 }
 
@@ -154,6 +166,11 @@ impl LinkOut {
         let _ = self.queue.send(Out::Ack(tag));
     }
 
+    /// Has the writer thread write all queued before this, then shut the sending side.
+    fn finish(&self) {
+        let _ = self.queue.send(Out::Finish);
+    }
+
     /// Writes `acks` (taking them) as one `ack` frame when the write half is free, and
     /// otherwise queues them for the writer thread, so that the caller (the link's
     /// reader) never waits for a write in progress, a file upload's say.
@@ -215,6 +232,7 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
         writer,
     } = conn;
     let alive = Arc::new(AtomicBool::new(true));
+    let (reader_running, reader_done) = crossbeam_channel::bounded::<()>(0);
     // Used by the writer thread, the reader (its acknowledgements), and the threads
     // that send frames directly.
     let (out, link_writer) = LinkOut::new(writer, socket);
@@ -224,6 +242,7 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
         server,
         out: out.clone(),
         alive: alive.clone(),
+        reader_done,
     };
     thread::Builder::new()
         .name("fastchat-writer".into())
@@ -234,7 +253,10 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
     thread::Builder::new()
         .name("fastchat-reader".into())
         .stack_size(256 * 1024)
-        .spawn(move || read_loop(reader, out, id, reader_inner, alive))
+        .spawn(move || {
+            read_loop(reader, out, id, reader_inner, alive);
+            drop(reader_running);
+        })
         .map_err(ClientError::disconnected)?;
     Ok(link)
 }
@@ -266,13 +288,15 @@ fn write_reader_acks(out: &LinkOut) {
 }
 
 impl LinkWriter {
-    /// The writer thread: writes what is queued, in order, until the link ends.
+    /// The writer thread: writes what is queued, in order, until the link ends, or
+    /// until [`Out::Finish`], after which it shuts only the sending side.
     fn run(self) {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut acks = Vec::new();
         while let Ok(first) = fastchat_common::channel::recv(&self.rx) {
             buf.clear();
             let mut frames = 0;
+            let mut finish = false;
             let mut next = Some(first);
             while let Some(item) = next.take() {
                 match item {
@@ -282,6 +306,10 @@ impl LinkWriter {
                         frames += 1;
                     }
                     Out::Ack(tag) => acks.push(tag),
+                    Out::Finish => {
+                        finish = true;
+                        break;
+                    }
                 }
                 if buf.len() < 256 * 1024 {
                     next = self.rx.try_recv().ok();
@@ -293,8 +321,13 @@ impl LinkWriter {
             // Only now, and with the stream still locked, may a frame sent after these be
             // written directly (see `LinkOut`).
             self.queued.fetch_sub(frames, Ordering::AcqRel);
+            if finish && written.is_ok() {
+                // Under the lock: nothing written directly can follow the end.
+                let _ = self.socket.shutdown(Shutdown::Write);
+                return;
+            }
             drop(stream);
-            if written.is_err() {
+            if written.is_err() || finish {
                 break;
             }
         }
@@ -324,10 +357,15 @@ fn read_loop(
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     READER_ACKS.with(|acks| *acks.borrow_mut() = Some(Vec::new()));
+    // Held from the first message handled after the reader's acknowledgements were
+    // written until they are written again: a closing client waits for it, so that what
+    // was handed over is acknowledged before the link ends.
+    let mut handing_over = None;
     let reason = loop {
         if reader.buffer().is_empty() {
             // All that was read is handled: acknowledge it before waiting for more.
             write_reader_acks(&out);
+            handing_over = None;
         }
         let body = match read_frame(&mut reader, MAX_CLIENT_FRAME) {
             Ok(Some(body)) => body,
@@ -372,6 +410,13 @@ fn read_loop(
                 group,
                 stored,
             } => {
+                if handing_over.is_none() {
+                    handing_over = inner.handovers.begin();
+                }
+                if handing_over.is_none() {
+                    // The client is closing: left unacknowledged, for the next login.
+                    continue;
+                }
                 crate::inbox::receive(
                     &inner,
                     Incoming {
@@ -413,7 +458,14 @@ fn read_loop(
                 inner.events.send(Event::Reconnect { reason });
             }
         }
+        if handing_over.is_some() && inner.handovers.closing() {
+            // Let the closing client go on without waiting for the buffer to empty.
+            write_reader_acks(&out);
+            handing_over = None;
+        }
     };
+    // Acknowledgements still kept go nowhere: the link is gone. Those messages come again.
+    drop(handing_over);
     READER_ACKS.with(|acks| *acks.borrow_mut() = None);
     alive.store(false, Ordering::Release);
     crate::connection::link_ended(&inner, link_id, reason);

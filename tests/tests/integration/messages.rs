@@ -165,21 +165,8 @@ fn offline_messages_arrive_in_order_at_login_and_are_deleted_after_ack() {
         cluster.pending_count() == 0
     });
     // alice hears of each delivery once, by receipt.
-    let mut delivered = Vec::new();
-    while delivered.len() < ids.len() {
-        delivered.push(fastchat_tests::wait_event(
-            &alice,
-            WAIT,
-            "a receipt",
-            |e| match e {
-                fastchat_client::Event::Delivered { id, to } if to == "bob" => Some(id),
-                _ => None,
-            },
-        ));
-    }
-    delivered.sort();
     ids.sort();
-    assert_eq!(delivered, ids);
+    assert_eq!(deliveries_to(&alice, "bob", ids.len()), ids);
 
     // Nothing is delivered twice at the next login.
     bob.logout().unwrap();
@@ -218,4 +205,112 @@ fn messages_sent_while_the_recipient_logs_in_are_not_lost() {
     got.sort_by_key(|m| m[1..].parse::<u32>().unwrap());
     got.dedup();
     assert_eq!(got.len(), 300, "every acknowledged message arrives");
+}
+
+#[test]
+fn messages_handed_over_before_a_close_are_not_pushed_again_live() {
+    handed_over_before_a_close_are_not_pushed_again(false);
+}
+
+#[test]
+fn messages_handed_over_before_a_close_are_not_pushed_again_from_storage() {
+    handed_over_before_a_close_are_not_pushed_again(true);
+}
+
+/// Bob's event handler holds the last of 20 messages from alice while bob closes, and
+/// lets it go only once the close has begun. Live, the handler runs on the link's
+/// reader, which keeps its acknowledgements to write in one go; from storage, on the
+/// inbox thread, whose acknowledgements go through the link's writer. Either way the
+/// close must wait for the hand-over and have its acknowledgements (and, from storage,
+/// alice's receipts) written before the link ends: at the next login, with a new
+/// client that remembers nothing, no message comes again.
+fn handed_over_before_a_close_are_not_pushed_again(stored: bool) {
+    let cluster = Cluster::start(1);
+    let alice = cluster.user("alice", None);
+    let texts: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    let last = texts.last().unwrap().clone();
+    let send_all = || -> Vec<_> { texts.iter().map(|t| alice.send_text("bob", t)).collect() };
+    let mut sent = Vec::new();
+    if stored {
+        cluster.user("bob", None).logout().unwrap();
+        sent = send_all();
+        for (_, h) in &sent {
+            assert!(sent_stored(h.wait(WAIT)));
+        }
+        assert_eq!(cluster.pending_count(), 20);
+    }
+    let (handed, got) = crossbeam_channel::unbounded();
+    let (release, released) = crossbeam_channel::bounded::<()>(1);
+    let config = cluster.config().with_event_handler(move |event| {
+        if let Event::Message { text, .. } = event {
+            let hold = text == last;
+            let _ = handed.send(text);
+            if hold {
+                let _ = released.recv_timeout(WAIT);
+            }
+        }
+    });
+    let bob = fastchat_client::Client::connect(&config).unwrap();
+    match stored {
+        true => {
+            bob.login("bob", "bob-password").unwrap();
+        }
+        false => {
+            bob.signup("bob", "bob-password").unwrap();
+            // Answered as each is acknowledged: the last only after the close below.
+            sent = send_all();
+        }
+    };
+    for text in &texts {
+        assert_eq!(&got.recv_timeout(WAIT).expect("handed over"), text);
+    }
+    // The handler holds the last message. Close meanwhile, and let it go after a while:
+    // at once if the close does not wait for it (then its acknowledgement is lost).
+    std::thread::scope(|s| {
+        let closing = s.spawn(|| bob.close());
+        std::thread::sleep(Duration::from_millis(300));
+        release.send(()).unwrap();
+        closing.join().unwrap();
+    });
+    assert!(got.try_recv().is_err(), "each message handed over once");
+    let mut ids = Vec::new();
+    for (id, h) in sent {
+        if !stored {
+            // Acknowledged by bob's client, not stored for his next login.
+            assert!(!sent_stored(h.wait(WAIT)), "{id} delivered");
+        }
+        ids.push(id);
+    }
+    if stored {
+        wait_until("acknowledged messages deleted", WAIT, || {
+            cluster.pending_count() == 0
+        });
+        ids.sort();
+        assert_eq!(
+            deliveries_to(&alice, "bob", ids.len()),
+            ids,
+            "alice hears of each delivery"
+        );
+    }
+    // A new client knows nothing of what bob was handed: whatever the server pushes
+    // again before alice's next message, it shows.
+    let again = cluster.client();
+    again.login("bob", "bob-password").unwrap();
+    let (_, h) = alice.send_text("bob", "after");
+    h.wait(WAIT).unwrap();
+    assert_eq!(next_message(&again, WAIT), ("alice".into(), "after".into()));
+}
+
+/// The ids of the next `n` deliveries to `to` that `sender` hears of, sorted.
+fn deliveries_to(sender: &fastchat_client::Client, to: &str, n: usize) -> Vec<String> {
+    let mut delivered: Vec<String> = (0..n)
+        .map(|_| {
+            fastchat_tests::wait_event(sender, WAIT, "a delivery", |e| match e {
+                Event::Delivered { id, to: t } if t == to => Some(id),
+                _ => None,
+            })
+        })
+        .collect();
+    delivered.sort();
+    delivered
 }
