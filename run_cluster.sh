@@ -239,6 +239,28 @@ check_stale_pidfiles() {
     done
 }
 
+# wait_balancer_sees_servers: until the balancer lists every server as live (the
+# last "live servers:" line of its log since this start), so that a client can be
+# placed as soon as READY is printed: listening is not enough, the balancer learns of
+# a server from its first heartbeat, up to a second later.
+wait_balancer_sees_servers() {
+    local deadline=$((SECONDS + READY_TIMEOUT)) live i missing
+    while :; do
+        live=$(awk '/^==== /{l=""} /live servers: /{l=$0} END{print l}' "$LOG_DIR/balancer.log")
+        live=", ${live#*live servers: }, "
+        missing=()
+        for ((i = 1; i <= SERVERS; i++)); do
+            [[ $live == *", server-$i, "* ]] || missing+=("server-$i")
+        done
+        ((${#missing[@]} == 0)) && return 0
+        if ! kill -0 "${PROC_PIDS[0]}" 2>/dev/null || ((SECONDS >= deadline)); then
+            tail_log balancer
+            die "the balancer did not list ${missing[*]} as live (see $LOG_DIR/balancer.log)"
+        fi
+        sleep 0.1
+    done
+}
+
 # tail_log NAME: show the end of a process's log.
 tail_log() {
     local log=$LOG_DIR/$1.log
@@ -461,6 +483,7 @@ done
 
 # 6, 7. Ready.
 wait_ready
+wait_balancer_sees_servers
 log_info "cluster ready: balancer 127.0.0.1:$PORT, servers 127.0.0.1:$((PORT + 1))..$((PORT + SERVERS)); Ctrl-C to stop"
 echo "READY balancer=127.0.0.1:$PORT servers=$SERVERS"
 
