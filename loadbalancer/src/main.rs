@@ -13,7 +13,7 @@ use fastchat_common::tls::{self, TlsIdentity};
 use fastchat_common::ErrorCode;
 use openssl::ssl::SslAcceptor;
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -72,8 +72,8 @@ enum Command {
 
 /// How often the balancer re-reads the live servers.
 const REFRESH: Duration = Duration::from_millis(250);
-/// Assignments younger than this are added to a server's reported client count.
-/// Assignments are forgotten after this long (a heartbeat has long included them).
+/// How long an assignment is remembered: a client that takes longer to say hello is
+/// not counted until the next heartbeat after it does. Servers list a ticket for 10 s.
 const RECENT_MS: i64 = 5_000;
 /// Time a client has for each request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,9 +83,9 @@ struct Balancer {
     strategy: Box<dyn Strategy>,
     signer: TicketSigner,
     servers: RwLock<Vec<fastchat_sql::ServerRow>>,
-    /// Per server, when (Unix ms) we sent clients to it lately: those made after its
-    /// last heartbeat are added to the counts it reported.
-    recent: Mutex<HashMap<String, VecDeque<i64>>>,
+    /// Per server, the clients we sent to it lately: those whose tickets its last
+    /// heartbeat does not list are added to the counts it reported.
+    recent: Mutex<HashMap<String, VecDeque<Assignment>>>,
 }
 
 fn main() -> ExitCode {
@@ -222,45 +222,71 @@ fn refresh_loop(balancer: &Balancer, pool: &fastchat_sql::Pool) {
     }
 }
 
+/// A client sent to a server.
+struct Assignment {
+    /// When (Unix ms, the balancer's clock).
+    at: i64,
+    /// Its ticket's nonce, which the server lists in its heartbeats once it said hello.
+    nonce: String,
+}
+
+/// How many of the clients sent to `row`'s server lately its last heartbeat did not
+/// count: those whose tickets it does not list (not arrived by then, or never). One that
+/// arrived is in the count, and stays listed longer than it is remembered here, so each
+/// client is counted once; one that arrived and left again is in neither.
+fn not_yet_counted(sent: &VecDeque<Assignment>, row: &fastchat_sql::ServerRow) -> usize {
+    if sent.is_empty() {
+        return 0;
+    }
+    let listed: HashSet<&str> = row.recent_tickets.iter().map(String::as_str).collect();
+    sent.iter()
+        .filter(|a| !listed.contains(a.nonce.as_str()))
+        .count()
+}
+
 impl Balancer {
     fn assign(&self) -> BalancerReply {
         let now = now_millis();
-        let candidates: Vec<Candidate> = {
-            let servers = self.servers.read();
-            let mut recent = self.recent.lock();
-            servers
-                .iter()
-                .map(|row| {
-                    let fresh = recent.entry(row.name.clone()).or_default();
-                    while fresh.front().is_some_and(|t| now - t > RECENT_MS) {
-                        fresh.pop_front();
-                    }
-                    // The heartbeat counted the clients that had connected by then.
-                    let unseen = fresh.iter().filter(|&&t| t > row.heartbeat_ms).count() as f64;
-                    Candidate {
-                        name: row.name.clone(),
-                        addr: row.client_addr.clone(),
-                        clients: f64::from(row.clients) + unseen,
-                        load: f64::from(row.load) + unseen,
-                    }
-                })
-                .collect()
-        };
+        // Held from the counts to the new assignment: two clients asking at once must
+        // not both see the same counts and go to the same server.
+        let mut recent = self.recent.lock();
+        let candidates: Vec<Candidate> = self
+            .servers
+            .read()
+            .iter()
+            .map(|row| {
+                let fresh = recent.entry(row.name.clone()).or_default();
+                while fresh.front().is_some_and(|a| now - a.at > RECENT_MS) {
+                    fresh.pop_front();
+                }
+                let unseen = not_yet_counted(fresh, row) as f64;
+                Candidate {
+                    name: row.name.clone(),
+                    addr: row.client_addr.clone(),
+                    clients: f64::from(row.clients) + unseen,
+                    load: f64::from(row.load) + unseen,
+                }
+            })
+            .collect();
         if candidates.is_empty() {
             return error(ErrorCode::NoServer, "no live server; try again shortly");
         }
         let chosen = &candidates[self.strategy.pick(&candidates)];
-        self.recent
-            .lock()
-            .entry(chosen.name.clone())
-            .or_default()
-            .push_back(now);
         match self.signer.sign(&chosen.name) {
-            Ok(ticket) => BalancerReply::Assigned {
-                server: chosen.name.clone(),
-                addr: chosen.addr.clone(),
-                ticket,
-            },
+            Ok(ticket) => {
+                recent
+                    .entry(chosen.name.clone())
+                    .or_default()
+                    .push_back(Assignment {
+                        at: now,
+                        nonce: ticket.nonce.clone(),
+                    });
+                BalancerReply::Assigned {
+                    server: chosen.name.clone(),
+                    addr: chosen.addr.clone(),
+                    ticket,
+                }
+            }
             Err(e) => {
                 log::error!("cannot sign a ticket: {e}");
                 error(ErrorCode::Internal, "internal error")
@@ -385,5 +411,42 @@ fn serve_client(balancer: &Balancer, stream: TcpStream) {
         if send(&mut writer, &reply).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(listed: &[&str]) -> fastchat_sql::ServerRow {
+        fastchat_sql::ServerRow {
+            name: "server-1".into(),
+            client_addr: String::new(),
+            peer_addr: String::new(),
+            incarnation: 1,
+            clients: 0,
+            peers: 0,
+            load: 0.0,
+            draining: false,
+            recent_tickets: listed.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_client_is_added_to_the_count_until_a_heartbeat_lists_its_ticket() {
+        // Sent in this order; the timestamps do not matter, only which tickets the
+        // server had seen by its heartbeat (the last one sent before it arrived).
+        let sent: VecDeque<Assignment> = ["a", "b", "c"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| Assignment {
+                at: i as i64,
+                nonce: n.into(),
+            })
+            .collect();
+        assert_eq!(not_yet_counted(&sent, &row(&[])), 3);
+        assert_eq!(not_yet_counted(&sent, &row(&["b"])), 2);
+        assert_eq!(not_yet_counted(&sent, &row(&["x", "c", "a", "b"])), 0);
+        assert_eq!(not_yet_counted(&VecDeque::new(), &row(&["a"])), 0);
     }
 }

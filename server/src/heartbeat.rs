@@ -6,7 +6,6 @@ use crate::presence;
 use crate::state::ServerState;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -132,10 +131,14 @@ fn tick(
             return;
         }
     };
-    let clients = state.clients.load(Ordering::Relaxed) as i32;
-    let load = clients as f32 + state.inflight.len() as f32 / 100.0;
-    let peers = state.router.peers().len() as i32;
-    match fastchat_sql::heartbeat(db, state.name(), state.incarnation, clients, peers, load) {
+    let (clients, recent_tickets) = state.clients.snapshot(Instant::now());
+    let beat = fastchat_sql::Beat {
+        clients: i32::try_from(clients).unwrap_or(i32::MAX),
+        peers: state.router.peers().len() as i32,
+        load: clients as f32 + state.inflight.len() as f32 / 100.0,
+        recent_tickets,
+    };
+    match fastchat_sql::heartbeat(db, state.name(), state.incarnation, &beat) {
         Ok(true) => {}
         Ok(false) => log::warn!("heartbeat: our servers row was taken over by another start"),
         Err(e) => {

@@ -1,6 +1,7 @@
 //! `fastchat-server`: starts the server, runs until SIGINT/SIGTERM, then drains.
 
 mod acceptor;
+mod clients;
 mod config;
 mod conn;
 mod friends;
@@ -136,7 +137,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         tls,
         stopping: AtomicBool::new(false),
         next_conn_id: AtomicU64::new(0),
-        clients: AtomicU64::new(0),
+        clients: Default::default(),
         known_users: Default::default(),
         group_cache: Default::default(),
         group_refresh: refresh_tx,

@@ -26,7 +26,6 @@ use fastchat_sql::{NewPending, StoreError};
 use std::collections::HashSet;
 use std::io::BufReader;
 use std::net::TcpStream;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,7 +121,6 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
             return;
         }
     };
-    state.clients.fetch_add(1, Ordering::Relaxed);
     let socket = stream;
     let mut reader = BufReader::with_capacity(16 * 1024, tls_read);
     let mut conn = ClientConn {
@@ -163,11 +161,13 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         }
     }
     conn.end_session();
+    if conn.greeted {
+        state.clients.left();
+    }
     let _ = out.send_timeout(Outgoing::Close, Duration::from_secs(1));
     drop(conn);
     drop(out);
     let _ = writer.join();
-    state.clients.fetch_sub(1, Ordering::Relaxed);
 }
 
 impl ClientConn {
@@ -390,6 +390,7 @@ impl ClientConn {
             return refuse(ErrorCode::Unavailable, "this server is shutting down");
         }
         self.greeted = true;
+        self.state.clients.greeted(&ticket.nonce, Instant::now());
         self.ok(
             req,
             Some(OkResult::Hello {

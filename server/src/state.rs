@@ -43,8 +43,8 @@ pub struct ServerState {
     pub stopping: AtomicBool,
     /// Connection ids.
     pub next_conn_id: AtomicU64,
-    /// Connected client sockets (logged in or not).
-    pub clients: AtomicU64,
+    /// Greeted clients, and the tickets they came with lately.
+    pub clients: crate::clients::Clients,
     /// Users known to exist (accounts are never deleted, so a hit is final).
     pub known_users: RwLock<HashSet<String>>,
     /// Group memberships for `group_send`, forgotten at every change.

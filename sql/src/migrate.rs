@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "pending_one_index",
         include_str!("../migrations/0007_pending_one_index.sql"),
     ),
+    (
+        8,
+        "servers_recent_tickets",
+        include_str!("../migrations/0008_servers_recent_tickets.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming FastChat's migration lock among advisory locks.

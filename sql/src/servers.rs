@@ -14,7 +14,7 @@ pub struct ServerRow {
     pub peer_addr: String,
     /// Changes at every start; the later start has the larger one.
     pub incarnation: i64,
-    /// Clients connected at the last heartbeat.
+    /// Clients connected (and greeted) at the last heartbeat.
     pub clients: i32,
     /// Mesh links up at the last heartbeat.
     pub peers: i32,
@@ -22,8 +22,9 @@ pub struct ServerRow {
     pub load: f32,
     /// Whether the server is shutting down and takes no new clients.
     pub draining: bool,
-    /// When the last heartbeat was written (Unix milliseconds, database clock).
-    pub heartbeat_ms: i64,
+    /// Nonces of the tickets that clients said hello with in the seconds before the
+    /// last heartbeat: those clients are in `clients`.
+    pub recent_tickets: Vec<String>,
 }
 
 fn row_to_server(row: &postgres::Row) -> ServerRow {
@@ -36,7 +37,7 @@ fn row_to_server(row: &postgres::Row) -> ServerRow {
         peers: row.get("peers"),
         load: row.get("load"),
         draining: row.get("draining"),
-        heartbeat_ms: row.get("heartbeat_ms"),
+        recent_tickets: row.get("recent_tickets"),
     }
 }
 
@@ -53,11 +54,25 @@ pub fn register_server(
          ON CONFLICT (name) DO UPDATE SET
              client_addr = EXCLUDED.client_addr, peer_addr = EXCLUDED.peer_addr,
              incarnation = EXCLUDED.incarnation, started_at = now(), heartbeat = now(),
-             clients = 0, load = 0, draining = false
+             clients = 0, load = 0, draining = false, recent_tickets = '{}'
          RETURNING incarnation",
         &[&name, &client_addr, &peer_addr],
     )?;
     Ok(row.get(0))
+}
+
+/// What a heartbeat reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Beat {
+    /// Clients connected and greeted.
+    pub clients: i32,
+    /// Mesh links up.
+    pub peers: i32,
+    /// Load figure.
+    pub load: f32,
+    /// Nonces of the tickets of the latest of those clients (see
+    /// [`ServerRow::recent_tickets`]).
+    pub recent_tickets: Vec<String>,
 }
 
 /// Records that the server is alive, with its current load. Returns `false` when the
@@ -66,14 +81,20 @@ pub fn heartbeat(
     client: &mut postgres::Client,
     name: &str,
     incarnation: i64,
-    clients: i32,
-    peers: i32,
-    load: f32,
+    beat: &Beat,
 ) -> Result<bool, StoreError> {
     let n = client.execute(
-        "UPDATE servers SET heartbeat = now(), clients = $3, peers = $4, load = $5
+        "UPDATE servers SET heartbeat = now(), clients = $3, peers = $4, load = $5,
+             recent_tickets = $6
          WHERE name = $1 AND incarnation = $2",
-        &[&name, &incarnation, &clients, &peers, &load],
+        &[
+            &name,
+            &incarnation,
+            &beat.clients,
+            &beat.peers,
+            &beat.load,
+            &beat.recent_tickets,
+        ],
     )?;
     Ok(n == 1)
 }
@@ -104,7 +125,7 @@ pub fn remove_server(
 pub fn live_servers(client: &mut postgres::Client) -> Result<Vec<ServerRow>, StoreError> {
     let rows = client.query(
         "SELECT name, client_addr, peer_addr, incarnation, clients, peers, load, draining,
-                (extract(epoch FROM heartbeat) * 1000)::bigint AS heartbeat_ms
+                recent_tickets
          FROM servers
          WHERE heartbeat > now() - make_interval(secs => $1::bigint / 1000.0)
          ORDER BY name",

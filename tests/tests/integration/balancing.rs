@@ -80,21 +80,15 @@ fn random_reaches_every_server() {
 
 #[test]
 fn least_connections_evens_out_after_uneven_disconnects() {
-    // A client sent to a server just before its heartbeat but connected just after it
-    // is counted by neither (ARCHITECTURE.md, "Not yet"): on a loaded machine one
-    // client of a burst can land one off. Every check below allows that one and no
-    // more.
-    let spread = |counts: &HashMap<String, i32>| {
-        counts.values().max().unwrap() - counts.values().min().unwrap()
-    };
+    // The balancer counts each client it sent exactly once: in a server's heartbeat
+    // when the heartbeat lists the client's ticket, on top of it otherwise. So however
+    // the hellos and the heartbeats interleave, the counts are exact.
     let cluster = cluster_with("least-connections");
-    let (mut clients, _) = connect_many(&cluster, 30);
+    let (mut clients, per_server) = connect_many(&cluster, 30);
+    let even: HashMap<String, usize> = (1..=3).map(|i| (format!("server-{i}"), 10)).collect();
+    assert_eq!(per_server, even, "a burst of 30 spreads evenly");
     let counts = wait_reported_total(&cluster, 30);
-    assert_eq!(counts.len(), 3, "{counts:?}");
-    assert!(
-        spread(&counts) <= 2,
-        "a burst of 30 spreads evenly: {counts:?}"
-    );
+    assert!(counts.values().all(|&n| n == 10), "{counts:?}");
 
     // Uneven disconnects: 6 leave server-1, 2 leave server-2.
     for (server, leaving) in [("server-1", 6), ("server-2", 2)] {
@@ -103,27 +97,68 @@ fn least_connections_evens_out_after_uneven_disconnects() {
             clients.swap_remove(i).close();
         }
     }
-    let before = counts;
-    let counts = wait_reported_total(&cluster, 22);
-    assert_eq!(
-        (counts["server-1"], counts["server-2"], counts["server-3"]),
-        (
-            before["server-1"] - 6,
-            before["server-2"] - 2,
-            before["server-3"]
-        )
-    );
+    wait_reported_total(&cluster, 22);
 
-    // The next 8 fill the gaps: most go to server-1, which lost the most, and
-    // server-3, which lost none, gets none (one, if the race above struck).
+    // The next 8 fill the gaps (4 and 8 against 10): server-1 gets 6 (4 alone, then
+    // every other one with server-2), server-2 gets 2, server-3 none.
     let (_more, per_server) = connect_many(&cluster, 8);
     let got = |server: &str| per_server.get(server).copied().unwrap_or(0);
-    assert!(
-        got("server-1") > got("server-2") && got("server-3") <= 1,
+    assert_eq!(
+        (got("server-1"), got("server-2"), got("server-3")),
+        (6, 2, 0),
         "{per_server:?}"
     );
     let counts = wait_reported_total(&cluster, 30);
-    assert!(spread(&counts) <= 2, "back to even: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 10),
+        "back to even: {counts:?}"
+    );
+}
+
+#[test]
+fn least_connections_counts_a_client_whose_hello_came_after_the_heartbeat() {
+    // The race, made certain: a trigger freezes each server's client count and ticket
+    // list as they are (0, none) while the heartbeats go on, as if every heartbeat had
+    // been written just before the hello below. Each heartbeat adds one to `load`, so
+    // the balancer's status shows when it has read one written after the assignment.
+    let cluster = cluster_with("least-connections");
+    wait_reported_total(&cluster, 0);
+    cluster
+        .db
+        .connect()
+        .batch_execute(
+            "CREATE FUNCTION freeze_counts() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN
+                     NEW.clients := OLD.clients;
+                     NEW.recent_tickets := OLD.recent_tickets;
+                     NEW.load := OLD.load + 1;
+                     RETURN NEW;
+                 END $$;
+             CREATE TRIGGER freeze_counts BEFORE UPDATE ON servers
+                 FOR EACH ROW EXECUTE FUNCTION freeze_counts();",
+        )
+        .expect("freeze the counts");
+    let config = cluster.config();
+    let load_of = |server: &str| -> f32 {
+        let (servers, _) = balancer_status(&config).expect("status");
+        servers
+            .iter()
+            .find(|s| s.name == server)
+            .expect("listed")
+            .load
+    };
+    let first = fastchat_client::ask_balancer(&config).expect("an assignment");
+    let load = load_of(&first.server);
+    let mut conn = cluster.raw(&first.addr);
+    conn.send_json(&json!({"req": 1, "type": "hello", "version": 1, "ticket": first.ticket}));
+    assert_eq!(conn.recv().expect("hello answered")["type"], "ok");
+    wait_for("two heartbeats after the assignment", WAIT, || {
+        (load_of(&first.server) >= load + 2.0).then_some(())
+    });
+    // Its heartbeats say 0 clients, and list no ticket: the first client is still
+    // counted, so the next goes elsewhere.
+    let second = fastchat_client::ask_balancer(&config).expect("an assignment");
+    assert_ne!(second.server, first.server);
 }
 
 /// Loads server-1 with 60 clients of its own, then connects 60 through the balancer:
