@@ -301,6 +301,15 @@ const RECONNECT_FOR: Duration = Duration::from_secs(60);
 /// the server to read the last acknowledgements.
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
+/// Until when `close` and `logout` wait for the messages being handed over: not at all
+/// on a thread handing one over (an event handler calling them cannot wait for itself).
+fn hand_over_deadline() -> Instant {
+    match HandOvers::on_this_thread() {
+        true => Instant::now(),
+        false => Instant::now() + CLOSE_WAIT,
+    }
+}
+
 /// What the client's threads share, across links.
 pub(crate) struct Inner {
     pub(crate) config: ClientConfig,
@@ -963,11 +972,19 @@ impl Client {
         }
     }
 
-    /// Logs out (blocking).
+    /// Logs out (blocking). Messages being handed over finish first, and their
+    /// acknowledgements reach the server before the logout; messages arriving meanwhile
+    /// are not handed over: they come at the next login.
     pub fn logout(&self) -> Reply {
         *self.inner.resume.lock() = None;
+        // The server ignores acknowledgements that come after the logout and pushes
+        // those messages again at the next login: so nothing is handed over until the
+        // session is over, and the acknowledgements of what was go first (queued
+        // acknowledgements are written before a frame sent after them, `LinkOut`).
+        let paused = self.inner.handovers.pause(hand_over_deadline());
         let reply = self.request(RequestBody::Logout).wait(NET_TIMEOUT);
         self.inner.keyring.clear();
+        drop(paused);
         reply
     }
 
@@ -1234,10 +1251,7 @@ impl Client {
     pub fn close(&self) {
         let inner = &self.inner;
         if !inner.closed.load(Ordering::Acquire) && !inner.handovers.closing() {
-            let deadline = match HandOvers::on_this_thread() {
-                true => Instant::now(), // it cannot wait for itself
-                false => Instant::now() + CLOSE_WAIT,
-            };
+            let deadline = hand_over_deadline();
             if !inner.handovers.close(deadline) {
                 log::info!("closing during a hand-over: it comes again at the next login");
             }

@@ -1,23 +1,44 @@
 //! The messages being handed over to the application, counted so that `Client::close`
-//! can stop new ones and wait for those in progress: every message handed over is then
-//! acknowledged before the connection closes, and every other one stays unacknowledged
-//! and comes again at the next login.
+//! and `Client::logout` can stop new ones and wait for those in progress: every message
+//! handed over is then acknowledged before the session ends, and every other one stays
+//! unacknowledged and comes again at the next login.
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// The gate: [`HandOvers::begin`] before a message is opened and handed over,
-/// [`HandOvers::close`] to shut it.
+/// [`HandOvers::close`] to shut it for good, [`HandOvers::pause`] for a while.
 #[derive(Default)]
 pub(crate) struct HandOvers {
-    /// Hand-overs in progress.
-    active: Mutex<usize>,
-    /// Signalled when the last one in progress ends.
+    state: Mutex<GateState>,
+    /// Signalled when the last hand-over in progress ends.
     idle: Condvar,
-    /// Set by [`HandOvers::close`]: no new hand-over begins.
+    /// Whether the gate is shut (closed, or paused): no new hand-over begins.
     closing: AtomicBool,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Hand-overs in progress.
+    active: usize,
+    /// Pauses in progress.
+    paused: usize,
+    /// Closed for good.
+    closed: bool,
+}
+
+impl GateState {
+    fn shut(&self) -> bool {
+        self.closed || self.paused > 0
+    }
+}
+
+/// The gate held shut by [`HandOvers::pause`]; it opens again when this is dropped
+/// (unless it was closed meanwhile).
+pub(crate) struct Paused<'a> {
+    gate: &'a HandOvers,
 }
 
 /// One hand-over in progress (or, for a link's reader, a run of them whose
@@ -39,17 +60,18 @@ impl HandOvers {
         if self.closing() {
             return None;
         }
-        let mut active = self.active.lock();
-        // Checked again under the lock, which `close` sets it under.
-        if self.closing() {
+        let mut state = self.state.lock();
+        // Checked again under the lock, which `close` and `pause` set it under.
+        if state.shut() {
             return None;
         }
-        *active += 1;
+        state.active += 1;
         HANDING_OVER.with(|h| h.set(true));
         Some(HandOver { gate: self })
     }
 
-    /// Whether [`HandOvers::close`] has been called.
+    /// Whether the gate is shut ([`HandOvers::close`], or a [`HandOvers::pause`] in
+    /// progress).
     pub fn closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
@@ -60,14 +82,29 @@ impl HandOvers {
         HANDING_OVER.with(Cell::get)
     }
 
-    /// Stops new hand-overs and waits, until `deadline` at most, for those in progress.
-    /// Returns whether none is left.
+    /// Stops new hand-overs for good and waits, until `deadline` at most, for those in
+    /// progress. Returns whether none is left.
     pub fn close(&self, deadline: Instant) -> bool {
-        let mut active = self.active.lock();
+        let mut state = self.state.lock();
+        state.closed = true;
         self.closing.store(true, Ordering::Release);
-        while *active > 0 {
-            if self.idle.wait_until(&mut active, deadline).timed_out() {
-                return *active == 0;
+        self.wait_idle(state, deadline)
+    }
+
+    /// Stops new hand-overs until the returned guard is dropped, and waits, until
+    /// `deadline` at most, for those in progress.
+    pub fn pause(&self, deadline: Instant) -> Paused<'_> {
+        let mut state = self.state.lock();
+        state.paused += 1;
+        self.closing.store(true, Ordering::Release);
+        self.wait_idle(state, deadline);
+        Paused { gate: self }
+    }
+
+    fn wait_idle(&self, mut state: MutexGuard<'_, GateState>, deadline: Instant) -> bool {
+        while state.active > 0 {
+            if self.idle.wait_until(&mut state, deadline).timed_out() {
+                return state.active == 0;
             }
         }
         true
@@ -77,11 +114,19 @@ impl HandOvers {
 impl Drop for HandOver<'_> {
     fn drop(&mut self) {
         HANDING_OVER.with(|h| h.set(false));
-        let mut active = self.gate.active.lock();
-        *active -= 1;
-        if *active == 0 {
+        let mut state = self.gate.state.lock();
+        state.active -= 1;
+        if state.active == 0 {
             self.gate.idle.notify_all();
         }
+    }
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        let mut state = self.gate.state.lock();
+        state.paused -= 1;
+        self.gate.closing.store(state.shut(), Ordering::Release);
     }
 }
 
@@ -123,6 +168,19 @@ mod tests {
         release.send(()).unwrap();
         assert!(closer.join().unwrap(), "none left");
         handing.join().unwrap();
+    }
+
+    #[test]
+    fn a_pause_ends_but_a_close_during_it_stays() {
+        let gate = HandOvers::default();
+        let paused = gate.pause(Instant::now());
+        assert!(gate.begin().is_none(), "paused");
+        drop(paused);
+        assert!(gate.begin().is_some(), "open again");
+        let paused = gate.pause(Instant::now());
+        gate.close(Instant::now());
+        drop(paused);
+        assert!(gate.closing() && gate.begin().is_none(), "closed for good");
     }
 
     #[test]

@@ -69,8 +69,9 @@ const BURST_GAP_MICROS: u64 = 20_000;
 /// (100 clients with 16 in flight each: 38,600-40,400 msg/s against 41,300-45,600).
 ///
 /// Order: a frame is written directly only while `queued` is 0 with the stream locked;
-/// the writer thread takes queued frames off `queued` only once written, with the stream
-/// still locked. So a frame sent after one that was queued is queued behind it.
+/// the writer thread takes queued frames (and acknowledgements) off `queued` only once
+/// written, with the stream still locked. So a frame sent after one that was queued is
+/// queued behind it.
 pub(crate) struct LinkOut {
     /// When the link was opened: `last_send` counts from it.
     opened: Instant,
@@ -160,10 +161,16 @@ impl LinkOut {
         }
     }
 
-    /// Queues an acknowledgement for the writer thread (acknowledgements have no order
-    /// to keep with frames).
+    /// Queues an acknowledgement for the writer thread. Counted like a frame, so that
+    /// a frame sent after it is not written directly before it: a `logout` must not
+    /// overtake the acknowledgements of messages handed over before it (the server
+    /// ignores them once the session has ended, and pushes those messages again at the
+    /// next login).
     pub fn ack(&self, tag: u64) {
-        let _ = self.queue.send(Out::Ack(tag));
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.queue.send(Out::Ack(tag)).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Has the writer thread write all queued before this, then shut the sending side.
@@ -295,7 +302,8 @@ impl LinkWriter {
         let mut acks = Vec::new();
         while let Ok(first) = fastchat_common::channel::recv(&self.rx) {
             buf.clear();
-            let mut frames = 0;
+            // Frames and acknowledgements taken off the queue (see `LinkOut`).
+            let mut items = 0;
             let mut finish = false;
             let mut next = Some(first);
             while let Some(item) = next.take() {
@@ -303,9 +311,12 @@ impl LinkWriter {
                     Out::Frame(body) => {
                         flush_acks(&mut acks, &mut buf);
                         encode_frame(&body, &mut buf);
-                        frames += 1;
+                        items += 1;
                     }
-                    Out::Ack(tag) => acks.push(tag),
+                    Out::Ack(tag) => {
+                        acks.push(tag);
+                        items += 1;
+                    }
                     Out::Finish => {
                         finish = true;
                         break;
@@ -320,7 +331,7 @@ impl LinkWriter {
             let written = stream.write_all(&buf);
             // Only now, and with the stream still locked, may a frame sent after these be
             // written directly (see `LinkOut`).
-            self.queued.fetch_sub(frames, Ordering::AcqRel);
+            self.queued.fetch_sub(items, Ordering::AcqRel);
             if finish && written.is_ok() {
                 // Under the lock: nothing written directly can follow the end.
                 let _ = self.socket.shutdown(Shutdown::Write);

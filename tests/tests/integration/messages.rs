@@ -209,22 +209,41 @@ fn messages_sent_while_the_recipient_logs_in_are_not_lost() {
 
 #[test]
 fn messages_handed_over_before_a_close_are_not_pushed_again_live() {
-    handed_over_before_a_close_are_not_pushed_again(false);
+    handed_over_before_the_end_are_not_pushed_again(false, End::Close);
 }
 
 #[test]
 fn messages_handed_over_before_a_close_are_not_pushed_again_from_storage() {
-    handed_over_before_a_close_are_not_pushed_again(true);
+    handed_over_before_the_end_are_not_pushed_again(true, End::Close);
 }
 
-/// Bob's event handler holds the last of 20 messages from alice while bob closes, and
-/// lets it go only once the close has begun. Live, the handler runs on the link's
+#[test]
+fn messages_handed_over_before_a_logout_are_not_pushed_again_live() {
+    handed_over_before_the_end_are_not_pushed_again(false, End::Logout);
+}
+
+#[test]
+fn messages_handed_over_before_a_logout_are_not_pushed_again_from_storage() {
+    handed_over_before_the_end_are_not_pushed_again(true, End::Logout);
+}
+
+/// How bob's session ends.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    Close,
+    /// `/quit` in the terminal logs out.
+    Logout,
+}
+
+/// Bob's event handler holds the last of 20 messages from alice while bob closes (or
+/// logs out), and lets it go only once that has begun. Live, the handler runs on the link's
 /// reader, which keeps its acknowledgements to write in one go; from storage, on the
 /// inbox thread, whose acknowledgements go through the link's writer. Either way the
 /// close must wait for the hand-over and have its acknowledgements (and, from storage,
-/// alice's receipts) written before the link ends: at the next login, with a new
-/// client that remembers nothing, no message comes again.
-fn handed_over_before_a_close_are_not_pushed_again(stored: bool) {
+/// alice's receipts) written before the link ends; a logout, before the logout itself
+/// (whose frame could overtake acknowledgements queued for the link's writer). At the
+/// next login, with a new client that remembers nothing, no message comes again.
+fn handed_over_before_the_end_are_not_pushed_again(stored: bool, end: End) {
     let cluster = Cluster::start(1);
     let alice = cluster.user("alice", None);
     let texts: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
@@ -264,13 +283,16 @@ fn handed_over_before_a_close_are_not_pushed_again(stored: bool) {
     for text in &texts {
         assert_eq!(&got.recv_timeout(WAIT).expect("handed over"), text);
     }
-    // The handler holds the last message. Close meanwhile, and let it go after a while:
-    // at once if the close does not wait for it (then its acknowledgement is lost).
+    // The handler holds the last message. End meanwhile, and let it go after a while:
+    // at once if the end does not wait for it (then its acknowledgement is lost).
     std::thread::scope(|s| {
-        let closing = s.spawn(|| bob.close());
+        let ending = s.spawn(|| match end {
+            End::Close => bob.close(),
+            End::Logout => bob.logout().map(drop).expect("logged out"),
+        });
         std::thread::sleep(Duration::from_millis(300));
         release.send(()).unwrap();
-        closing.join().unwrap();
+        ending.join().unwrap();
     });
     assert!(got.try_recv().is_err(), "each message handed over once");
     let mut ids = Vec::new();
