@@ -49,23 +49,38 @@ fn free_base_port() -> u16 {
     panic!("no four consecutive free ports");
 }
 
+/// A running `run_cluster.sh`, stopped (SIGTERM, then at most 30 s) if the test ends
+/// before it stopped it: a failed check must not leave a cluster running.
+struct Script(std::process::Child);
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            fastchat_tests::signal_and_wait(&mut self.0, libc::SIGTERM, Duration::from_secs(30));
+        }
+    }
+}
+
 #[test]
 fn run_cluster_script_starts_everything_and_stops_on_sigterm() {
     let db = fastchat_tests::TestDb::create();
     let dir = tempfile::tempdir().unwrap();
     let port = free_base_port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../run_cluster.sh");
-    let mut child = Command::new("bash")
-        .arg(script)
-        .args(["--servers", "2", "--port", &port.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .env("FASTCHAT_DATABASE_URL", &db.url)
-        .env("FASTCHAT_SKIP_BUILD", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run_cluster.sh starts");
+    let mut script_run = Script(
+        Command::new("bash")
+            .arg(script)
+            .args(["--servers", "2", "--port", &port.to_string(), "--data-dir"])
+            .arg(dir.path())
+            .env("FASTCHAT_DATABASE_URL", &db.url)
+            .env("FASTCHAT_SKIP_BUILD", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run_cluster.sh starts"),
+    );
+    let child = &mut script_run.0;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
