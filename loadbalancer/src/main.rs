@@ -82,7 +82,7 @@ struct Balancer {
     tls: SslAcceptor,
     strategy: Box<dyn Strategy>,
     signer: TicketSigner,
-    servers: RwLock<Vec<fastchat_sql::ServerRow>>,
+    servers: RwLock<Vec<LiveServer>>,
     /// Per server, the clients we sent to it lately: those whose tickets its last
     /// heartbeat does not list are added to the counts it reported.
     recent: Mutex<HashMap<String, VecDeque<Assignment>>>,
@@ -197,13 +197,17 @@ fn refresh_loop(balancer: &Balancer, pool: &fastchat_sql::Pool) {
             .and_then(|mut db| fastchat_sql::live_servers(&mut db));
         match result {
             Ok(rows) => {
-                let live: Vec<_> = rows.into_iter().filter(|r| !r.draining).collect();
-                let names: Vec<&str> = live.iter().map(|r| r.name.as_str()).collect();
+                let live: Vec<LiveServer> = rows
+                    .into_iter()
+                    .filter(|r| !r.draining)
+                    .map(LiveServer::from)
+                    .collect();
+                let names: Vec<&str> = live.iter().map(|s| s.row.name.as_str()).collect();
                 let old: Vec<String> = balancer
                     .servers
                     .read()
                     .iter()
-                    .map(|r| r.name.clone())
+                    .map(|s| s.row.name.clone())
                     .collect();
                 if old != names {
                     log::info!("live servers: {}", names.join(", "));
@@ -222,6 +226,22 @@ fn refresh_loop(balancer: &Balancer, pool: &fastchat_sql::Pool) {
     }
 }
 
+/// A live server as the last refresh read it.
+struct LiveServer {
+    row: fastchat_sql::ServerRow,
+    /// `row.recent_tickets`, as a set (made once per refresh, not once per assignment).
+    listed: HashSet<String>,
+}
+
+impl From<fastchat_sql::ServerRow> for LiveServer {
+    fn from(mut row: fastchat_sql::ServerRow) -> LiveServer {
+        let listed = std::mem::take(&mut row.recent_tickets)
+            .into_iter()
+            .collect();
+        LiveServer { row, listed }
+    }
+}
+
 /// A client sent to a server.
 struct Assignment {
     /// When (Unix ms, the balancer's clock).
@@ -230,18 +250,12 @@ struct Assignment {
     nonce: String,
 }
 
-/// How many of the clients sent to `row`'s server lately its last heartbeat did not
-/// count: those whose tickets it does not list (not arrived by then, or never). One that
-/// arrived is in the count, and stays listed longer than it is remembered here, so each
-/// client is counted once; one that arrived and left again is in neither.
-fn not_yet_counted(sent: &VecDeque<Assignment>, row: &fastchat_sql::ServerRow) -> usize {
-    if sent.is_empty() {
-        return 0;
-    }
-    let listed: HashSet<&str> = row.recent_tickets.iter().map(String::as_str).collect();
-    sent.iter()
-        .filter(|a| !listed.contains(a.nonce.as_str()))
-        .count()
+/// How many of the clients sent to a server lately its last heartbeat did not count:
+/// those whose tickets it does not list (`listed`: not arrived by then, or never). One
+/// that arrived is in the count, and stays listed longer than it is remembered here, so
+/// each client is counted once; one that arrived and left again is in neither.
+fn not_yet_counted(sent: &VecDeque<Assignment>, listed: &HashSet<String>) -> usize {
+    sent.iter().filter(|a| !listed.contains(&a.nonce)).count()
 }
 
 impl Balancer {
@@ -254,12 +268,12 @@ impl Balancer {
             .servers
             .read()
             .iter()
-            .map(|row| {
+            .map(|LiveServer { row, listed }| {
                 let fresh = recent.entry(row.name.clone()).or_default();
                 while fresh.front().is_some_and(|a| now - a.at > RECENT_MS) {
                     fresh.pop_front();
                 }
-                let unseen = not_yet_counted(fresh, row) as f64;
+                let unseen = not_yet_counted(fresh, listed) as f64;
                 Candidate {
                     name: row.name.clone(),
                     addr: row.client_addr.clone(),
@@ -300,7 +314,7 @@ impl Balancer {
                 .servers
                 .read()
                 .iter()
-                .map(|r| ServerStatus {
+                .map(|LiveServer { row: r, .. }| ServerStatus {
                     name: r.name.clone(),
                     addr: r.client_addr.clone(),
                     clients: r.clients,
@@ -418,18 +432,8 @@ fn serve_client(balancer: &Balancer, stream: TcpStream) {
 mod tests {
     use super::*;
 
-    fn row(listed: &[&str]) -> fastchat_sql::ServerRow {
-        fastchat_sql::ServerRow {
-            name: "server-1".into(),
-            client_addr: String::new(),
-            peer_addr: String::new(),
-            incarnation: 1,
-            clients: 0,
-            peers: 0,
-            load: 0.0,
-            draining: false,
-            recent_tickets: listed.iter().map(|n| n.to_string()).collect(),
-        }
+    fn listed(nonces: &[&str]) -> HashSet<String> {
+        nonces.iter().map(|n| n.to_string()).collect()
     }
 
     #[test]
@@ -444,9 +448,9 @@ mod tests {
                 nonce: n.into(),
             })
             .collect();
-        assert_eq!(not_yet_counted(&sent, &row(&[])), 3);
-        assert_eq!(not_yet_counted(&sent, &row(&["b"])), 2);
-        assert_eq!(not_yet_counted(&sent, &row(&["x", "c", "a", "b"])), 0);
-        assert_eq!(not_yet_counted(&VecDeque::new(), &row(&["a"])), 0);
+        assert_eq!(not_yet_counted(&sent, &listed(&[])), 3);
+        assert_eq!(not_yet_counted(&sent, &listed(&["b"])), 2);
+        assert_eq!(not_yet_counted(&sent, &listed(&["x", "c", "a", "b"])), 0);
+        assert_eq!(not_yet_counted(&VecDeque::new(), &listed(&["a"])), 0);
     }
 }
