@@ -1250,12 +1250,16 @@ impl Client {
     /// handler.
     pub fn close(&self) {
         let inner = &self.inner;
-        if !inner.closed.load(Ordering::Acquire) && !inner.handovers.closing() {
+        if !inner.closed.load(Ordering::Acquire) {
             let deadline = hand_over_deadline();
             if !inner.handovers.close(deadline) {
                 log::info!("closing during a hand-over: it comes again at the next login");
             }
-            crate::inbox::send_last_receipts(inner);
+            if !HandOvers::on_this_thread() {
+                // Sealing one may fetch a key, whose reply a handler's thread would
+                // have to read itself.
+                crate::inbox::send_last_receipts(inner);
+            }
             if !inner.closed.swap(true, Ordering::AcqRel) {
                 let link = inner.link.lock().take();
                 if let Some(link) = link {
