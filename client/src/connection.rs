@@ -470,7 +470,7 @@ fn send_request_to(inner: &Inner, body: RequestBody, to: Option<String>) -> Repl
     }
     let req = inner.next_req.fetch_add(1, Ordering::Relaxed);
     let resend = resendable(&body);
-    let frame = Request { req, body }.to_json();
+    let frame = Request { req, body }.to_frame(true);
     let (tx, rx) = crossbeam_channel::bounded(1);
     let link = inner.link.lock();
     let mut send_on = None;

@@ -154,7 +154,7 @@ fn open(inner: &Inner, me: &Identity, m: &Incoming, fetch: Call<'_>) -> Outcome 
     if m.to != me.user {
         return refused("the message is addressed to someone else");
     }
-    let Some(bytes) = m.body.to_bytes() else {
+    let Some(bytes) = m.body.bytes() else {
         return refused("the body is not base64");
     };
     let envelope = match Envelope::parse(&bytes) {

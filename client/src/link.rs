@@ -10,6 +10,7 @@ use crate::inbox::Incoming;
 use crate::transport::{connect, SharedSocket, TlsConn, TlsRead, TlsWrite};
 use crossbeam_channel::{Receiver, Sender};
 use fastchat_common::frame::{encode_frame, read_frame, write_frame, MAX_CLIENT_FRAME};
+use fastchat_common::protocol::binary::BINARY_FRAME;
 use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
 use fastchat_common::protocol::PROTOCOL_VERSION;
 use parking_lot::Mutex;
@@ -82,6 +83,8 @@ pub(crate) struct LinkOut {
     /// Frames queued for the writer thread and not yet written.
     queued: Arc<AtomicUsize>,
     socket: SharedSocket,
+    /// Whether the server said it reads binary frames.
+    binary_bodies: bool,
 }
 
 /// The writer thread's side of a [`LinkOut`]: [`LinkWriter::run`] writes what is queued.
@@ -95,7 +98,7 @@ struct LinkWriter {
 impl LinkOut {
     /// A link's outlet over its write half, and the writer thread's side of it (not
     /// started: the caller runs it on a thread of its own).
-    fn new(stream: TlsWrite, socket: SharedSocket) -> (LinkOut, LinkWriter) {
+    fn new(stream: TlsWrite, socket: SharedSocket, binary_bodies: bool) -> (LinkOut, LinkWriter) {
         let (queue, rx) = crossbeam_channel::unbounded();
         let stream = Arc::new(Mutex::new(stream));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -112,6 +115,7 @@ impl LinkOut {
             stream,
             queued,
             socket,
+            binary_bodies,
         };
         (out, writer)
     }
@@ -119,6 +123,19 @@ impl LinkOut {
     /// Shuts the socket down; the link's reader then ends the link.
     pub fn cut(&self) {
         let _ = self.socket.shutdown(Shutdown::Both);
+    }
+
+    /// The frame in a form this link's server reads. Requests are made binary whatever
+    /// the link (they are made before the link is chosen, and kept to be sent again on
+    /// the next one); a server that reads JSON only gets them as JSON.
+    fn readable(&self, frame: Vec<u8>) -> Vec<u8> {
+        if self.binary_bodies || frame.first() != Some(&BINARY_FRAME) {
+            return frame;
+        }
+        match Request::from_frame(&frame) {
+            Ok(request) => request.to_json(),
+            Err(_) => frame,
+        }
     }
 
     /// Writes `bytes` on the locked write half; a failed write cuts the link.
@@ -135,6 +152,7 @@ impl LinkOut {
     /// [`crate::transport::WRITE_STALL`], after which the write fails. Callers hold no
     /// lock that `close` or the link's reader needs.
     pub fn send(&self, frame: Vec<u8>) {
+        let frame = self.readable(frame);
         let now = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
         let previous = self.last_send.swap(now, Ordering::AcqRel);
         let alone = now.saturating_sub(previous) >= BURST_GAP_MICROS;
@@ -154,6 +172,7 @@ impl LinkOut {
     /// Queues a frame for the writer thread (for callers holding locks, which must not
     /// wait on the socket).
     pub fn queue(&self, frame: Vec<u8>) {
+        let frame = self.readable(frame);
         self.queued.fetch_add(1, Ordering::AcqRel);
         if self.queue.send(Out::Frame(frame)).is_err() {
             // The writer has ended (and so has the link): nothing will take it off.
@@ -195,7 +214,7 @@ impl LinkOut {
 }
 
 /// Asks the balancer for a server, connects to it over TLS and says hello.
-fn open(config: &ClientConfig) -> Result<(String, TlsConn), ClientError> {
+fn open(config: &ClientConfig) -> Result<(Hello, TlsConn), ClientError> {
     let assignment = ask_balancer(config)?;
     let mut conn = connect(&config.trust, &assignment.addr)?;
     let hello = Request {
@@ -203,6 +222,7 @@ fn open(config: &ClientConfig) -> Result<(String, TlsConn), ClientError> {
         body: RequestBody::Hello {
             version: PROTOCOL_VERSION,
             ticket: assignment.ticket,
+            binary_bodies: true,
         },
     };
     write_frame(
@@ -214,8 +234,12 @@ fn open(config: &ClientConfig) -> Result<(String, TlsConn), ClientError> {
     let reply = read_frame(&mut conn.reader, MAX_CLIENT_FRAME)
         .map_err(ClientError::disconnected)?
         .ok_or_else(|| ClientError::disconnected("the server closed the connection"))?;
-    match serde_json::from_slice::<ServerFrame>(&reply) {
-        Ok(ServerFrame::Ok { .. }) => {}
+    let binary_bodies = match serde_json::from_slice::<ServerFrame>(&reply) {
+        Ok(ServerFrame::Ok {
+            result: Some(OkResult::Hello { binary_bodies, .. }),
+            ..
+        }) => binary_bodies,
+        Ok(ServerFrame::Ok { .. }) => false,
         Ok(ServerFrame::Error { code, message, .. }) => {
             return Err(ClientError::new(code, message))
         }
@@ -224,15 +248,31 @@ fn open(config: &ClientConfig) -> Result<(String, TlsConn), ClientError> {
                 "unexpected answer to hello: {other:?}"
             )))
         }
-    }
+    };
     let _ = conn.socket.set_read_timeout(None);
-    Ok((assignment.server, conn))
+    let hello = Hello {
+        server: assignment.server,
+        binary_bodies,
+    };
+    Ok((hello, conn))
+}
+
+/// A server's answer to `hello`: its name and whether it reads binary frames.
+struct Hello {
+    server: String,
+    binary_bodies: bool,
 }
 
 /// Opens a link and starts its threads. The link is not installed: the caller does
 /// that (at once for a first connection, after `resume` for a later one).
 pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
-    let (server, conn) = open(&inner.config)?;
+    let (
+        Hello {
+            server,
+            binary_bodies,
+        },
+        conn,
+    ) = open(&inner.config)?;
     let TlsConn {
         socket,
         reader,
@@ -242,7 +282,7 @@ pub(crate) fn start(inner: &Arc<Inner>, id: u64) -> Result<Link, ClientError> {
     let (reader_running, reader_done) = crossbeam_channel::bounded::<()>(0);
     // Used by the writer thread, the reader (its acknowledgements), and the threads
     // that send frames directly.
-    let (out, link_writer) = LinkOut::new(writer, socket);
+    let (out, link_writer) = LinkOut::new(writer, socket, binary_bodies);
     let out = Arc::new(out);
     let link = Link {
         id,
@@ -383,7 +423,7 @@ fn read_loop(
             Ok(None) => break "the server closed the connection".to_string(),
             Err(e) => break e.to_string(),
         };
-        let frame = match ServerFrame::from_json(&body) {
+        let frame = match ServerFrame::from_frame(&body) {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("unreadable frame from the server: {e}");
@@ -517,7 +557,7 @@ mod tests {
         });
         let trust = Trust::from_ca_pem(ca.cert.as_bytes()).unwrap();
         let conn = connect(&trust, &addr).unwrap();
-        let (out, writer) = LinkOut::new(conn.writer, conn.socket);
+        let (out, writer) = LinkOut::new(conn.writer, conn.socket, true);
         let start_writer = move || {
             thread::spawn(move || writer.run());
         };

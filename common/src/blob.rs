@@ -1,54 +1,136 @@
-//! `Blob`: opaque bytes carried base64-encoded inside JSON frames.
+//! `Blob`: opaque bytes, held either as their base64 text (as JSON frames and the
+//! database carry them) or raw (as binary frames carry them), and shared, not copied.
 //!
-//! Servers never decode a blob: they check its size and pass the text on, so relaying a
-//! message costs no base64 work and no second copy of the bytes.
+//! Servers never decode a blob: they check its size and pass it on in the form it came
+//! in. A body that arrived raw in a binary frame goes out raw to whoever reads binary
+//! frames, and one that arrived as base64 text goes out as that text, so relaying a
+//! message costs no base64 work in either case. Only a raw body written into JSON (for a
+//! reader of JSON frames only, or for storage) is encoded, once, at that point.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
 
-/// Opaque bytes, held in their base64 text form (standard alphabet, padded).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Blob(String);
+/// Opaque bytes; cloning shares them. Serialized as base64 text (standard alphabet,
+/// padded). Two blobs are equal when they hold the same bytes, whatever their form.
+#[derive(Clone)]
+pub struct Blob(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Base64 text, not validated until decoded.
+    Base64(Arc<str>),
+    /// The bytes themselves.
+    Raw(Arc<[u8]>),
+}
 
 impl Blob {
-    /// Encodes raw bytes.
+    /// Holds raw bytes (no encoding now; JSON writes them as base64 when it needs to).
     pub fn from_bytes(bytes: &[u8]) -> Blob {
-        Blob(STANDARD.encode(bytes))
+        Blob(Repr::Raw(bytes.into()))
+    }
+
+    /// Holds raw bytes, taking them.
+    pub fn from_vec(bytes: Vec<u8>) -> Blob {
+        Blob(Repr::Raw(bytes.into()))
     }
 
     /// Wraps text that is already base64 (as stored in the database); not validated.
     pub fn from_base64(text: String) -> Blob {
-        Blob(text)
+        Blob(Repr::Base64(text.into()))
     }
 
-    /// Decodes to raw bytes; `None` when the text is not valid base64.
+    /// Whether the blob holds raw bytes (then a binary frame carries it as they are).
+    pub fn is_raw(&self) -> bool {
+        matches!(self.0, Repr::Raw(_))
+    }
+
+    /// The raw bytes when the blob holds them, else `None` (nothing is decoded).
+    pub fn raw(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Repr::Raw(bytes) => Some(bytes),
+            Repr::Base64(_) => None,
+        }
+    }
+
+    /// The bytes, borrowed when raw and decoded when base64; `None` when the text is
+    /// not valid base64.
+    pub fn bytes(&self) -> Option<Cow<'_, [u8]>> {
+        match &self.0 {
+            Repr::Raw(bytes) => Some(Cow::Borrowed(bytes)),
+            Repr::Base64(text) => STANDARD.decode(text.as_bytes()).ok().map(Cow::Owned),
+        }
+    }
+
+    /// The bytes as an owned vector; `None` when the text is not valid base64.
     pub fn to_bytes(&self) -> Option<Vec<u8>> {
-        STANDARD.decode(self.0.as_bytes()).ok()
+        self.bytes().map(Cow::into_owned)
     }
 
-    /// The base64 text.
-    pub fn as_base64(&self) -> &str {
-        &self.0
+    /// The base64 text: borrowed when held as text, encoded when raw.
+    pub fn as_base64(&self) -> Cow<'_, str> {
+        match &self.0 {
+            Repr::Base64(text) => Cow::Borrowed(text),
+            Repr::Raw(bytes) => Cow::Owned(STANDARD.encode(bytes)),
+        }
     }
 
-    /// Consumes the blob, returning its base64 text.
+    /// The base64 text, owned.
     pub fn into_base64(self) -> String {
-        self.0
+        self.as_base64().into_owned()
     }
 
-    /// The number of raw bytes this blob decodes to (an upper bound for invalid text),
-    /// computed without decoding.
+    /// The number of raw bytes this blob holds or decodes to (an upper bound for
+    /// invalid text), computed without decoding.
     pub fn decoded_len(&self) -> usize {
-        let padding = self
-            .0
-            .bytes()
-            .rev()
-            .take_while(|&b| b == b'=')
-            .count()
-            .min(2);
-        (self.0.len() / 4 * 3 + (self.0.len() % 4) * 3 / 4).saturating_sub(padding)
+        let text = match &self.0 {
+            Repr::Raw(bytes) => return bytes.len(),
+            Repr::Base64(text) => text.as_bytes(),
+        };
+        let padding = text.iter().rev().take_while(|&&b| b == b'=').count().min(2);
+        (text.len() / 4 * 3 + (text.len() % 4) * 3 / 4).saturating_sub(padding)
+    }
+}
+
+impl Default for Blob {
+    fn default() -> Blob {
+        Blob(Repr::Raw(Arc::from(&[][..])))
+    }
+}
+
+impl PartialEq for Blob {
+    fn eq(&self, other: &Blob) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Base64(a), Repr::Base64(b)) => a == b,
+            (Repr::Raw(a), Repr::Raw(b)) => a == b,
+            _ => self.bytes() == other.bytes(),
+        }
+    }
+}
+
+impl Eq for Blob {}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Base64(text) => write!(f, "Blob({text:?})"),
+            Repr::Raw(bytes) => write!(f, "Blob(raw {} bytes)", bytes.len()),
+        }
+    }
+}
+
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_base64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Blob, D::Error> {
+        String::deserialize(d).map(Blob::from_base64)
     }
 }
 
@@ -60,9 +142,28 @@ mod tests {
     fn decoded_len_matches_real_decoding() {
         for n in 0..40 {
             let bytes: Vec<u8> = (0..n as u8).collect();
-            let blob = Blob::from_bytes(&bytes);
-            assert_eq!(blob.decoded_len(), n, "length {n}");
-            assert_eq!(blob.to_bytes().unwrap(), bytes);
+            let text = Blob::from_base64(Blob::from_bytes(&bytes).into_base64());
+            assert_eq!(text.decoded_len(), n, "length {n}");
+            assert_eq!(text.to_bytes().unwrap(), bytes);
+            assert_eq!(Blob::from_vec(bytes.clone()).decoded_len(), n);
         }
+    }
+
+    #[test]
+    fn both_forms_of_the_same_bytes_are_equal_and_serialize_alike() {
+        let raw = Blob::from_bytes(b"sealed bytes");
+        let text = Blob::from_base64("c2VhbGVkIGJ5dGVz".into());
+        assert_eq!(raw, text);
+        assert_ne!(raw, Blob::from_bytes(b"other"));
+        assert_ne!(text, Blob::from_base64("%%%".into()));
+        assert_eq!(
+            serde_json::to_string(&raw).unwrap(),
+            serde_json::to_string(&text).unwrap()
+        );
+        let back: Blob = serde_json::from_str(&serde_json::to_string(&raw).unwrap()).unwrap();
+        assert!(!back.is_raw());
+        assert_eq!(back, raw);
+        assert_eq!(raw.raw(), Some(&b"sealed bytes"[..]));
+        assert_eq!(text.raw(), None);
     }
 }

@@ -328,7 +328,6 @@ pub fn send(
         others.len(),
     );
     // Every member's copy shares these.
-    let body: Arc<str> = body.into_base64().into();
     let sender: Arc<str> = session.user().into();
     let id: Arc<str> = id.into();
     let group: Arc<str> = group.into();

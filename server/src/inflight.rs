@@ -338,7 +338,7 @@ mod tests {
             recipient: to.to_string(),
             sender: "alice".into(),
             msg_id: format!("m{order_key}").into(),
-            body: "".into(),
+            body: fastchat_common::Blob::default(),
             sent_at: 0,
             order_key,
             group: None,

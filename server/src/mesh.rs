@@ -21,16 +21,31 @@ const LINK_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Time allowed for connecting and for the hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn read_hello(stream: &mut impl Read) -> Result<(String, i64), String> {
+/// What a peer's hello says.
+struct PeerHello {
+    /// The peer's name.
+    name: String,
+    /// Its incarnation.
+    incarnation: i64,
+    /// Whether it reads binary frames.
+    binary_bodies: bool,
+}
+
+fn read_hello(stream: &mut impl Read) -> Result<PeerHello, String> {
     let body = read_frame(stream, MAX_PEER_FRAME)
         .map_err(|e| e.to_string())?
         .ok_or("closed before hello")?;
-    match PeerFrame::from_json(&body) {
+    match PeerFrame::from_frame(&body) {
         Ok(PeerFrame::Hello {
             version,
             server,
             incarnation,
-        }) if version == PROTOCOL_VERSION => Ok((server, incarnation)),
+            binary_bodies,
+        }) if version == PROTOCOL_VERSION => Ok(PeerHello {
+            name: server,
+            incarnation,
+            binary_bodies,
+        }),
         Ok(PeerFrame::Hello { version, .. }) => Err(format!("peer speaks version {version}")),
         _ => Err("first frame is not a hello".into()),
     }
@@ -41,6 +56,7 @@ fn write_hello(state: &ServerState, stream: &mut impl Write) -> std::io::Result<
         version: PROTOCOL_VERSION,
         server: state.name().to_string(),
         incarnation: state.incarnation,
+        binary_bodies: true,
     };
     write_frame(stream, &to_body(&hello))?;
     stream.flush()
@@ -61,18 +77,19 @@ pub fn accept_peer(state: Arc<ServerState>, stream: TcpStream) {
             return;
         }
     };
-    let (name, incarnation) = match read_hello(&mut reader) {
+    let hello = match read_hello(&mut reader) {
         Ok(h) => h,
         Err(e) => {
             log::warn!("peer connection refused: {e}");
             return;
         }
     };
+    let name = &hello.name;
     if name == state.name() {
         log::warn!("refusing a link from a server that calls itself {name}");
         return;
     }
-    if !reader.peer_names().contains(&name) {
+    if !reader.peer_names().contains(name) {
         log::warn!("refusing {from}: it says it is {name} but its certificate does not");
         return;
     }
@@ -80,7 +97,7 @@ pub fn accept_peer(state: Arc<ServerState>, stream: TcpStream) {
         log::warn!("hello to {name} failed: {e}");
         return;
     }
-    run_link(state, stream, reader, writer, name, incarnation);
+    run_link(state, stream, reader, writer, hello);
 }
 
 /// Dials a peer (we started after it) and runs the link; its certificate must name it.
@@ -112,10 +129,8 @@ pub fn dial_peer(state: Arc<ServerState>, row: ServerRow) {
         return;
     }
     match read_hello(&mut reader) {
-        Ok((name, incarnation)) if name == row.name => {
-            run_link(state, stream, reader, writer, name, incarnation)
-        }
-        Ok((name, _)) => log::warn!("{addr} answered as {name}, expected {}", row.name),
+        Ok(hello) if hello.name == row.name => run_link(state, stream, reader, writer, hello),
+        Ok(hello) => log::warn!("{addr} answered as {}, expected {}", hello.name, row.name),
         Err(e) => log::info!("hello from {} failed: {e}", row.name),
     }
 }
@@ -125,9 +140,13 @@ fn run_link(
     stream: TcpStream,
     tls_read: TlsRead,
     tls_write: TlsWrite,
-    peer: String,
-    incarnation: i64,
+    hello: PeerHello,
 ) {
+    let PeerHello {
+        name: peer,
+        incarnation,
+        binary_bodies,
+    } = hello;
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_nodelay(true);
     let link_id = state.conn_id();
@@ -149,6 +168,7 @@ fn run_link(
         out: out.clone(),
         heard: heard.clone(),
         acks: Default::default(),
+        binary_bodies,
     };
     // Changes made while there was no link were not heard of.
     state.group_cache.forget_all();
@@ -166,7 +186,7 @@ fn run_link(
         match read_frame(&mut reader, MAX_PEER_FRAME) {
             Ok(Some(body)) => {
                 heard.touch();
-                match PeerFrame::from_json(&body) {
+                match PeerFrame::from_frame(&body) {
                     Ok(frame) => handle_peer_frame(&state, &peer, frame),
                     Err(e) => log::warn!("{peer}: unreadable frame: {e}"),
                 }
@@ -258,7 +278,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
                         id: &id,
                         from: &from,
                         to: &to,
-                        body: body.as_base64(),
+                        body: &body,
                         sent_at,
                         group: group.as_deref(),
                     };

@@ -38,6 +38,8 @@ pub struct PeerLink {
     pub heard: Heard,
     /// Acknowledgements not yet written: see [`PeerLink::delivered`].
     pub acks: AckBatch,
+    /// Whether the peer reads binary frames (it said so in its hello).
+    pub binary_bodies: bool,
 }
 
 /// A link's acknowledgements waiting for its writer, which sends all of them when it
@@ -302,6 +304,7 @@ mod tests {
             out,
             heard: Heard::new(),
             acks: AckBatch::default(),
+            binary_bodies: true,
         }
     }
 
@@ -309,7 +312,7 @@ mod tests {
         match item {
             Outgoing::Made(make) => make()
                 .iter()
-                .map(|body| PeerFrame::from_json(body).expect("a peer frame"))
+                .map(|body| PeerFrame::from_frame(body).expect("a peer frame"))
                 .collect(),
             other => panic!("not a made frame: {other:?}"),
         }
@@ -354,7 +357,7 @@ mod tests {
         );
         let frames: Vec<PeerFrame> = bodies
             .iter()
-            .map(|b| PeerFrame::from_json(b).unwrap())
+            .map(|b| PeerFrame::from_frame(b).unwrap())
             .collect();
         let first: Vec<u64> = (0..ACKS_PER_FRAME as u64).collect();
         assert_eq!(

@@ -88,6 +88,8 @@ struct ClientConn {
     /// A clone of the socket, to cut the connection when its queue is full.
     socket: TcpStream,
     greeted: bool,
+    /// Whether the client said, in its hello, that it reads binary frames.
+    binary_bodies: bool,
     session: Option<SessionHandle>,
     /// The hash of the resumption token issued to this session (revoked at logout).
     resume_hash: Option<String>,
@@ -129,6 +131,7 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         out: out.clone(),
         socket,
         greeted: false,
+        binary_bodies: false,
         session: None,
         resume_hash: None,
     };
@@ -186,11 +189,12 @@ impl ClientConn {
     }
 
     fn handle_frame(&mut self, body: &[u8]) -> Next {
-        let request = match Request::from_json(body) {
+        let request = match Request::from_frame(body) {
             Ok(r) => r,
             Err(e) => {
                 // Answer with the request number if the frame has one.
-                let (code, req) = match serde_json::from_slice::<serde_json::Value>(body) {
+                let json = Request::json_part(body);
+                let (code, req) = match serde_json::from_slice::<serde_json::Value>(json) {
                     Ok(v) => (ErrorCode::BadRequest, v.get("req").and_then(|r| r.as_u64())),
                     Err(_) => (ErrorCode::BadJson, None),
                 };
@@ -218,7 +222,11 @@ impl ClientConn {
             return Next::Close;
         }
         let outcome = match request.body {
-            RequestBody::Hello { version, ticket } => self.hello(req, version, &ticket),
+            RequestBody::Hello {
+                version,
+                ticket,
+                binary_bodies,
+            } => self.hello(req, version, &ticket, binary_bodies),
             RequestBody::Signup {
                 user,
                 password,
@@ -372,6 +380,7 @@ impl ClientConn {
         req: u64,
         version: u32,
         ticket: &fastchat_common::ticket::Ticket,
+        binary_bodies: bool,
     ) -> Result<(), Refusal> {
         if self.greeted {
             return refuse(ErrorCode::BadRequest, "hello was already said");
@@ -390,12 +399,14 @@ impl ClientConn {
             return refuse(ErrorCode::Unavailable, "this server is shutting down");
         }
         self.greeted = true;
+        self.binary_bodies = binary_bodies;
         self.state.clients.greeted(&ticket.nonce, Instant::now());
         self.ok(
             req,
             Some(OkResult::Hello {
                 server: self.state.name().to_string(),
                 version: PROTOCOL_VERSION,
+                binary_bodies: true,
             }),
         );
         Ok(())
@@ -523,7 +534,13 @@ impl ClientConn {
             log::error!("cannot clone a socket: {e}");
             (ErrorCode::Internal, "internal error".to_string())
         })?;
-        let session = SessionHandle::new(self.conn_id, user.to_string(), self.out.clone(), socket);
+        let session = SessionHandle::new(
+            self.conn_id,
+            user.to_string(),
+            self.out.clone(),
+            socket,
+            self.binary_bodies,
+        );
         if let Some(Location::Local(old)) = state.router.set_local(session.clone()) {
             log::info!("{user}: new login replaces connection {}", old.conn_id());
             old.replace();
@@ -626,7 +643,7 @@ impl ClientConn {
             recipient: to,
             sender: session.user().into(),
             msg_id: id.into(),
-            body: body.into_base64().into(),
+            body,
             sent_at: now_millis(),
             order_key: self.state.next_order_key(),
             group: None,

@@ -46,6 +46,8 @@ struct Shared {
     out: OutQueue,
     /// A clone of the connection's socket, to cut it when the queue cannot take `Close`.
     socket: TcpStream,
+    /// Whether the client reads binary frames.
+    binary_bodies: bool,
     state: Mutex<DeliveryState>,
     /// The messages refused for want of the database, per target, in order.
     refused: Mutex<RefusedQueues>,
@@ -67,12 +69,19 @@ pub enum PushError {
 impl SessionHandle {
     /// A new session for `user`, syncing: live messages wait until the first fetch of
     /// stored ones has been pushed.
-    pub fn new(conn_id: u64, user: String, out: OutQueue, socket: TcpStream) -> SessionHandle {
+    pub fn new(
+        conn_id: u64,
+        user: String,
+        out: OutQueue,
+        socket: TcpStream,
+        binary_bodies: bool,
+    ) -> SessionHandle {
         SessionHandle(Arc::new(Shared {
             conn_id,
             user,
             out,
             socket,
+            binary_bodies,
             state: Mutex::new(DeliveryState {
                 closed: false,
                 next_tag: 1,
@@ -137,16 +146,16 @@ impl SessionHandle {
 
     /// The `message` frame pushing `message` (borrowed from wherever it is kept: an
     /// in-flight message, a peer's frame, a stored row) to this session's `user`.
-    fn message_frame(tag: u64, user: &str, message: &RelayedOut, stored: bool) -> Vec<u8> {
+    fn message_frame(&self, tag: u64, message: &RelayedOut, stored: bool) -> Vec<u8> {
         let frame = MessageOut {
             tag,
             message: RelayedOut {
-                to: user,
+                to: &self.0.user,
                 ..*message
             },
             stored,
         };
-        frame.to_json()
+        frame.to_frame(self.0.binary_bodies)
     }
 
     /// Pushes a live message. On `Err` the message was not handed to the client and
@@ -158,7 +167,7 @@ impl SessionHandle {
         }
         let tag = st.next_tag;
         st.next_tag += 1;
-        let body = Self::message_frame(tag, &self.0.user, message, false);
+        let body = self.message_frame(tag, message, false);
         if st.syncing {
             st.outstanding.insert(tag, origin);
             st.held.push(body);
@@ -195,7 +204,7 @@ impl SessionHandle {
             let tag = st.next_tag;
             st.next_tag += 1;
             st.outstanding.insert(tag, Origin::Stored(seq));
-            Self::message_frame(tag, &self.0.user, message, true)
+            self.message_frame(tag, message, true)
         };
         self.queue_waiting(body, wait)
     }

@@ -11,6 +11,7 @@ use crossbeam_channel::Sender;
 use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::protocol::{DeliverOut, RelayedOut};
 use fastchat_common::ticket::TicketVerifier;
+use fastchat_common::Blob;
 use fastchat_sql::{NewPending, Pool};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -99,7 +100,7 @@ impl ServerState {
         struct Shared {
             id: Arc<str>,
             from: Arc<str>,
-            body: Arc<str>,
+            body: Blob,
             group: Option<Arc<str>>,
         }
         /// Where the message is pushed, and in what form.
@@ -119,7 +120,7 @@ impl ServerState {
                 Some(Push::Local(session, shared))
             }
             Some(Location::Remote { server, session }) => self.router.peer(&server).map(|link| {
-                let frame = deliver_frame(token, &message, session);
+                let frame = deliver_frame(token, &message, session, link.binary_bodies);
                 Push::Peer(link, session, frame)
             }),
             None => None,
@@ -265,7 +266,7 @@ impl ServerState {
 }
 
 /// The form of a message sent to the peer that has its recipient.
-fn deliver_frame(token: u64, message: &NewPending, session: Option<u64>) -> Vec<u8> {
+fn deliver_frame(token: u64, message: &NewPending, session: Option<u64>, binary: bool) -> Vec<u8> {
     let frame = DeliverOut {
         token,
         message: RelayedOut {
@@ -278,5 +279,5 @@ fn deliver_frame(token: u64, message: &NewPending, session: Option<u64>) -> Vec<
         },
         session,
     };
-    frame.to_json()
+    frame.to_frame(binary)
 }

@@ -2,6 +2,7 @@
 //! deleted once the recipient's client has acknowledged them.
 
 use crate::error::StoreError;
+use fastchat_common::Blob;
 use std::sync::Arc;
 
 /// A message to store for a recipient who could not be reached (and, in a server, a
@@ -15,8 +16,8 @@ pub struct NewPending {
     pub sender: Arc<str>,
     /// The sender's message id.
     pub msg_id: Arc<str>,
-    /// Opaque body, base64 text.
-    pub body: Arc<str>,
+    /// Opaque body (stored as its base64 text).
+    pub body: Blob,
     /// Server timestamp, Unix milliseconds.
     pub sent_at: i64,
     /// The accepting server's monotonic acceptance counter: with `sent_at`, the
@@ -37,8 +38,8 @@ pub struct PendingMessage {
     pub sender: String,
     /// The sender's message id.
     pub msg_id: String,
-    /// Opaque body, base64 text.
-    pub body: String,
+    /// Opaque body, as stored: base64 text.
+    pub body: Blob,
     /// Server timestamp, Unix milliseconds.
     pub sent_at: i64,
     /// See [`NewPending::order_key`].
@@ -63,13 +64,14 @@ pub fn store_pending(
     )?;
     let mut seqs = Vec::with_capacity(messages.len());
     for m in messages {
+        let body = m.body.as_base64();
         let row = tx.query_one(
             &insert,
             &[
                 &m.recipient,
                 &&*m.sender,
                 &&*m.msg_id,
-                &&*m.body,
+                &&*body,
                 &m.sent_at,
                 &m.order_key,
                 &m.group.as_deref(),
@@ -113,7 +115,7 @@ pub fn take_pending(
             recipient: r.get(1),
             sender: r.get(2),
             msg_id: r.get(3),
-            body: r.get(4),
+            body: Blob::from_base64(r.get(4)),
             sent_at: r.get(5),
             order_key: r.get(6),
             group: r.get(7),

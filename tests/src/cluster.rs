@@ -261,16 +261,15 @@ impl Cluster {
     /// "{user}-password"), with keys of its own; it never reads unless asked and never
     /// reconnects, unlike a `Client`.
     pub fn raw_user(&self, user: &str, index: usize) -> RawConn {
+        self.raw_user_reading(user, index, false)
+    }
+
+    /// [`Cluster::raw_user`], saying in its hello whether it reads binary frames.
+    pub fn raw_user_reading(&self, user: &str, index: usize, binary_bodies: bool) -> RawConn {
         use fastchat_common::e2e::{seal_key_backup, UserKeys};
-        let server = &self.servers[index];
         let password = format!("{user}-password");
         let keys = UserKeys::generate().expect("RSA keys");
-        let mut conn = self.raw(&server.addr);
-        let ticket = self.ticket_signer().sign(&server.name).expect("ticket");
-        conn.send_json(
-            &serde_json::json!({"req": 0, "type": "hello", "version": 1, "ticket": ticket}),
-        );
-        assert_eq!(conn.recv().expect("hello answered")["type"], "ok");
+        let mut conn = self.raw_hello(index, binary_bodies);
         conn.send_json(&serde_json::json!({
             "req": 1, "type": "signup", "user": user,
             "password": fastchat_common::password::login_secret(user, &password),
@@ -278,6 +277,22 @@ impl Cluster {
             "key_backup": seal_key_backup(&keys, &password),
         }));
         assert_eq!(conn.recv().expect("signup answered")["type"], "ok");
+        conn
+    }
+
+    /// A hand-driven connection to server `index` that has said hello (saying whether
+    /// it reads binary frames) and not logged in.
+    pub fn raw_hello(&self, index: usize, binary_bodies: bool) -> RawConn {
+        let server = &self.servers[index];
+        let mut conn = self.raw(&server.addr);
+        let ticket = self.ticket_signer().sign(&server.name).expect("ticket");
+        conn.send_json(&serde_json::json!({
+            "req": 0, "type": "hello", "version": 1, "ticket": ticket,
+            "binary_bodies": binary_bodies,
+        }));
+        let answer = conn.recv().expect("hello answered");
+        assert_eq!(answer["type"], "ok", "{answer}");
+        assert_eq!(answer["result"]["binary_bodies"], true, "{answer}");
         conn
     }
 

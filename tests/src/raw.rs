@@ -69,8 +69,15 @@ impl RawConn {
     /// The next frame as JSON; `None` when the connection closed (or broke). Panics if
     /// nothing comes within the read timeout.
     pub fn recv(&mut self) -> Option<serde_json::Value> {
+        self.recv_frame()
+            .map(|body| serde_json::from_slice(&body).expect("server sent JSON"))
+    }
+
+    /// The next frame's bytes as they came; `None` when the connection closed (or
+    /// broke). Panics if nothing comes within the read timeout.
+    pub fn recv_frame(&mut self) -> Option<Vec<u8>> {
         match read_frame(&mut self.reader, MAX_PEER_FRAME) {
-            Ok(Some(body)) => Some(serde_json::from_slice(&body).expect("server sent JSON")),
+            Ok(Some(body)) => Some(body),
             Ok(None) => None,
             Err(fastchat_common::frame::FrameError::Io(e))
                 if matches!(

@@ -28,6 +28,10 @@ pub enum RequestBody {
         version: u32,
         /// The ticket the balancer signed for this server.
         ticket: Ticket,
+        /// Whether the client reads binary frames (`binary.rs`): then the server sends
+        /// it `message`s in that form. Absent from older clients: JSON only.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        binary_bodies: bool,
     },
     /// Create an account and log in.
     Signup {
@@ -266,6 +270,10 @@ pub enum OkResult {
         server: String,
         /// The server's protocol version.
         version: u32,
+        /// Whether the server reads binary frames: then the client may send its
+        /// `send`s and `group_send`s in that form. Absent from older servers.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        binary_bodies: bool,
     },
     /// Answer to `signup` and `login`.
     Session {

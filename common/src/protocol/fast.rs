@@ -5,8 +5,12 @@
 //! an allocation per field, twice, on every frame. Anything else, and anything the fast
 //! path does not accept, goes the generic way, so errors read the same.
 //! The other way is `write.rs`.
+//!
+//! These four are also the kinds that have a binary form (`binary.rs`): the same fields,
+//! the body after the JSON instead of in it. A binary frame is read here or not at all.
 
 use crate::blob::Blob;
+use crate::protocol::binary;
 use crate::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
 use crate::protocol::peer::PeerFrame;
 use crate::protocol::UnixMillis;
@@ -51,12 +55,22 @@ fn leading_type(bytes: &[u8]) -> Option<&str> {
     std::str::from_utf8(&kind[..end]).ok()
 }
 
+/// The body: in the JSON of a JSON frame, after the JSON of a binary one; never both.
+fn body_of(in_json: Option<Blob>, after_json: Option<&[u8]>) -> Option<Blob> {
+    match (in_json, after_json) {
+        (Some(body), None) => Some(body),
+        (None, Some(raw)) => Some(Blob::from_bytes(raw)),
+        _ => None,
+    }
+}
+
 #[derive(Deserialize)]
 struct SendFields {
     req: u64,
     id: String,
     to: String,
-    body: Blob,
+    #[serde(default)]
+    body: Option<Blob>,
 }
 
 #[derive(Deserialize)]
@@ -65,7 +79,8 @@ struct GroupSendFields {
     id: String,
     group: String,
     epoch: u64,
-    body: Blob,
+    #[serde(default)]
+    body: Option<Blob>,
 }
 
 #[derive(Deserialize)]
@@ -80,7 +95,8 @@ struct MessageFields {
     id: String,
     from: String,
     to: String,
-    body: Blob,
+    #[serde(default)]
+    body: Option<Blob>,
     sent_at: UnixMillis,
     #[serde(default)]
     group: Option<String>,
@@ -94,7 +110,8 @@ struct DeliverFields {
     id: String,
     from: String,
     to: String,
-    body: Blob,
+    #[serde(default)]
+    body: Option<Blob>,
     sent_at: UnixMillis,
     #[serde(default)]
     group: Option<String>,
@@ -112,8 +129,12 @@ struct TokensFields {
     tokens: Vec<u64>,
 }
 
-fn fast_peer_frame(bytes: &[u8]) -> Option<PeerFrame> {
-    match frame_type(bytes)?.as_ref() {
+fn fast_peer_frame(bytes: &[u8], raw: Option<&[u8]>) -> Option<PeerFrame> {
+    let kind = frame_type(bytes)?;
+    if raw.is_some() && kind != "deliver" {
+        return None;
+    }
+    match kind.as_ref() {
         "deliver" => {
             let f: DeliverFields = serde_json::from_slice(bytes).ok()?;
             Some(PeerFrame::Deliver {
@@ -121,7 +142,7 @@ fn fast_peer_frame(bytes: &[u8]) -> Option<PeerFrame> {
                 id: f.id,
                 from: f.from,
                 to: f.to,
-                body: f.body,
+                body: body_of(f.body, raw)?,
                 sent_at: f.sent_at,
                 group: f.group,
                 session: f.session,
@@ -139,8 +160,12 @@ fn fast_peer_frame(bytes: &[u8]) -> Option<PeerFrame> {
     }
 }
 
-fn fast_request(bytes: &[u8]) -> Option<Request> {
-    match frame_type(bytes)?.as_ref() {
+fn fast_request(bytes: &[u8], raw: Option<&[u8]>) -> Option<Request> {
+    let kind = frame_type(bytes)?;
+    if raw.is_some() && kind != "send" && kind != "group_send" {
+        return None;
+    }
+    match kind.as_ref() {
         "send" => {
             let f: SendFields = serde_json::from_slice(bytes).ok()?;
             Some(Request {
@@ -148,7 +173,7 @@ fn fast_request(bytes: &[u8]) -> Option<Request> {
                 body: RequestBody::Send {
                     id: f.id,
                     to: f.to,
-                    body: f.body,
+                    body: body_of(f.body, raw)?,
                 },
             })
         }
@@ -160,7 +185,7 @@ fn fast_request(bytes: &[u8]) -> Option<Request> {
                     id: f.id,
                     group: f.group,
                     epoch: f.epoch,
-                    body: f.body,
+                    body: body_of(f.body, raw)?,
                 },
             })
         }
@@ -192,8 +217,11 @@ struct SentFields<'a> {
     stored: bool,
 }
 
-fn fast_server_frame(bytes: &[u8]) -> Option<ServerFrame> {
+fn fast_server_frame(bytes: &[u8], raw: Option<&[u8]>) -> Option<ServerFrame> {
     let kind = frame_type(bytes)?;
+    if raw.is_some() && kind != "message" {
+        return None;
+    }
     if kind == "ok" {
         let f: OkSentFields<'_> = serde_json::from_slice(bytes).ok()?;
         if f.result.kind != "sent" {
@@ -217,41 +245,51 @@ fn fast_server_frame(bytes: &[u8]) -> Option<ServerFrame> {
         id: f.id,
         from: f.from,
         to: f.to,
-        body: f.body,
+        body: body_of(f.body, raw)?,
         sent_at: f.sent_at,
         group: f.group,
         stored: f.stored,
     })
 }
 
+/// Parses a frame of either form: the hot kinds directly, other JSON generically, a
+/// binary frame only directly (it has no generic form).
+fn parse<T: serde::de::DeserializeOwned>(
+    frame: &[u8],
+    fast: impl FnOnce(&[u8], Option<&[u8]>) -> Option<T>,
+) -> serde_json::Result<T> {
+    let split = binary::split(frame).ok_or_else(binary::unreadable)?;
+    match (fast(split.json, split.body), split.body) {
+        (Some(parsed), _) => Ok(parsed),
+        (None, None) => serde_json::from_slice(split.json),
+        (None, Some(_)) => Err(binary::unreadable()),
+    }
+}
+
 impl Request {
-    /// Parses a request from JSON, the hot kinds directly (see the module).
-    pub fn from_json(bytes: &[u8]) -> serde_json::Result<Request> {
-        match fast_request(bytes) {
-            Some(request) => Ok(request),
-            None => serde_json::from_slice(bytes),
-        }
+    /// Parses a request, JSON or binary (see the module).
+    pub fn from_frame(frame: &[u8]) -> serde_json::Result<Request> {
+        parse(frame, fast_request)
+    }
+
+    /// The JSON part of a request frame (all of a JSON frame): where a request that
+    /// cannot be parsed is looked at for its `req`.
+    pub fn json_part(frame: &[u8]) -> &[u8] {
+        binary::split(frame).map_or(frame, |split| split.json)
     }
 }
 
 impl PeerFrame {
-    /// Parses a peer frame from JSON, `deliver` and `delivered` directly (see the
-    /// module).
-    pub fn from_json(bytes: &[u8]) -> serde_json::Result<PeerFrame> {
-        match fast_peer_frame(bytes) {
-            Some(frame) => Ok(frame),
-            None => serde_json::from_slice(bytes),
-        }
+    /// Parses a peer frame, JSON or binary (see the module).
+    pub fn from_frame(frame: &[u8]) -> serde_json::Result<PeerFrame> {
+        parse(frame, fast_peer_frame)
     }
 }
 
 impl ServerFrame {
-    /// Parses a server frame from JSON, `message` directly (see the module).
-    pub fn from_json(bytes: &[u8]) -> serde_json::Result<ServerFrame> {
-        match fast_server_frame(bytes) {
-            Some(frame) => Ok(frame),
-            None => serde_json::from_slice(bytes),
-        }
+    /// Parses a server frame, JSON or binary (see the module).
+    pub fn from_frame(frame: &[u8]) -> serde_json::Result<ServerFrame> {
+        parse(frame, fast_server_frame)
     }
 }
 
@@ -263,11 +301,11 @@ mod tests {
         let request = Request { req: 7, body };
         let json = serde_json::to_vec(&request).unwrap();
         assert!(
-            fast_request(&json).is_some(),
+            fast_request(&json, None).is_some(),
             "{}",
             String::from_utf8_lossy(&json)
         );
-        assert_eq!(Request::from_json(&json).unwrap(), request);
+        assert_eq!(Request::from_frame(&json).unwrap(), request);
         assert_eq!(serde_json::from_slice::<Request>(&json).unwrap(), request);
     }
 
@@ -299,8 +337,8 @@ mod tests {
                 stored,
             };
             let json = serde_json::to_vec(&frame).unwrap();
-            assert!(fast_server_frame(&json).is_some());
-            assert_eq!(ServerFrame::from_json(&json).unwrap(), frame);
+            assert!(fast_server_frame(&json, None).is_some());
+            assert_eq!(ServerFrame::from_frame(&json).unwrap(), frame);
         }
     }
 
@@ -332,18 +370,18 @@ mod tests {
         // Where it is not first, the frame is parsed for it: the same request.
         let moved = br#"{"id":"m","to":"bob","body":"eA==","type":"send","req":3}"#;
         let first = br#"{"req":3,"type":"send","id":"m","to":"bob","body":"eA=="}"#;
-        assert!(fast_request(moved).is_some());
-        assert_eq!(fast_request(moved), fast_request(first));
+        assert!(fast_request(moved, None).is_some());
+        assert_eq!(fast_request(moved, None), fast_request(first, None));
         let escaped = br#"{"req":3,"type":"se\u006ed","id":"m","to":"bob","body":"eA=="}"#;
-        assert_eq!(fast_request(escaped), fast_request(first));
+        assert_eq!(fast_request(escaped, None), fast_request(first, None));
     }
 
     #[test]
     fn other_kinds_and_bad_frames_are_left_to_the_generic_path() {
         let ping = br#"{"req":1,"type":"ping"}"#;
-        assert!(fast_request(ping).is_none());
+        assert!(fast_request(ping, None).is_none());
         assert_eq!(
-            Request::from_json(ping).unwrap(),
+            Request::from_frame(ping).unwrap(),
             Request {
                 req: 1,
                 body: RequestBody::Ping
@@ -359,15 +397,15 @@ mod tests {
             b"not json",
         ] {
             assert!(
-                fast_request(bad).is_none(),
+                fast_request(bad, None).is_none(),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
-            assert!(Request::from_json(bad).is_err());
+            assert!(Request::from_frame(bad).is_err());
         }
         // An `ok` whose result is another kind with the same fields is not a `sent`.
         let other = br#"{"type":"ok","req":2,"result":{"kind":"other","id":"m","sent_at":1,"stored":false}}"#;
-        assert!(fast_server_frame(other).is_none());
+        assert!(fast_server_frame(other, None).is_none());
         for frame in [
             PeerFrame::Deliver {
                 token: 5,
@@ -385,8 +423,8 @@ mod tests {
             },
         ] {
             let json = serde_json::to_vec(&frame).unwrap();
-            assert!(fast_peer_frame(&json).is_some());
-            assert_eq!(PeerFrame::from_json(&json).unwrap(), frame);
+            assert!(fast_peer_frame(&json, None).is_some());
+            assert_eq!(PeerFrame::from_frame(&json).unwrap(), frame);
         }
         let sent = ServerFrame::Ok {
             req: 3,
@@ -397,16 +435,116 @@ mod tests {
             }),
         };
         let json = serde_json::to_vec(&sent).unwrap();
-        assert!(fast_server_frame(&json).is_some());
-        assert_eq!(ServerFrame::from_json(&json).unwrap(), sent);
+        assert!(fast_server_frame(&json, None).is_some());
+        assert_eq!(ServerFrame::from_frame(&json).unwrap(), sent);
         let ok = br#"{"type":"ok","req":4}"#;
-        assert!(fast_server_frame(ok).is_none());
+        assert!(fast_server_frame(ok, None).is_none());
         assert_eq!(
-            ServerFrame::from_json(ok).unwrap(),
+            ServerFrame::from_frame(ok).unwrap(),
             ServerFrame::Ok {
                 req: 4,
                 result: None
             }
         );
+    }
+
+    #[test]
+    fn binary_frames_read_as_their_json_forms_do() {
+        use crate::protocol::{DeliverOut, MessageOut, RelayedOut};
+        let raw = Blob::from_bytes(&[0, b'{', b'"', 0xff, b'}']);
+        for body in [
+            RequestBody::Send {
+                id: "m1".into(),
+                to: "bob".into(),
+                body: raw.clone(),
+            },
+            RequestBody::GroupSend {
+                id: "m2".into(),
+                group: "pals".into(),
+                epoch: 3,
+                body: raw.clone(),
+            },
+        ] {
+            let request = Request { req: 7, body };
+            let frame = request.to_frame(true);
+            assert_eq!(frame[0], binary::BINARY_FRAME);
+            assert!(frame.len() < request.to_frame(false).len());
+            let read = Request::from_frame(&frame).unwrap();
+            assert_eq!(read, request);
+            assert!(
+                matches!(read.body, RequestBody::Send { ref body, .. } | RequestBody::GroupSend { ref body, .. } if body.is_raw())
+            );
+            assert_eq!(
+                Request::from_frame(&request.to_frame(false)).unwrap(),
+                request
+            );
+        }
+        let message = RelayedOut {
+            id: "m\"3",
+            from: "ann",
+            to: "bob",
+            body: &raw,
+            sent_at: 1_700_000_000_000,
+            group: Some("pals"),
+        };
+        let out = MessageOut {
+            tag: 9,
+            message,
+            stored: true,
+        };
+        assert_eq!(
+            ServerFrame::from_frame(&out.to_frame(true)).unwrap(),
+            ServerFrame::from_frame(&out.to_frame(false)).unwrap()
+        );
+        let out = DeliverOut {
+            token: 5,
+            message,
+            session: Some(4),
+        };
+        assert_eq!(
+            PeerFrame::from_frame(&out.to_frame(true)).unwrap(),
+            PeerFrame::from_frame(&out.to_frame(false)).unwrap()
+        );
+        // A body held as base64 text stays JSON, binary asked for or not.
+        let text = Blob::from_base64("eA==".into());
+        let message = RelayedOut {
+            body: &text,
+            ..message
+        };
+        let frame = MessageOut {
+            tag: 1,
+            message,
+            stored: false,
+        }
+        .to_frame(true);
+        assert_eq!(frame[0], b'{');
+    }
+
+    #[test]
+    fn a_binary_frame_of_another_kind_or_shape_is_refused() {
+        let frame = |json: &[u8], body: &[u8]| {
+            binary::write(json.len(), |out| out.extend_from_slice(json), body)
+        };
+        for (json, body) in [
+            // Kinds without a body.
+            (&br#"{"req":1,"type":"ping"}"#[..], &b"x"[..]),
+            (br#"{"req":1,"type":"ack","tags":[1]}"#, b"x"),
+            // A body in the JSON as well.
+            (
+                br#"{"req":1,"type":"send","id":"m","to":"bob","body":"eA=="}"#,
+                b"x",
+            ),
+            // Not JSON before the body.
+            (b"not json", b"x"),
+        ] {
+            assert!(Request::from_frame(&frame(json, body)).is_err());
+        }
+        assert!(ServerFrame::from_frame(&frame(br#"{"type":"ok","req":4}"#, b"x")).is_err());
+        assert!(PeerFrame::from_frame(&frame(br#"{"type":"delivered","token":6}"#, b"x")).is_err());
+        // A header that overruns the frame.
+        assert!(Request::from_frame(&[binary::BINARY_FRAME, 0, 0, 1, 0, b'{']).is_err());
+        // An empty body is a body.
+        let empty = frame(br#"{"req":1,"type":"send","id":"m","to":"bob"}"#, b"");
+        assert!(Request::from_frame(&empty).is_ok());
     }
 }

@@ -1,10 +1,12 @@
-//! The JSON bodies of frames on each kind of link; see docs/PROTOCOL.md for prose.
+//! The JSON bodies of frames on each kind of link, and the binary form of the frames
+//! that carry a message body; see docs/PROTOCOL.md for prose.
 //!
 //! Every enum is internally tagged by `"type"` with snake_case names. Unknown fields are
 //! ignored so that a newer peer can add fields without breaking an older one; unknown
 //! types are a `bad_request`.
 
 pub mod balancer;
+pub mod binary;
 pub mod client;
 mod fast;
 pub mod peer;

@@ -16,6 +16,10 @@ pub enum PeerFrame {
         server: String,
         /// The sender's incarnation (changes at every start).
         incarnation: i64,
+        /// Whether the sender reads binary frames: then `deliver`s to it may be sent in
+        /// that form. Absent from older servers.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        binary_bodies: bool,
     },
     /// All users logged in on the sender, sent once right after the hellos.
     Snapshot {

@@ -11,11 +11,16 @@
 //! [`MessageOut`] and [`DeliverOut`] write from borrowed fields: a server relaying a
 //! message (to each member of a group, say) writes it without first copying its id,
 //! sender, body and group into an owned frame.
+//!
+//! Each of these frames also has a binary form (`binary.rs`): `to_frame(true)` writes it
+//! when the body is held raw, and the JSON form otherwise.
 
+use crate::blob::Blob;
+use crate::protocol::binary;
 use crate::protocol::client::{Request, RequestBody};
 use crate::protocol::UnixMillis;
 
-/// What a message carries on every link, borrowed; `body` is the body's base64 text.
+/// What a message carries on every link, borrowed.
 #[derive(Clone, Copy)]
 pub struct RelayedOut<'a> {
     /// The sender's message id.
@@ -24,8 +29,8 @@ pub struct RelayedOut<'a> {
     pub from: &'a str,
     /// The recipient.
     pub to: &'a str,
-    /// The opaque body, base64.
-    pub body: &'a str,
+    /// The opaque body.
+    pub body: &'a Blob,
     /// When the first server accepted it.
     pub sent_at: UnixMillis,
     /// For a member's copy of a group message: the group.
@@ -55,23 +60,29 @@ pub struct DeliverOut<'a> {
 /// Room a frame needs beyond its strings: keys, quotes, numbers.
 const FRAME_KEYS: usize = 128;
 
-impl RelayedOut<'_> {
-    /// The size of a frame carrying this message, escapes aside: one allocation.
-    fn frame_capacity(&self) -> usize {
+impl<'a> RelayedOut<'a> {
+    /// The size of a frame carrying this message but its body, escapes aside.
+    fn fields_capacity(&self) -> usize {
         FRAME_KEYS
             + self.id.len()
             + self.from.len()
             + self.to.len()
-            + self.body.len()
             + self.group.map_or(0, str::len)
     }
 
-    /// `,"id":…,"from":…,"to":…,"body":…,"sent_at":…[,"group":…]`
-    fn write_fields(&self, out: &mut Vec<u8>) {
+    /// The body when a binary frame is to carry it: asked for, and held raw.
+    fn binary_body(&self, binary: bool) -> Option<&'a [u8]> {
+        self.body.raw().filter(|_| binary)
+    }
+
+    /// `,"id":…,"from":…,"to":…[,"body":…],"sent_at":…[,"group":…]`
+    fn write_fields(&self, out: &mut Vec<u8>, body: Option<&str>) {
         str_field(out, "id", self.id);
         str_field(out, "from", self.from);
         str_field(out, "to", self.to);
-        str_field(out, "body", self.body);
+        if let Some(body) = body {
+            str_field(out, "body", body);
+        }
         int_field(out, "sent_at", self.sent_at);
         if let Some(group) = self.group {
             str_field(out, "group", group);
@@ -79,39 +90,77 @@ impl RelayedOut<'_> {
     }
 }
 
+/// A frame's bytes: binary around `raw` when given, else JSON with `body` as base64.
+fn frame_with_body(
+    capacity: usize,
+    body: &Blob,
+    raw: Option<&[u8]>,
+    fields: impl Fn(&mut Vec<u8>, Option<&str>),
+) -> Vec<u8> {
+    match raw {
+        Some(raw) => binary::write(capacity, |out| fields(out, None), raw),
+        None => {
+            let text = body.as_base64();
+            let mut out = Vec::with_capacity(capacity + text.len());
+            fields(&mut out, Some(&text));
+            out
+        }
+    }
+}
+
 impl MessageOut<'_> {
     /// The frame's JSON.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.message.frame_capacity());
-        out.extend_from_slice(br#"{"type":"message""#);
-        int_field(&mut out, "tag", self.tag);
-        self.message.write_fields(&mut out);
-        if self.stored {
-            out.extend_from_slice(br#","stored":true"#);
-        }
-        out.push(b'}');
-        out
+        self.to_frame(false)
+    }
+
+    /// The frame: binary if `binary` and the body is held raw, JSON otherwise.
+    pub fn to_frame(&self, binary: bool) -> Vec<u8> {
+        let message = &self.message;
+        let raw = message.binary_body(binary);
+        frame_with_body(message.fields_capacity(), message.body, raw, |out, body| {
+            out.extend_from_slice(br#"{"type":"message""#);
+            int_field(out, "tag", self.tag);
+            message.write_fields(out, body);
+            if self.stored {
+                out.extend_from_slice(br#","stored":true"#);
+            }
+            out.push(b'}');
+        })
     }
 }
 
 impl DeliverOut<'_> {
     /// The frame's JSON.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.message.frame_capacity());
-        out.extend_from_slice(br#"{"type":"deliver""#);
-        int_field(&mut out, "token", self.token);
-        self.message.write_fields(&mut out);
-        if let Some(session) = self.session {
-            int_field(&mut out, "session", session);
-        }
-        out.push(b'}');
-        out
+        self.to_frame(false)
+    }
+
+    /// The frame: binary if `binary` and the body is held raw, JSON otherwise.
+    pub fn to_frame(&self, binary: bool) -> Vec<u8> {
+        let message = &self.message;
+        let raw = message.binary_body(binary);
+        frame_with_body(message.fields_capacity(), message.body, raw, |out, body| {
+            out.extend_from_slice(br#"{"type":"deliver""#);
+            int_field(out, "token", self.token);
+            message.write_fields(out, body);
+            if let Some(session) = self.session {
+                int_field(out, "session", session);
+            }
+            out.push(b'}');
+        })
     }
 }
 
 impl Request {
     /// The request's JSON: `send` and `group_send` by hand, the rest by serde.
     pub fn to_json(&self) -> Vec<u8> {
+        self.to_frame(false)
+    }
+
+    /// The request as a frame: `send` and `group_send` in binary if `binary` and the
+    /// body is held raw, everything else as JSON.
+    pub fn to_frame(&self, binary: bool) -> Vec<u8> {
         let (kind, id, to_key, to, epoch, body) = match &self.body {
             RequestBody::Send { id, to, body } => ("send", id, "to", to, None, body),
             RequestBody::GroupSend {
@@ -122,21 +171,23 @@ impl Request {
             } => ("group_send", id, "group", group, Some(*epoch), body),
             _ => return serde_json::to_vec(self).expect("requests serialize"),
         };
-        let body = body.as_base64();
-        let mut out = Vec::with_capacity(FRAME_KEYS + id.len() + to.len() + body.len());
-        out.push(b'{');
-        push_json_str(&mut out, "req");
-        out.push(b':');
-        push_json_int(&mut out, self.req);
-        str_field(&mut out, "type", kind);
-        str_field(&mut out, "id", id);
-        str_field(&mut out, to_key, to);
-        if let Some(epoch) = epoch {
-            int_field(&mut out, "epoch", epoch);
-        }
-        str_field(&mut out, "body", body);
-        out.push(b'}');
-        out
+        let raw = body.raw().filter(|_| binary);
+        frame_with_body(FRAME_KEYS + id.len() + to.len(), body, raw, |out, body| {
+            out.push(b'{');
+            push_json_str(out, "req");
+            out.push(b':');
+            push_json_int(out, self.req);
+            str_field(out, "type", kind);
+            str_field(out, "id", id);
+            str_field(out, to_key, to);
+            if let Some(epoch) = epoch {
+                int_field(out, "epoch", epoch);
+            }
+            if let Some(body) = body {
+                str_field(out, "body", body);
+            }
+            out.push(b'}');
+        })
     }
 }
 
@@ -222,12 +273,13 @@ mod tests {
     #[test]
     fn the_borrowed_frames_write_what_the_owned_ones_write() {
         for s in strings() {
+            let body = Blob::from_base64(s.clone());
             for (group, stored, session) in [(None, false, None), (Some(&*s), true, Some(4))] {
                 let message = RelayedOut {
                     id: &s,
                     from: "ann",
                     to: &s,
-                    body: &s,
+                    body: &body,
                     sent_at: -1_700_000_000_000,
                     group,
                 };

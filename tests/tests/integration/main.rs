@@ -7,6 +7,7 @@ mod balancing;
 mod e2e;
 mod failover;
 mod files;
+mod frames;
 mod friends;
 mod groups;
 mod loadtest;

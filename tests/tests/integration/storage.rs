@@ -24,7 +24,7 @@ fn message(recipient: &str, n: i64) -> NewPending {
         recipient: recipient.to_string(),
         sender: Arc::from("ann"),
         msg_id: Arc::from(format!("m{n}")),
-        body: Arc::from("eA=="),
+        body: fastchat_common::Blob::from_base64("eA==".into()),
         // Stored out of delivery order: several per millisecond, counters descending.
         sent_at: 1_700_000_000_000 + n / 7,
         order_key: 1_000_000 - n,
