@@ -533,6 +533,14 @@ mod tests {
     /// A TLS server on loopback that returns the first `n` frames it reads; and a
     /// `LinkOut` connected to it whose writer thread is not started yet.
     fn link_to_reader(n: usize) -> (LinkOut, impl FnOnce(), thread::JoinHandle<Vec<Vec<u8>>>) {
+        link_to_reader_of(n, true)
+    }
+
+    /// [`link_to_reader`], to a server that reads binary frames or not.
+    fn link_to_reader_of(
+        n: usize,
+        binary_bodies: bool,
+    ) -> (LinkOut, impl FnOnce(), thread::JoinHandle<Vec<Vec<u8>>>) {
         let ca = pki::make_ca("link-test").unwrap();
         let pair = pki::issue(&ca, "server-1").unwrap();
         let identity = TlsIdentity::from_pem(
@@ -557,7 +565,7 @@ mod tests {
         });
         let trust = Trust::from_ca_pem(ca.cert.as_bytes()).unwrap();
         let conn = connect(&trust, &addr).unwrap();
-        let (out, writer) = LinkOut::new(conn.writer, conn.socket, true);
+        let (out, writer) = LinkOut::new(conn.writer, conn.socket, binary_bodies);
         let start_writer = move || {
             thread::spawn(move || writer.run());
         };
@@ -591,5 +599,28 @@ mod tests {
             server.join().unwrap(),
             vec![b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
         );
+    }
+
+    #[test]
+    fn a_server_that_reads_only_json_gets_binary_requests_as_json() {
+        use fastchat_common::Blob;
+        let send = Request {
+            req: 4,
+            body: RequestBody::Send {
+                id: "m".into(),
+                to: "bob".into(),
+                body: Blob::from_bytes(b"sealed"),
+            },
+        };
+        let binary = send.to_frame(true);
+        assert_eq!(binary[0], BINARY_FRAME);
+        for (binary_bodies, expected) in [(false, send.to_json()), (true, binary.clone())] {
+            let (out, start_writer, server) = link_to_reader_of(2, binary_bodies);
+            out.queue(binary.clone());
+            start_writer();
+            after_a_gap();
+            out.send(binary.clone());
+            assert_eq!(server.join().unwrap(), vec![expected.clone(), expected]);
+        }
     }
 }
