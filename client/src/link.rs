@@ -134,6 +134,8 @@ impl LinkOut {
         }
         match Request::from_frame(&frame) {
             Ok(request) => request.to_json(),
+            // Only a hand-made frame (`send_raw_frame`, for tests) is unreadable: sent as
+            // it is, it gets the server's error reply instead of waiting for none.
             Err(_) => frame,
         }
     }

@@ -12,7 +12,7 @@ use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Opaque bytes; cloning shares them. Serialized as base64 text (standard alphabet,
 /// padded). Two blobs are equal when they hold the same bytes, whatever their form.
@@ -24,18 +24,34 @@ enum Repr {
     /// Base64 text, not validated until decoded.
     Base64(Arc<str>),
     /// The bytes themselves.
-    Raw(Arc<[u8]>),
+    Raw(Arc<RawBytes>),
+}
+
+/// Raw bytes, and their base64 text once something asked for it: every clone (each
+/// member's copy of a group message, say) then shares one encoding.
+struct RawBytes {
+    bytes: Box<[u8]>,
+    text: OnceLock<Box<str>>,
+}
+
+impl RawBytes {
+    fn new(bytes: Box<[u8]>) -> Arc<RawBytes> {
+        Arc::new(RawBytes {
+            bytes,
+            text: OnceLock::new(),
+        })
+    }
 }
 
 impl Blob {
     /// Holds raw bytes (no encoding now; JSON writes them as base64 when it needs to).
     pub fn from_bytes(bytes: &[u8]) -> Blob {
-        Blob(Repr::Raw(bytes.into()))
+        Blob(Repr::Raw(RawBytes::new(bytes.into())))
     }
 
     /// Holds raw bytes, taking them.
     pub fn from_vec(bytes: Vec<u8>) -> Blob {
-        Blob(Repr::Raw(bytes.into()))
+        Blob(Repr::Raw(RawBytes::new(bytes.into_boxed_slice())))
     }
 
     /// Wraps text that is already base64 (as stored in the database); not validated.
@@ -51,7 +67,7 @@ impl Blob {
     /// The raw bytes when the blob holds them, else `None` (nothing is decoded).
     pub fn raw(&self) -> Option<&[u8]> {
         match &self.0 {
-            Repr::Raw(bytes) => Some(bytes),
+            Repr::Raw(raw) => Some(&raw.bytes),
             Repr::Base64(_) => None,
         }
     }
@@ -60,7 +76,7 @@ impl Blob {
     /// not valid base64.
     pub fn bytes(&self) -> Option<Cow<'_, [u8]>> {
         match &self.0 {
-            Repr::Raw(bytes) => Some(Cow::Borrowed(bytes)),
+            Repr::Raw(raw) => Some(Cow::Borrowed(&raw.bytes)),
             Repr::Base64(text) => STANDARD.decode(text.as_bytes()).ok().map(Cow::Owned),
         }
     }
@@ -70,11 +86,15 @@ impl Blob {
         self.bytes().map(Cow::into_owned)
     }
 
-    /// The base64 text: borrowed when held as text, encoded when raw.
+    /// The base64 text: held, or encoded from raw bytes the first time it is asked
+    /// for (and kept for every clone).
     pub fn as_base64(&self) -> Cow<'_, str> {
         match &self.0 {
             Repr::Base64(text) => Cow::Borrowed(text),
-            Repr::Raw(bytes) => Cow::Owned(STANDARD.encode(bytes)),
+            Repr::Raw(raw) => Cow::Borrowed(
+                raw.text
+                    .get_or_init(|| STANDARD.encode(&raw.bytes).into_boxed_str()),
+            ),
         }
     }
 
@@ -87,7 +107,7 @@ impl Blob {
     /// invalid text), computed without decoding.
     pub fn decoded_len(&self) -> usize {
         let text = match &self.0 {
-            Repr::Raw(bytes) => return bytes.len(),
+            Repr::Raw(raw) => return raw.bytes.len(),
             Repr::Base64(text) => text.as_bytes(),
         };
         let padding = text.iter().rev().take_while(|&&b| b == b'=').count().min(2);
@@ -97,7 +117,7 @@ impl Blob {
 
 impl Default for Blob {
     fn default() -> Blob {
-        Blob(Repr::Raw(Arc::from(&[][..])))
+        Blob::from_bytes(&[])
     }
 }
 
@@ -105,7 +125,7 @@ impl PartialEq for Blob {
     fn eq(&self, other: &Blob) -> bool {
         match (&self.0, &other.0) {
             (Repr::Base64(a), Repr::Base64(b)) => a == b,
-            (Repr::Raw(a), Repr::Raw(b)) => a == b,
+            (Repr::Raw(a), Repr::Raw(b)) => a.bytes == b.bytes,
             _ => self.bytes() == other.bytes(),
         }
     }
@@ -117,7 +137,7 @@ impl fmt::Debug for Blob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Repr::Base64(text) => write!(f, "Blob({text:?})"),
-            Repr::Raw(bytes) => write!(f, "Blob(raw {} bytes)", bytes.len()),
+            Repr::Raw(raw) => write!(f, "Blob(raw {} bytes)", raw.bytes.len()),
         }
     }
 }
@@ -165,5 +185,12 @@ mod tests {
         assert_eq!(back, raw);
         assert_eq!(raw.raw(), Some(&b"sealed bytes"[..]));
         assert_eq!(text.raw(), None);
+        // Encoded once, and the encoding shared by clones.
+        let copy = raw.clone();
+        assert!(std::ptr::eq(
+            raw.as_base64().as_ptr(),
+            copy.as_base64().as_ptr()
+        ));
+        assert_eq!(copy.as_base64(), "c2VhbGVkIGJ5dGVz");
     }
 }

@@ -62,7 +62,8 @@ pub(crate) fn write(capacity: usize, json: impl FnOnce(&mut Vec<u8>), body: &[u8
 /// shape that has no binary form.
 pub(crate) fn unreadable() -> serde_json::Error {
     <serde_json::Error as serde::de::Error>::custom(
-        "a binary frame must be a send, group_send, message or deliver, without a body in its JSON",
+        "a binary frame must be a send, group_send, message or deliver with all of its \
+         fields, and without a body in its JSON",
     )
 }
 

@@ -56,12 +56,19 @@ fn leading_type(bytes: &[u8]) -> Option<&str> {
 }
 
 /// The body: in the JSON of a JSON frame, after the JSON of a binary one; never both.
-fn body_of(in_json: Option<Blob>, after_json: Option<&[u8]>) -> Option<Blob> {
+/// `in_json` is `Some` whenever the JSON has a `body` field, even `null`.
+fn body_of(in_json: Option<Option<Blob>>, after_json: Option<&[u8]>) -> Option<Blob> {
     match (in_json, after_json) {
-        (Some(body), None) => Some(body),
+        (Some(body), None) => body,
         (None, Some(raw)) => Some(Blob::from_bytes(raw)),
         _ => None,
     }
+}
+
+/// A field that is there, whatever its value (`null` too): `Some`. With
+/// `#[serde(default)]`, a field that is not there is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Blob>>, D::Error> {
+    Option::<Blob>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -69,8 +76,8 @@ struct SendFields {
     req: u64,
     id: String,
     to: String,
-    #[serde(default)]
-    body: Option<Blob>,
+    #[serde(default, deserialize_with = "present")]
+    body: Option<Option<Blob>>,
 }
 
 #[derive(Deserialize)]
@@ -79,8 +86,8 @@ struct GroupSendFields {
     id: String,
     group: String,
     epoch: u64,
-    #[serde(default)]
-    body: Option<Blob>,
+    #[serde(default, deserialize_with = "present")]
+    body: Option<Option<Blob>>,
 }
 
 #[derive(Deserialize)]
@@ -95,8 +102,8 @@ struct MessageFields {
     id: String,
     from: String,
     to: String,
-    #[serde(default)]
-    body: Option<Blob>,
+    #[serde(default, deserialize_with = "present")]
+    body: Option<Option<Blob>>,
     sent_at: UnixMillis,
     #[serde(default)]
     group: Option<String>,
@@ -110,8 +117,8 @@ struct DeliverFields {
     id: String,
     from: String,
     to: String,
-    #[serde(default)]
-    body: Option<Blob>,
+    #[serde(default, deserialize_with = "present")]
+    body: Option<Option<Blob>>,
     sent_at: UnixMillis,
     #[serde(default)]
     group: Option<String>,
