@@ -236,10 +236,7 @@ fn shutdown(
         thread::sleep(Duration::from_millis(20));
     }
     state.inflight.store_all(state.store_queue());
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    if state.store.send(store::StoreJob::Flush(done_tx)).is_ok() {
-        let _ = done_rx.recv_timeout(Duration::from_secs(5));
-    }
+    state.flush_store(Duration::from_secs(5));
     if let Ok(mut db) = state.pool.get() {
         let _ = fastchat_sql::clear_server_presence(&mut db, state.name());
         let _ = fastchat_sql::remove_server(&mut db, state.name(), state.incarnation);

@@ -12,7 +12,7 @@ use crate::presence;
 use crate::reply::ReplyTo;
 use crate::resume;
 use crate::router::Location;
-use crate::session_handle::SessionHandle;
+use crate::session_handle::{Origin, SessionHandle};
 use crate::state::{ServerState, LINK_WAIT};
 use crossbeam_channel::TrySendError;
 use fastchat_common::frame::{read_frame, FrameError, MAX_CLIENT_FRAME};
@@ -48,6 +48,9 @@ pub const MAX_PASSWORD: usize = 1024;
 const MAX_ID: usize = 64;
 /// How long a login waits for the peers to confirm they saw its presence.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long ending a session waits for the deletion of the stored messages it
+/// acknowledged (within the client's 3 s for a graceful close).
+const STORE_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// An error reply: a stable code and a message for people.
 /// A refusal: the code and message of an `error` reply.
@@ -91,6 +94,9 @@ struct ClientConn {
     /// Whether the client said, in its hello, that it reads binary frames.
     binary_bodies: bool,
     session: Option<SessionHandle>,
+    /// Whether the session acknowledged a stored message (whose deletion the store
+    /// thread may not have committed yet).
+    acked_stored: bool,
     /// The hash of the resumption token issued to this session (revoked at logout).
     resume_hash: Option<String>,
 }
@@ -133,6 +139,7 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         greeted: false,
         binary_bodies: false,
         session: None,
+        acked_stored: false,
         resume_hash: None,
     };
     loop {
@@ -349,6 +356,7 @@ impl ClientConn {
             RequestBody::Ack { tags } => {
                 if let Some(session) = &self.session {
                     let origins = session.acked(&tags);
+                    self.acked_stored |= origins.iter().any(|o| matches!(o, Origin::Stored(_)));
                     self.state.on_acked(origins);
                 }
                 Ok(())
@@ -613,6 +621,11 @@ impl ClientConn {
                 session: None,
             });
             friends::announce_presence(state, user, false);
+        }
+        // The stored messages it acknowledged are deleted before the logout is answered
+        // or the connection closed: a login right after would be pushed them again.
+        if std::mem::take(&mut self.acked_stored) && !state.flush_store(STORE_FLUSH_WAIT) {
+            log::warn!("{user}: acknowledged stored messages not yet deleted at logout");
         }
         log::info!("{user} logged out (connection {})", self.conn_id);
     }

@@ -167,6 +167,13 @@ impl ServerState {
         }
     }
 
+    /// Waits, at most `wait`, until the store thread has done every job queued before
+    /// this call (stores and deletes committed); `false` if it had not by then.
+    pub fn flush_store(&self, wait: Duration) -> bool {
+        let (done, finished) = crossbeam_channel::bounded(1);
+        self.store.send(StoreJob::Flush(done)).is_ok() && finished.recv_timeout(wait).is_ok()
+    }
+
     /// The recipient acknowledged the message with this token: answer its sender.
     pub fn complete_flight(&self, token: u64) {
         if let Some(entry) = self.inflight.take(token) {

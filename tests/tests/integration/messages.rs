@@ -177,6 +177,48 @@ fn offline_messages_arrive_in_order_at_login_and_are_deleted_after_ack() {
     assert_eq!(next_message(&again, WAIT), ("alice".into(), "fresh".into()));
 }
 
+/// Stored messages acknowledged before a logout or a close are deleted by the time it
+/// returns: a login right after is not pushed them again (and a new process, which
+/// remembers no ids, would show them again). A trigger makes every delete from
+/// `pending` take 300 ms, far longer than ending the session takes otherwise.
+#[test]
+fn stored_messages_acknowledged_before_a_logout_or_close_are_gone_when_it_returns() {
+    let cluster = Cluster::start(1);
+    let alice = cluster.user("alice", None);
+    cluster.user("bob", None).logout().unwrap();
+    cluster
+        .db
+        .connect()
+        .batch_execute(
+            "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
+             CREATE TRIGGER slow_delete BEFORE DELETE ON pending
+                 FOR EACH STATEMENT EXECUTE FUNCTION slow_delete();",
+        )
+        .expect("slow deletes");
+    for end in [End::Logout, End::Close] {
+        for i in 0..5 {
+            let (_, h) = alice.send_text("bob", &format!("m{i}"));
+            assert!(sent_stored(h.wait(WAIT)), "bob is offline: stored");
+        }
+        assert_eq!(cluster.pending_count(), 5);
+        let bob = cluster.client();
+        bob.login("bob", "bob-password").unwrap();
+        for i in 0..5 {
+            assert_eq!(next_message(&bob, WAIT), ("alice".into(), format!("m{i}")));
+        }
+        match end {
+            End::Logout => drop(bob.logout().expect("logged out")),
+            End::Close => bob.close(),
+        }
+        assert_eq!(
+            cluster.pending_count(),
+            0,
+            "deleted before the end returned"
+        );
+    }
+}
+
 #[test]
 fn messages_sent_while_the_recipient_logs_in_are_not_lost() {
     let cluster = Cluster::start(2);
