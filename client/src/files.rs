@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Plaintext bytes per chunk this client sends: sealed, framed in binary
 /// (`chunk_payload`), then sealed again in the message envelope, a chunk stays under
@@ -28,6 +29,11 @@ fn legacy_chunk_bytes() -> u64 {
 
 /// Files that may be arriving at once, from everyone together.
 const MAX_TRANSFERS: usize = 16;
+
+/// A transfer that has had no chunk for this long will not finish (its sender, or the
+/// run of this client that received it, stopped midway): its `.part` file is removed
+/// when the next file starts arriving.
+const STALE_TRANSFER: Duration = Duration::from_secs(10 * 60);
 
 /// What announces a file (inside an end-to-end sealed message).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -196,6 +202,8 @@ struct Incoming {
     hasher: Sha256,
     written: u64,
     next: u64,
+    /// When it started or last had a chunk.
+    last: Instant,
 }
 
 /// The transfers in progress, by (sender, file id).
@@ -253,10 +261,45 @@ fn damaged(message: impl Into<String>) -> ClientError {
     ClientError::new(ErrorCode::DamagedFile, message)
 }
 
+/// Removes the `.part` files in `dir` that nothing has written to for
+/// [`STALE_TRANSFER`]: left by transfers cut off in an earlier run (or by another
+/// process sharing the home that stopped midway).
+fn remove_stale_parts(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.ends_with(".part")) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .is_some_and(|m| {
+                m.modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= STALE_TRANSFER)
+            });
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Downloads {
+    /// The downloads of a client whose home is `home` (none without one). Made when
+    /// the first file starts arriving; stale `.part` files are removed then.
     pub fn new(home: Option<&Path>) -> Downloads {
+        let dir = home.map(|h| h.join("downloads"));
+        if let Some(dir) = &dir {
+            remove_stale_parts(dir);
+        }
         Downloads {
-            dir: home.map(|h| h.join("downloads")),
+            dir,
             open: HashMap::new(),
         }
     }
@@ -273,6 +316,13 @@ impl Downloads {
             .to_bytes()
             .and_then(|b| SymmetricKey::from_bytes(&b).ok())
             .ok_or_else(|| damaged("the file's key is unusable"))?;
+        self.open.retain(|_, t| {
+            let live = t.last.elapsed() < STALE_TRANSFER;
+            if !live {
+                let _ = std::fs::remove_file(&t.part);
+            }
+            live
+        });
         if self.open.len() >= MAX_TRANSFERS {
             return Err(local(format!(
                 "{MAX_TRANSFERS} files are arriving already; this one is refused"
@@ -308,6 +358,7 @@ impl Downloads {
                 hasher: Sha256::new(),
                 written: 0,
                 next: 0,
+                last: Instant::now(),
             },
         );
         Ok(())
@@ -367,6 +418,7 @@ impl Downloads {
         t.hasher.update(&plain);
         t.written += plain.len() as u64;
         t.next += 1;
+        t.last = Instant::now();
         Ok(chunk.last)
     }
 
@@ -475,5 +527,31 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "only the good copy: {names:?}");
+    }
+
+    #[test]
+    fn stale_part_files_are_removed_when_downloads_start() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join("downloads");
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = std::time::SystemTime::now() - STALE_TRANSFER - Duration::from_secs(5);
+        for (name, modified) in [
+            (".old.part", Some(old)),
+            (".fresh.part", None),
+            ("kept.part", Some(old)),
+            (".old.txt", Some(old)),
+        ] {
+            let file = File::create(dir.join(name)).unwrap();
+            if let Some(time) = modified {
+                file.set_modified(time).unwrap();
+            }
+        }
+        let _downloads = Downloads::new(Some(home.path()));
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".fresh.part", ".old.txt", "kept.part"]);
     }
 }
