@@ -6,7 +6,7 @@
 use crate::connection::{call, send_receipt, Event, Inner};
 use crate::error::ClientError;
 use crate::files::{ChunkOutcome, Downloads, FileChunk, FileHeader};
-use crate::history::{ConversationRef, EntryRef};
+use crate::history::{Conversation, ConversationRef, EntryRef};
 use crate::keyring::{Call, Identity};
 use crate::payload::Payload;
 use crossbeam_channel::{Receiver, Sender};
@@ -17,7 +17,7 @@ use fastchat_common::{Blob, ErrorCode};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -227,6 +227,9 @@ pub(crate) struct Inbox {
 #[derive(Default)]
 struct InboxState {
     dedup: Dedup,
+    /// The conversations (with who we were logged in as) whose history has been read
+    /// into `dedup` in this run: see [`seed_from_history`].
+    seeded: HashSet<(String, String, bool)>,
     downloads: Option<Downloads>,
     /// Stored messages opened whose receipts are not sent yet, by (recipient, sender):
     /// the recipient is who we were logged in as.
@@ -448,11 +451,51 @@ fn still_to_open(inner: &Inner, state: &mut InboxState, m: &Incoming) -> Option<
     if m.session != inner.session.load(Ordering::Acquire) {
         return None;
     }
+    if m.stored {
+        seed_from_history(inner, state, m);
+    }
     let pair = state.dedup.check(&m.from, &m.id);
     if pair.is_none() {
         inner.ack(m.session, m.tag);
     }
     pair
+}
+
+/// History lines read per conversation by [`seed_from_history`].
+const HISTORY_SEED: usize = 4096;
+
+/// A message from storage may be one an earlier run of this client opened and did not
+/// get to acknowledge (it was killed, or the server did not delete it in time): the
+/// first time one of a conversation arrives in this run, the ids of the conversation's
+/// last [`HISTORY_SEED`] history lines go into the de-duplication memory, so that it
+/// is acknowledged without being shown again. Only with a home (no home, no history).
+fn seed_from_history(inner: &Inner, state: &mut InboxState, m: &Incoming) {
+    // A pushed message's `to` is the session's user: who we are logged in as, known
+    // before our keys are (the first messages of a login may arrive before them).
+    let me = &m.to;
+    let (conversation, key) = match &m.group {
+        Some(group) => (
+            Conversation::Group(group.clone()),
+            (me.clone(), group.clone(), true),
+        ),
+        None => (
+            Conversation::User(m.from.clone()),
+            (me.clone(), m.from.clone(), false),
+        ),
+    };
+    if !state.seeded.insert(key) {
+        return;
+    }
+    match inner.history.last(me, &conversation, HISTORY_SEED) {
+        Ok(entries) => {
+            for entry in entries {
+                if let Some(pair) = state.dedup.check(&entry.from, &entry.id) {
+                    state.dedup.insert(pair);
+                }
+            }
+        }
+        Err(e) => log::warn!("history not read to drop repeats: {e}"),
+    }
 }
 
 /// Hands a message's events over, then acknowledges it, with no inbox lock held (an

@@ -219,6 +219,51 @@ fn stored_messages_acknowledged_before_a_logout_or_close_are_gone_when_it_return
     }
 }
 
+/// Stored messages that a run of the client opened, but that are pushed again at the
+/// next login (a trigger makes every delete from `pending` fail, as it would for a
+/// process killed before its acknowledgements arrived), are not shown again by a new
+/// client with the same home: its history says they were.
+#[test]
+fn stored_messages_a_run_opened_are_not_shown_again_by_the_next_run_with_the_same_home() {
+    let cluster = Cluster::start(1);
+    let home = tempfile::tempdir().unwrap();
+    let alice = cluster.user("alice", None);
+    let bob = cluster.client_with_home("server-1", home.path());
+    bob.signup("bob", "bob-password").unwrap();
+    bob.logout().unwrap();
+    drop(bob);
+    for i in 0..5 {
+        let (_, h) = alice.send_text("bob", &format!("m{i}"));
+        assert!(sent_stored(h.wait(WAIT)), "bob is offline: stored");
+    }
+    cluster
+        .db
+        .connect()
+        .batch_execute(
+            "CREATE FUNCTION keep_pending() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'kept for the test'; END $$;
+             CREATE TRIGGER keep_pending BEFORE DELETE ON pending
+                 FOR EACH STATEMENT EXECUTE FUNCTION keep_pending();",
+        )
+        .expect("keep pending rows");
+    let first = cluster.client_with_home("server-1", home.path());
+    first.login("bob", "bob-password").unwrap();
+    for i in 0..5 {
+        assert_eq!(
+            next_message(&first, WAIT),
+            ("alice".into(), format!("m{i}"))
+        );
+    }
+    first.close();
+    assert_eq!(cluster.pending_count(), 5, "pushed again at the next login");
+
+    let next = cluster.client_with_home("server-1", home.path());
+    next.login("bob", "bob-password").unwrap();
+    let (_, h) = alice.send_text("bob", "after");
+    h.wait(WAIT).unwrap();
+    assert_eq!(next_message(&next, WAIT), ("alice".into(), "after".into()));
+}
+
 #[test]
 fn messages_sent_while_the_recipient_logs_in_are_not_lost() {
     let cluster = Cluster::start(2);
