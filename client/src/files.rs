@@ -8,13 +8,14 @@
 use crate::error::ClientError;
 use fastchat_common::e2e::{open_chunk, seal_chunk, FileKey, SymmetricKey, FILE_CHUNK_BYTES};
 use fastchat_common::ids::hex;
+use fastchat_common::protocol::UnixMillis;
 use fastchat_common::{Blob, ErrorCode};
 use openssl::sha::Sha256;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Plaintext bytes per chunk this client sends: sealed, framed in binary
 /// (`chunk_payload`), then sealed again in the message envelope, a chunk stays under
@@ -30,9 +31,11 @@ fn legacy_chunk_bytes() -> u64 {
 /// Files that may be arriving at once, from everyone together.
 const MAX_TRANSFERS: usize = 16;
 
-/// A transfer that has had no chunk for this long will not finish (its sender, or the
-/// run of this client that received it, stopped midway): its `.part` file is removed
-/// when the next file starts arriving.
+/// A transfer whose last chunk was sent this long before the next file's start will
+/// not finish (its sender stopped midway): it is dropped then, with its `.part` file.
+/// Measured in the server's `sent_at`, not the receiver's clock: chunks that waited in
+/// storage while the receiver was offline are not late. Also the age at which a run's
+/// first file start removes `.part` files left by earlier runs.
 const STALE_TRANSFER: Duration = Duration::from_secs(10 * 60);
 
 /// What announces a file (inside an end-to-end sealed message).
@@ -202,14 +205,16 @@ struct Incoming {
     hasher: Sha256,
     written: u64,
     next: u64,
-    /// When it started or last had a chunk.
-    last: Instant,
+    /// When the server accepted its `file_start` or its last chunk.
+    last_sent_at: UnixMillis,
 }
 
 /// The transfers in progress, by (sender, file id).
 pub(crate) struct Downloads {
     dir: Option<PathBuf>,
     open: HashMap<(String, String), Incoming>,
+    /// Whether the `.part` files left by earlier runs have been looked at.
+    swept: bool,
 }
 
 /// What a chunk did.
@@ -261,17 +266,27 @@ fn damaged(message: impl Into<String>) -> ClientError {
     ClientError::new(ErrorCode::DamagedFile, message)
 }
 
+/// Whether `name` is one of ours: `.`, 32 lowercase hex digits, `.part`.
+fn is_part_name(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".part"))
+        .is_some_and(|id| {
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
 /// Removes the `.part` files in `dir` that nothing has written to for
-/// [`STALE_TRANSFER`]: left by transfers cut off in an earlier run (or by another
-/// process sharing the home that stopped midway).
+/// [`STALE_TRANSFER`]: left by transfers cut off in an earlier run. (Another process
+/// sharing the home, with a transfer idle that long, would lose it.) Links are left.
 fn remove_stale_parts(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !(name.starts_with('.') && name.ends_with(".part")) {
+        if !entry.file_name().to_str().is_some_and(is_part_name) {
             continue;
         }
         let stale = entry
@@ -291,33 +306,39 @@ fn remove_stale_parts(dir: &Path) {
 }
 
 impl Downloads {
-    /// The downloads of a client whose home is `home` (none without one). Made when
-    /// the first file starts arriving; stale `.part` files are removed then.
+    /// The downloads of a client whose home is `home` (none without one).
     pub fn new(home: Option<&Path>) -> Downloads {
-        let dir = home.map(|h| h.join("downloads"));
-        if let Some(dir) = &dir {
-            remove_stale_parts(dir);
-        }
         Downloads {
-            dir,
+            dir: home.map(|h| h.join("downloads")),
             open: HashMap::new(),
+            swept: false,
         }
     }
 
-    /// A `file_start` from `from`: opens a `.part` file for it.
-    pub fn start(&mut self, from: &str, header: FileHeader) -> Result<(), ClientError> {
+    /// A `file_start` from `from`, accepted by the server at `sent_at`: opens a `.part`
+    /// file for it. The run's first one removes stale `.part` files first.
+    pub fn start(
+        &mut self,
+        from: &str,
+        header: FileHeader,
+        sent_at: UnixMillis,
+    ) -> Result<(), ClientError> {
         let dir = self
             .dir
             .clone()
             .ok_or_else(|| local("no home folder to save files in"))?;
+        if !std::mem::replace(&mut self.swept, true) {
+            remove_stale_parts(&dir);
+        }
         std::fs::create_dir_all(&dir).map_err(local)?;
         let key = header
             .key
             .to_bytes()
             .and_then(|b| SymmetricKey::from_bytes(&b).ok())
             .ok_or_else(|| damaged("the file's key is unusable"))?;
+        let stale_before = sent_at.saturating_sub(STALE_TRANSFER.as_millis() as UnixMillis);
         self.open.retain(|_, t| {
-            let live = t.last.elapsed() < STALE_TRANSFER;
+            let live = t.last_sent_at >= stale_before;
             if !live {
                 let _ = std::fs::remove_file(&t.part);
             }
@@ -358,7 +379,7 @@ impl Downloads {
                 hasher: Sha256::new(),
                 written: 0,
                 next: 0,
-                last: Instant::now(),
+                last_sent_at: sent_at,
             },
         );
         Ok(())
@@ -373,11 +394,17 @@ impl Downloads {
 
     /// A chunk from `from`. On any error the transfer is dropped and its `.part` file
     /// deleted: a damaged file is never saved as if whole.
-    pub fn chunk(&mut self, from: &str, chunk: FileChunk) -> Result<ChunkOutcome, ClientError> {
+    pub fn chunk(
+        &mut self,
+        from: &str,
+        chunk: FileChunk,
+        sent_at: UnixMillis,
+    ) -> Result<ChunkOutcome, ClientError> {
         let id = (from.to_string(), chunk.file_id.clone());
         let Some(mut t) = self.open.remove(&id) else {
             return Err(damaged("a chunk of a file that was not announced"));
         };
+        t.last_sent_at = t.last_sent_at.max(sent_at);
         match Self::apply(&mut t, &chunk) {
             Ok(false) => {
                 self.open.insert(id, t);
@@ -418,7 +445,6 @@ impl Downloads {
         t.hasher.update(&plain);
         t.written += plain.len() as u64;
         t.next += 1;
-        t.last = Instant::now();
         Ok(chunk.last)
     }
 
@@ -503,10 +529,10 @@ mod tests {
         let mut out = OutgoingFile::open(&src, u64::MAX).unwrap();
         assert_eq!(out.header.chunks, 3);
         let mut downloads = Downloads::new(Some(home.path()));
-        downloads.start("alice", out.header.clone()).unwrap();
+        downloads.start("alice", out.header.clone(), 1).unwrap();
         let mut saved = None;
         while let Some(chunk) = out.next_chunk().unwrap() {
-            if let ChunkOutcome::Done(f) = downloads.chunk("alice", chunk).unwrap() {
+            if let ChunkOutcome::Done(f) = downloads.chunk("alice", chunk, 2).unwrap() {
                 saved = Some(f);
             }
         }
@@ -515,11 +541,11 @@ mod tests {
 
         // A flipped byte: reported, and nothing saved.
         let mut out = OutgoingFile::open(&src, u64::MAX).unwrap();
-        downloads.start("alice", out.header.clone()).unwrap();
+        downloads.start("alice", out.header.clone(), 3).unwrap();
         let mut chunk = out.next_chunk().unwrap().unwrap();
         chunk.data[20] ^= 1;
         assert_eq!(
-            downloads.chunk("alice", chunk).err().unwrap().code,
+            downloads.chunk("alice", chunk, 4).err().unwrap().code,
             ErrorCode::DamagedFile
         );
         let names: Vec<_> = std::fs::read_dir(home.path().join("downloads"))
@@ -530,28 +556,70 @@ mod tests {
     }
 
     #[test]
-    fn stale_part_files_are_removed_when_downloads_start() {
+    fn stale_part_files_are_removed_when_the_first_file_starts() {
         let home = tempfile::tempdir().unwrap();
         let dir = home.path().join("downloads");
         std::fs::create_dir_all(&dir).unwrap();
         let old = std::time::SystemTime::now() - STALE_TRANSFER - Duration::from_secs(5);
+        let ours = |c: char| format!(".{}.part", c.to_string().repeat(32));
         for (name, modified) in [
-            (".old.part", Some(old)),
-            (".fresh.part", None),
-            ("kept.part", Some(old)),
-            (".old.txt", Some(old)),
+            (ours('a'), Some(old)),
+            (ours('b'), None),
+            (".other.part".to_string(), Some(old)),
+            ("kept.part".to_string(), Some(old)),
         ] {
-            let file = File::create(dir.join(name)).unwrap();
+            let file = File::create(dir.join(&name)).unwrap();
             if let Some(time) = modified {
                 file.set_modified(time).unwrap();
             }
         }
-        let _downloads = Downloads::new(Some(home.path()));
-        let mut left: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(left, [".fresh.part", ".old.txt", "kept.part"]);
+        let listing = || {
+            let mut names: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        let mut downloads = Downloads::new(Some(home.path()));
+        assert_eq!(listing().len(), 4, "nothing removed before a file starts");
+        let src = home.path().join("src.bin");
+        std::fs::write(&src, b"x").unwrap();
+        let out = OutgoingFile::open(&src, u64::MAX).unwrap();
+        downloads.start("alice", out.header.clone(), 1).unwrap();
+        let left = listing();
+        assert!(!left.contains(&ours('a')), "{left:?}");
+        for kept in [ours('b'), ".other.part".into(), "kept.part".into()] {
+            assert!(left.contains(&kept), "{kept} kept: {left:?}");
+        }
+    }
+
+    #[test]
+    fn a_transfer_idle_for_ten_minutes_of_server_time_is_dropped_at_the_next_start() {
+        let home = tempfile::tempdir().unwrap();
+        let src = home.path().join("src.bin");
+        std::fs::write(&src, vec![7u8; CHUNK_BYTES * 2]).unwrap();
+        let mut downloads = Downloads::new(Some(home.path()));
+        let ten_minutes = STALE_TRANSFER.as_millis() as UnixMillis;
+        let mut idle = OutgoingFile::open(&src, u64::MAX).unwrap();
+        downloads
+            .start("alice", idle.header.clone(), 1_000)
+            .unwrap();
+        let first = idle.next_chunk().unwrap().unwrap();
+        downloads.chunk("alice", first, 2_000).unwrap();
+        // Just under ten minutes after its last chunk: kept.
+        let other = OutgoingFile::open(&src, u64::MAX).unwrap();
+        downloads
+            .start("bob", other.header, 2_000 + ten_minutes)
+            .unwrap();
+        assert!(downloads.name_of("alice", &idle.header.file_id).is_some());
+        // Past that: dropped, and its next chunk is refused.
+        let other = OutgoingFile::open(&src, u64::MAX).unwrap();
+        downloads
+            .start("bob", other.header, 2_001 + ten_minutes)
+            .unwrap();
+        assert!(downloads.name_of("alice", &idle.header.file_id).is_none());
+        let second = idle.next_chunk().unwrap().unwrap();
+        assert!(downloads.chunk("alice", second, 3_000).is_err());
     }
 }

@@ -7,7 +7,7 @@ use crate::error::ClientError;
 use fastchat_common::protocol::UnixMillis;
 use fastchat_common::ErrorCode;
 use serde::{Deserialize, Serialize};
-use std::io::BufRead;
+use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 /// A conversation: with a user, or in a group.
@@ -92,7 +92,8 @@ impl History {
         };
         // Names are checked by the servers (no separators, no dots-only names), but a
         // hostile server could send anything: refuse what could leave the folder.
-        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        let unsafe_name = |n: &str| n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.');
+        if unsafe_name(name) || unsafe_name(me) {
             return None;
         }
         let home = self.home.as_ref()?;
@@ -146,8 +147,12 @@ impl History {
             }
         };
         let mut last = std::collections::VecDeque::with_capacity(n);
-        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
-            if let Ok(entry) = serde_json::from_str::<HistoryEntry>(&line) {
+        // A damaged line is skipped, not taken for the end of the file.
+        for line in std::io::BufReader::new(file)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            if let Ok(entry) = serde_json::from_slice::<HistoryEntry>(&line) {
                 if last.len() == n {
                     last.pop_front();
                 }
@@ -157,6 +162,62 @@ impl History {
             }
         }
         Ok(last.into())
+    }
+
+    /// The `(from, id)` of a conversation's last `n` messages, oldest first, read from
+    /// the end of its file: only as much of it as those lines take, and only those
+    /// two fields of each.
+    pub fn recent_ids(
+        &self,
+        me: &str,
+        conversation: &Conversation,
+        n: usize,
+    ) -> std::io::Result<Vec<(String, String)>> {
+        #[derive(Deserialize)]
+        struct IdFrom<'a> {
+            #[serde(borrow)]
+            id: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            from: std::borrow::Cow<'a, str>,
+        }
+        const BLOCK: u64 = 64 * 1024;
+        let Some(path) = self.path(me, conversation.borrow()) else {
+            return Ok(Vec::new());
+        };
+        self.appender.flush();
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        // Blocks from the end until they hold more than `n` line ends (or the file).
+        let mut start = file.metadata()?.len();
+        let mut tail = Vec::new();
+        let mut line_ends = 0;
+        while start > 0 && line_ends <= n {
+            let from = start.saturating_sub(BLOCK);
+            let mut block = vec![0u8; (start - from) as usize];
+            file.seek(SeekFrom::Start(from))?;
+            file.read_exact(&mut block)?;
+            line_ends += block.iter().filter(|&&b| b == b'\n').count();
+            block.extend_from_slice(&tail);
+            tail = block;
+            start = from;
+        }
+        let mut lines: Vec<&[u8]> = tail.split(|&b| b == b'\n').collect();
+        // (A damaged line among them is skipped: then fewer than `n` may come back.)
+        if start > 0 {
+            lines.remove(0); // begun before the blocks read
+        }
+        let mut ids: Vec<(String, String)> = lines
+            .iter()
+            .rev()
+            .filter_map(|line| serde_json::from_slice::<IdFrom<'_>>(line).ok())
+            .take(n)
+            .map(|e| (e.from.into_owned(), e.id.into_owned()))
+            .collect();
+        ids.reverse();
+        Ok(ids)
     }
 
     /// Writes out the lines not yet written.
@@ -235,5 +296,50 @@ mod tests {
             .join("ann")
             .join("users")
             .exists());
+    }
+
+    #[test]
+    fn recent_ids_are_read_from_the_end_and_skip_damaged_lines() {
+        let home = tempfile::tempdir().unwrap();
+        let history = History::new(Some(home.path().to_path_buf()));
+        let peer = Conversation::User("bob".into());
+        for n in 0..3000 {
+            let entry = HistoryEntry {
+                id: format!("id{n}"),
+                from: "bob".into(),
+                text: "x".repeat(100),
+                sent_at: n,
+            };
+            history.record("ann", peer.borrow(), &entry.borrow());
+        }
+        history.flush();
+        let path = history.path("ann", peer.borrow()).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"\xff\xfe not a line\n").unwrap();
+        history.record(
+            "ann",
+            peer.borrow(),
+            &EntryRef {
+                id: "last",
+                from: "ann",
+                text: "mine",
+                sent_at: 1,
+            },
+        );
+        let ids = history.recent_ids("ann", &peer, 1000).unwrap();
+        assert_eq!(ids.len(), 1000);
+        assert_eq!(ids[0], ("bob".to_string(), "id2001".to_string()));
+        assert_eq!(ids[998], ("bob".to_string(), "id2999".to_string()));
+        assert_eq!(ids[999], ("ann".to_string(), "last".to_string()));
+        assert_eq!(history.recent_ids("ann", &peer, 5000).unwrap().len(), 3001);
+        let last = history.last("ann", &peer, 2).unwrap();
+        assert_eq!(
+            last[1].id, "last",
+            "a damaged line does not end the history"
+        );
+        assert!(history.recent_ids("..", &peer, 10).unwrap().is_empty());
     }
 }

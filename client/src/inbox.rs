@@ -228,8 +228,11 @@ pub(crate) struct Inbox {
 struct InboxState {
     dedup: Dedup,
     /// The conversations (with who we were logged in as) whose history has been read
-    /// into `dedup` in this run: see [`seed_from_history`].
+    /// in this run, into `from_history`: see [`opened_by_an_earlier_run`].
     seeded: HashSet<(String, String, bool)>,
+    /// `from NUL id` of the messages of those conversations' last history lines that
+    /// others wrote.
+    from_history: HashSet<String>,
     downloads: Option<Downloads>,
     /// Stored messages opened whose receipts are not sent yet, by (recipient, sender):
     /// the recipient is who we were logged in as.
@@ -451,25 +454,33 @@ fn still_to_open(inner: &Inner, state: &mut InboxState, m: &Incoming) -> Option<
     if m.session != inner.session.load(Ordering::Acquire) {
         return None;
     }
-    if m.stored {
-        seed_from_history(inner, state, m);
-    }
-    let pair = state.dedup.check(&m.from, &m.id);
-    if pair.is_none() {
+    let Some(pair) = state.dedup.check(&m.from, &m.id) else {
         inner.ack(m.session, m.tag);
+        return None;
+    };
+    if m.stored && opened_by_an_earlier_run(inner, state, m) {
+        // Shown before, and not acknowledged in time: acknowledged now, not shown again.
+        // The run that showed it may not have sent its receipt either: the sender gets
+        // one (perhaps a second).
+        if m.group.is_none() {
+            state.add_receipt(&m.to, &m.from, &m.id);
+        }
+        state.dedup.insert(pair);
+        inner.ack(m.session, m.tag);
+        return None;
     }
-    pair
+    Some(pair)
 }
 
-/// History lines read per conversation by [`seed_from_history`].
+/// History lines read per conversation by [`opened_by_an_earlier_run`].
 const HISTORY_SEED: usize = 4096;
 
-/// A message from storage may be one an earlier run of this client opened and did not
-/// get to acknowledge (it was killed, or the server did not delete it in time): the
-/// first time one of a conversation arrives in this run, the ids of the conversation's
-/// last [`HISTORY_SEED`] history lines go into the de-duplication memory, so that it
-/// is acknowledged without being shown again. Only with a home (no home, no history).
-fn seed_from_history(inner: &Inner, state: &mut InboxState, m: &Incoming) {
+/// Whether the history has `m`, a message from storage: one an earlier run of this
+/// client opened and did not get acknowledged (it was killed, or the server did not
+/// delete it in time). The first stored message of a conversation in a run reads the
+/// `(from, id)` of the conversation's last [`HISTORY_SEED`] lines (from the end of its
+/// file). Only with a home: no home, no history.
+fn opened_by_an_earlier_run(inner: &Inner, state: &mut InboxState, m: &Incoming) -> bool {
     // A pushed message's `to` is the session's user: who we are logged in as, known
     // before our keys are (the first messages of a login may arrive before them).
     let me = &m.to;
@@ -483,19 +494,22 @@ fn seed_from_history(inner: &Inner, state: &mut InboxState, m: &Incoming) {
             (me.clone(), m.from.clone(), false),
         ),
     };
-    if !state.seeded.insert(key) {
-        return;
-    }
-    match inner.history.last(me, &conversation, HISTORY_SEED) {
-        Ok(entries) => {
-            for entry in entries {
-                if let Some(pair) = state.dedup.check(&entry.from, &entry.id) {
-                    state.dedup.insert(pair);
-                }
+    if !state.seeded.contains(&key) {
+        match inner.history.recent_ids(me, &conversation, HISTORY_SEED) {
+            Ok(ids) => {
+                let others = ids.into_iter().filter(|(from, _)| from != me);
+                state
+                    .from_history
+                    .extend(others.map(|(from, id)| format!("{from}\0{id}")));
+                state.seeded.insert(key);
             }
+            // Tried again at the conversation's next stored message.
+            Err(e) => log::warn!("history not read to drop repeats: {e}"),
         }
-        Err(e) => log::warn!("history not read to drop repeats: {e}"),
     }
+    state
+        .from_history
+        .contains(&format!("{}\0{}", m.from, m.id))
 }
 
 /// Hands a message's events over, then acknowledges it, with no inbox lock held (an
@@ -526,7 +540,7 @@ fn act(
     match outcome {
         Outcome::FileStart(header) => {
             let name = header.name.clone();
-            if let Err(error) = downloads.start(&m.from, header) {
+            if let Err(error) = downloads.start(&m.from, header, m.sent_at) {
                 events.push(Event::FileFailed {
                     from: m.from,
                     name,
@@ -538,7 +552,7 @@ fn act(
             let name = downloads
                 .name_of(&m.from, &chunk.file_id)
                 .unwrap_or_default();
-            match downloads.chunk(&m.from, chunk) {
+            match downloads.chunk(&m.from, chunk, m.sent_at) {
                 Ok(ChunkOutcome::Progress) => {}
                 Ok(ChunkOutcome::Done(file)) => events.push(Event::File {
                     from: m.from,
