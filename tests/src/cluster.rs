@@ -89,12 +89,24 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free port on 127.0.0.1 (bound and released), never one this process handed out
+/// before: a port released here is free again until the server it is meant for binds
+/// it, and the kernel had given the same port to the next server of a cluster, which
+/// then could not listen.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no port left that this process has not handed out already")
 }
 
 /// Makes the cluster CA in `DIR/tls` (once) and a certificate for `name`, with the
