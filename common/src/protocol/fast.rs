@@ -479,7 +479,7 @@ mod tests {
             let read = Request::from_frame(&frame).unwrap();
             assert_eq!(read, request);
             assert!(
-                matches!(read.body, RequestBody::Send { ref body, .. } | RequestBody::GroupSend { ref body, .. } if body.is_raw())
+                matches!(read.body, RequestBody::Send { ref body, .. } | RequestBody::GroupSend { ref body, .. } if body.raw().is_some())
             );
             assert_eq!(
                 Request::from_frame(&request.to_frame(false)).unwrap(),

@@ -60,7 +60,7 @@ pub struct DeliverOut<'a> {
 /// Room a frame needs beyond its strings: keys, quotes, numbers.
 const FRAME_KEYS: usize = 128;
 
-impl<'a> RelayedOut<'a> {
+impl RelayedOut<'_> {
     /// The size of a frame carrying this message but its body, escapes aside.
     fn fields_capacity(&self) -> usize {
         FRAME_KEYS
@@ -68,11 +68,6 @@ impl<'a> RelayedOut<'a> {
             + self.from.len()
             + self.to.len()
             + self.group.map_or(0, str::len)
-    }
-
-    /// The body when a binary frame is to carry it: asked for, and held raw.
-    fn binary_body(&self, binary: bool) -> Option<&'a [u8]> {
-        self.body.raw().filter(|_| binary)
     }
 
     /// `,"id":…,"from":…,"to":…[,"body":…],"sent_at":…[,"group":…]`
@@ -88,16 +83,36 @@ impl<'a> RelayedOut<'a> {
             str_field(out, "group", group);
         }
     }
+
+    /// A `message` or `deliver` frame: `{"type":KIND,"KEY":N` (the tag or token), the
+    /// message's fields, then `more` (the frame's own optional fields) and `}`.
+    fn frame(
+        &self,
+        binary: bool,
+        kind: &str,
+        (key, n): (&str, u64),
+        more: impl Fn(&mut Vec<u8>),
+    ) -> Vec<u8> {
+        frame_with_body(self.fields_capacity(), self.body, binary, |out, body| {
+            out.extend_from_slice(br#"{"type":"#);
+            push_json_str(out, kind);
+            int_field(out, key, n);
+            self.write_fields(out, body);
+            more(out);
+            out.push(b'}');
+        })
+    }
 }
 
-/// A frame's bytes: binary around `raw` when given, else JSON with `body` as base64.
+/// A frame's bytes: binary if `binary` and the body is held raw, else JSON with the
+/// body as base64. `fields` writes the frame's JSON, the body's field when given.
 fn frame_with_body(
     capacity: usize,
     body: &Blob,
-    raw: Option<&[u8]>,
+    binary: bool,
     fields: impl Fn(&mut Vec<u8>, Option<&str>),
 ) -> Vec<u8> {
-    match raw {
+    match body.raw().filter(|_| binary) {
         Some(raw) => binary::write(capacity, |out| fields(out, None), raw),
         None => {
             let text = body.as_base64();
@@ -109,46 +124,26 @@ fn frame_with_body(
 }
 
 impl MessageOut<'_> {
-    /// The frame's JSON.
-    pub fn to_json(&self) -> Vec<u8> {
-        self.to_frame(false)
-    }
-
     /// The frame: binary if `binary` and the body is held raw, JSON otherwise.
     pub fn to_frame(&self, binary: bool) -> Vec<u8> {
-        let message = &self.message;
-        let raw = message.binary_body(binary);
-        frame_with_body(message.fields_capacity(), message.body, raw, |out, body| {
-            out.extend_from_slice(br#"{"type":"message""#);
-            int_field(out, "tag", self.tag);
-            message.write_fields(out, body);
-            if self.stored {
-                out.extend_from_slice(br#","stored":true"#);
-            }
-            out.push(b'}');
-        })
+        self.message
+            .frame(binary, "message", ("tag", self.tag), |out| {
+                if self.stored {
+                    out.extend_from_slice(br#","stored":true"#);
+                }
+            })
     }
 }
 
 impl DeliverOut<'_> {
-    /// The frame's JSON.
-    pub fn to_json(&self) -> Vec<u8> {
-        self.to_frame(false)
-    }
-
     /// The frame: binary if `binary` and the body is held raw, JSON otherwise.
     pub fn to_frame(&self, binary: bool) -> Vec<u8> {
-        let message = &self.message;
-        let raw = message.binary_body(binary);
-        frame_with_body(message.fields_capacity(), message.body, raw, |out, body| {
-            out.extend_from_slice(br#"{"type":"deliver""#);
-            int_field(out, "token", self.token);
-            message.write_fields(out, body);
-            if let Some(session) = self.session {
-                int_field(out, "session", session);
-            }
-            out.push(b'}');
-        })
+        self.message
+            .frame(binary, "deliver", ("token", self.token), |out| {
+                if let Some(session) = self.session {
+                    int_field(out, "session", session);
+                }
+            })
     }
 }
 
@@ -171,23 +166,27 @@ impl Request {
             } => ("group_send", id, "group", group, Some(*epoch), body),
             _ => return serde_json::to_vec(self).expect("requests serialize"),
         };
-        let raw = body.raw().filter(|_| binary);
-        frame_with_body(FRAME_KEYS + id.len() + to.len(), body, raw, |out, body| {
-            out.push(b'{');
-            push_json_str(out, "req");
-            out.push(b':');
-            push_json_int(out, self.req);
-            str_field(out, "type", kind);
-            str_field(out, "id", id);
-            str_field(out, to_key, to);
-            if let Some(epoch) = epoch {
-                int_field(out, "epoch", epoch);
-            }
-            if let Some(body) = body {
-                str_field(out, "body", body);
-            }
-            out.push(b'}');
-        })
+        frame_with_body(
+            FRAME_KEYS + id.len() + to.len(),
+            body,
+            binary,
+            |out, body| {
+                out.push(b'{');
+                push_json_str(out, "req");
+                out.push(b':');
+                push_json_int(out, self.req);
+                str_field(out, "type", kind);
+                str_field(out, "id", id);
+                str_field(out, to_key, to);
+                if let Some(epoch) = epoch {
+                    int_field(out, "epoch", epoch);
+                }
+                if let Some(body) = body {
+                    str_field(out, "body", body);
+                }
+                out.push(b'}');
+            },
+        )
     }
 }
 
@@ -298,7 +297,10 @@ mod tests {
                     message,
                     stored,
                 };
-                assert_eq!(borrowed.to_json(), serde_json::to_vec(&owned).unwrap());
+                assert_eq!(
+                    borrowed.to_frame(false),
+                    serde_json::to_vec(&owned).unwrap()
+                );
                 let owned = PeerFrame::Deliver {
                     token: 5,
                     id: s.clone(),
@@ -314,7 +316,10 @@ mod tests {
                     message,
                     session,
                 };
-                assert_eq!(borrowed.to_json(), serde_json::to_vec(&owned).unwrap());
+                assert_eq!(
+                    borrowed.to_frame(false),
+                    serde_json::to_vec(&owned).unwrap()
+                );
             }
         }
     }
