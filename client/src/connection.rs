@@ -660,15 +660,17 @@ fn resume_on_new_link(inner: &Arc<Inner>) -> Result<String, ClientError> {
 }
 
 /// Seals `payload` as the direct message `id` from `me` to `to`, under their
-/// conversation key (fetched or made first if need be).
+/// conversation key (fetched or made first if need be, each request waiting at most
+/// `timeout`).
 fn seal_direct_payload(
     inner: &Inner,
     me: &Identity,
     to: &str,
     id: &str,
     payload: &Payload,
+    timeout: Duration,
 ) -> Result<Vec<u8>, ClientError> {
-    let fetch = |body: RequestBody| call(inner, body, NET_TIMEOUT);
+    let fetch = |body: RequestBody| call(inner, body, timeout);
     let (key_id, key) = inner.keyring.sending_key(&fetch, me, to)?;
     seal_direct(&key, &key_id, &me.user, to, id, &payload.encode())
         .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
@@ -676,19 +678,25 @@ fn seal_direct_payload(
 
 /// Sends the sealed direct message `id` to `to`; with `report`, its delivery becomes an
 /// `Event::Delivered` when the `ok` says it reached `to`.
-fn send_sealed(inner: &Inner, id: &str, to: &str, body: &[u8], report: bool) -> ReplyHandle {
+fn send_sealed(inner: &Inner, id: &str, to: &str, body: Vec<u8>, report: bool) -> ReplyHandle {
     let send = RequestBody::Send {
         id: id.to_string(),
         to: to.to_string(),
-        body: Blob::from_bytes(body),
+        body: Blob::from_vec(body),
     };
     send_request_to(inner, send, report.then(|| to.to_string()))
 }
 
 /// Seals one receipt for the messages `ids` (all from `to`) and sends it to their
 /// sender, without waiting for the reply (the write itself may wait on the socket, see
-/// `link::LinkOut::send`).
-pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, ids: Vec<String>) {
+/// `link::LinkOut::send`; a key to fetch first, at most `timeout`).
+pub(crate) fn send_receipt(
+    inner: &Inner,
+    me: &Identity,
+    to: &str,
+    ids: Vec<String>,
+    timeout: Duration,
+) {
     let receipt_id = new_message_id();
     let count = ids.len();
     // One id alone goes in the form earlier clients read too.
@@ -699,9 +707,9 @@ pub(crate) fn send_receipt(inner: &Inner, me: &Identity, to: &str, ids: Vec<Stri
         },
         Err(ids) => Payload::Receipt { id: None, ids },
     };
-    match seal_direct_payload(inner, me, to, &receipt_id, &payload) {
+    match seal_direct_payload(inner, me, to, &receipt_id, &payload, timeout) {
         // No `Delivered` event for the receipt itself.
-        Ok(body) => drop(send_sealed(inner, &receipt_id, to, &body, false)),
+        Ok(body) => drop(send_sealed(inner, &receipt_id, to, body, false)),
         Err(e) => log::warn!("no receipt to {to} for {count} messages: {e}"),
     }
 }
@@ -756,7 +764,7 @@ fn send_group_payload(inner: &Inner, id: &str, group: &str, payload: &Payload) -
                 id: id.to_string(),
                 group: group.to_string(),
                 epoch,
-                body: Blob::from_bytes(&body),
+                body: Blob::from_vec(body),
             },
         ),
         Err(e) => ReplyHandle::ready(Err(e)),
@@ -1020,7 +1028,7 @@ impl Client {
         let handle = match self.seal_direct(&id, to, &payload) {
             Ok(body) => {
                 self.record_sent(ConversationRef::User(to), &id, text);
-                send_sealed(&self.inner, &id, to, &body, true)
+                send_sealed(&self.inner, &id, to, body, true)
             }
             Err(e) => ReplyHandle::ready(Err(e)),
         };
@@ -1028,7 +1036,7 @@ impl Client {
     }
 
     fn seal_direct(&self, id: &str, to: &str, payload: &Payload) -> Result<Vec<u8>, ClientError> {
-        seal_direct_payload(&self.inner, &self.identity()?, to, id, payload)
+        seal_direct_payload(&self.inner, &self.identity()?, to, id, payload, NET_TIMEOUT)
     }
 
     /// Sends a text to `group`, sealed under the group's current key epoch; returns the
@@ -1141,7 +1149,7 @@ impl Client {
         let id = new_message_id();
         match to {
             Conversation::User(user) => match self.seal_direct(&id, user, payload) {
-                Ok(body) => self.send_body(&id, user, &body),
+                Ok(body) => send_sealed(&self.inner, &id, user, body, false),
                 Err(e) => ReplyHandle::ready(Err(e)),
             },
             Conversation::Group(group) => send_group_payload(&self.inner, &id, group, payload),
@@ -1216,7 +1224,7 @@ impl Client {
     /// Sends a direct message whose body is exactly `body` (already sealed; tests use
     /// it to send what a real client never would).
     pub fn send_body(&self, id: &str, to: &str, body: &[u8]) -> ReplyHandle {
-        send_sealed(&self.inner, id, to, body, false)
+        send_sealed(&self.inner, id, to, body.to_vec(), false)
     }
 
     /// Sends raw bytes as one frame (tests use it to send malformed requests).
@@ -1258,7 +1266,7 @@ impl Client {
             if !HandOvers::on_this_thread() {
                 // Sealing one may fetch a key, whose reply a handler's thread would
                 // have to read itself.
-                crate::inbox::send_last_receipts(inner);
+                crate::inbox::send_last_receipts(inner, deadline);
             }
             if !inner.closed.swap(true, Ordering::AcqRel) {
                 let link = inner.link.lock().take();

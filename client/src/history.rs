@@ -7,7 +7,7 @@ use crate::error::ClientError;
 use fastchat_common::protocol::UnixMillis;
 use fastchat_common::ErrorCode;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 /// A conversation: with a user, or in a group.
@@ -132,45 +132,18 @@ impl History {
         conversation: &Conversation,
         n: usize,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
-        let Some(path) = self.path(me, conversation.borrow()) else {
-            return Ok(Vec::new());
-        };
-        self.appender.flush();
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(ClientError::new(
-                    ErrorCode::LocalError,
-                    format!("cannot read {}: {e}", path.display()),
-                ))
-            }
-        };
-        let mut last = std::collections::VecDeque::with_capacity(n);
-        // A damaged line is skipped, not taken for the end of the file.
-        for line in std::io::BufReader::new(file)
-            .split(b'\n')
-            .map_while(Result::ok)
-        {
-            if let Ok(entry) = serde_json::from_slice::<HistoryEntry>(&line) {
-                if last.len() == n {
-                    last.pop_front();
-                }
-                if n > 0 {
-                    last.push_back(entry);
-                }
-            }
-        }
-        Ok(last.into())
+        self.last_lines(me, conversation.borrow(), n, |line| {
+            serde_json::from_slice::<HistoryEntry>(line).ok()
+        })
+        .map_err(|e| ClientError::new(ErrorCode::LocalError, format!("cannot read history: {e}")))
     }
 
-    /// The `(from, id)` of a conversation's last `n` messages, oldest first, read from
-    /// the end of its file: only as much of it as those lines take, and only those
-    /// two fields of each.
+    /// The `(from, id)` of a conversation's last `n` messages, oldest first (only those
+    /// two fields of each line are read).
     pub fn recent_ids(
         &self,
         me: &str,
-        conversation: &Conversation,
+        conversation: ConversationRef<'_>,
         n: usize,
     ) -> std::io::Result<Vec<(String, String)>> {
         #[derive(Deserialize)]
@@ -180,8 +153,24 @@ impl History {
             #[serde(borrow)]
             from: std::borrow::Cow<'a, str>,
         }
+        self.last_lines(me, conversation, n, |line| {
+            let e = serde_json::from_slice::<IdFrom<'_>>(line).ok()?;
+            Some((e.from.into_owned(), e.id.into_owned()))
+        })
+    }
+
+    /// What `parse` makes of a conversation's last `n` lines it can read, oldest first.
+    /// The file is read from its end, only as far back as those lines take; a damaged
+    /// line among them is skipped (then fewer than `n` may come back).
+    fn last_lines<T>(
+        &self,
+        me: &str,
+        conversation: ConversationRef<'_>,
+        n: usize,
+        parse: impl Fn(&[u8]) -> Option<T>,
+    ) -> std::io::Result<Vec<T>> {
         const BLOCK: u64 = 64 * 1024;
-        let Some(path) = self.path(me, conversation.borrow()) else {
+        let Some(path) = self.path(me, conversation) else {
             return Ok(Vec::new());
         };
         self.appender.flush();
@@ -204,20 +193,13 @@ impl History {
             tail = block;
             start = from;
         }
-        let mut lines: Vec<&[u8]> = tail.split(|&b| b == b'\n').collect();
-        // (A damaged line among them is skipped: then fewer than `n` may come back.)
+        let mut lines = tail.split(|&b| b == b'\n');
         if start > 0 {
-            lines.remove(0); // begun before the blocks read
+            lines.next(); // begun before the blocks read
         }
-        let mut ids: Vec<(String, String)> = lines
-            .iter()
-            .rev()
-            .filter_map(|line| serde_json::from_slice::<IdFrom<'_>>(line).ok())
-            .take(n)
-            .map(|e| (e.from.into_owned(), e.id.into_owned()))
-            .collect();
-        ids.reverse();
-        Ok(ids)
+        let mut parsed: Vec<T> = lines.rev().filter_map(parse).take(n).collect();
+        parsed.reverse();
+        Ok(parsed)
     }
 
     /// Writes out the lines not yet written.
@@ -329,17 +311,26 @@ mod tests {
                 sent_at: 1,
             },
         );
-        let ids = history.recent_ids("ann", &peer, 1000).unwrap();
+        let ids = history.recent_ids("ann", peer.borrow(), 1000).unwrap();
         assert_eq!(ids.len(), 1000);
         assert_eq!(ids[0], ("bob".to_string(), "id2001".to_string()));
         assert_eq!(ids[998], ("bob".to_string(), "id2999".to_string()));
         assert_eq!(ids[999], ("ann".to_string(), "last".to_string()));
-        assert_eq!(history.recent_ids("ann", &peer, 5000).unwrap().len(), 3001);
+        assert_eq!(
+            history
+                .recent_ids("ann", peer.borrow(), 5000)
+                .unwrap()
+                .len(),
+            3001
+        );
         let last = history.last("ann", &peer, 2).unwrap();
         assert_eq!(
             last[1].id, "last",
             "a damaged line does not end the history"
         );
-        assert!(history.recent_ids("..", &peer, 10).unwrap().is_empty());
+        assert!(history
+            .recent_ids("..", peer.borrow(), 10)
+            .unwrap()
+            .is_empty());
     }
 }

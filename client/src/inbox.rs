@@ -6,7 +6,7 @@
 use crate::connection::{call, send_receipt, Event, Inner};
 use crate::error::ClientError;
 use crate::files::{ChunkOutcome, Downloads, FileChunk, FileHeader};
-use crate::history::{Conversation, ConversationRef, EntryRef};
+use crate::history::{ConversationRef, EntryRef};
 use crate::keyring::{Call, Identity};
 use crate::payload::Payload;
 use crossbeam_channel::{Receiver, Sender};
@@ -227,11 +227,14 @@ pub(crate) struct Inbox {
 #[derive(Default)]
 struct InboxState {
     dedup: Dedup,
-    /// The conversations (with who we were logged in as) whose history has been read
-    /// in this run, into `from_history`: see [`opened_by_an_earlier_run`].
-    seeded: HashSet<(String, String, bool)>,
-    /// `from NUL id` of the messages of those conversations' last history lines that
-    /// others wrote.
+    /// `me NUL (u|g) NUL name` of the conversations whose history has been read in
+    /// this run, into `from_history`: see [`opened_by_an_earlier_run`].
+    seeded: HashSet<String>,
+    /// Where such a key is put together to be looked up.
+    seeded_key: String,
+    /// `from NUL id` (as [`Dedup`] keeps pairs) of those conversations' last history
+    /// lines that others wrote: at most [`HISTORY_SEED`] per conversation with stored
+    /// messages in this run.
     from_history: HashSet<String>,
     downloads: Option<Downloads>,
     /// Stored messages opened whose receipts are not sent yet, by (recipient, sender):
@@ -295,24 +298,28 @@ impl InboxState {
 /// Sends receipts, one per sender, with no lock held (sealing one may have to fetch a
 /// key). Those gathered under another login than the current one are dropped: the
 /// receipt is a courtesy, the message itself is delivered and acknowledged.
-fn send_receipts(inner: &Inner, receipts: Receipts) {
+fn send_receipts(inner: &Inner, receipts: Receipts, timeout: Duration) {
     if receipts.is_empty() {
         return;
     }
     let me = inner.keyring.identity();
     for ((recipient, to), ids) in receipts {
         match &me {
-            Some(me) if me.user == recipient => send_receipt(inner, me, &to, ids),
+            Some(me) if me.user == recipient => send_receipt(inner, me, &to, ids, timeout),
             _ => log::info!("{} receipts to {to} dropped: logged out", ids.len()),
         }
     }
 }
 
 /// Sends the receipts gathered and not sent yet (a closing client, once no message is
-/// being handed over any more).
-pub(crate) fn send_last_receipts(inner: &Inner) {
+/// being handed over any more), fetching no key past `deadline`.
+pub(crate) fn send_last_receipts(inner: &Inner, deadline: Instant) {
     let due = inner.inbox.state.lock().take_due_receipts(true);
-    send_receipts(inner, due);
+    send_receipts(
+        inner,
+        due,
+        deadline.saturating_duration_since(Instant::now()),
+    );
 }
 
 impl Inbox {
@@ -440,7 +447,7 @@ pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
         // were 100,000 receipts, each a message of its own). Sent before the hand-over
         // ends, so that a closing client sends them before its link ends.
         let due = inner.inbox.state.lock().take_due_receipts(rx.is_empty());
-        send_receipts(&inner, due);
+        send_receipts(&inner, due, crate::transport::NET_TIMEOUT);
         drop(handing_over);
         inner.inbox.queued.fetch_sub(1, Ordering::AcqRel);
     }
@@ -458,7 +465,7 @@ fn still_to_open(inner: &Inner, state: &mut InboxState, m: &Incoming) -> Option<
         inner.ack(m.session, m.tag);
         return None;
     };
-    if m.stored && opened_by_an_earlier_run(inner, state, m) {
+    if m.stored && opened_by_an_earlier_run(inner, state, m, &pair) {
         // Shown before, and not acknowledged in time: acknowledged now, not shown again.
         // The run that showed it may not have sent its receipt either: the sender gets
         // one (perhaps a second).
@@ -480,36 +487,44 @@ const HISTORY_SEED: usize = 4096;
 /// delete it in time). The first stored message of a conversation in a run reads the
 /// `(from, id)` of the conversation's last [`HISTORY_SEED`] lines (from the end of its
 /// file). Only with a home: no home, no history.
-fn opened_by_an_earlier_run(inner: &Inner, state: &mut InboxState, m: &Incoming) -> bool {
+fn opened_by_an_earlier_run(
+    inner: &Inner,
+    state: &mut InboxState,
+    m: &Incoming,
+    pair: &Unseen,
+) -> bool {
     // A pushed message's `to` is the session's user: who we are logged in as, known
     // before our keys are (the first messages of a login may arrive before them).
     let me = &m.to;
-    let (conversation, key) = match &m.group {
-        Some(group) => (
-            Conversation::Group(group.clone()),
-            (me.clone(), group.clone(), true),
-        ),
-        None => (
-            Conversation::User(m.from.clone()),
-            (me.clone(), m.from.clone(), false),
-        ),
+    let (kind, name) = match &m.group {
+        Some(group) => ("g", group),
+        None => ("u", &m.from),
     };
-    if !state.seeded.contains(&key) {
-        match inner.history.recent_ids(me, &conversation, HISTORY_SEED) {
+    let key = &mut state.seeded_key;
+    key.clear();
+    for part in [me.as_str(), kind, name] {
+        key.push_str(part);
+        key.push('\0');
+    }
+    if !state.seeded.contains(key.as_str()) {
+        let conversation = match &m.group {
+            Some(group) => ConversationRef::Group(group),
+            None => ConversationRef::User(&m.from),
+        };
+        match inner.history.recent_ids(me, conversation, HISTORY_SEED) {
             Ok(ids) => {
                 let others = ids.into_iter().filter(|(from, _)| from != me);
                 state
                     .from_history
                     .extend(others.map(|(from, id)| format!("{from}\0{id}")));
-                state.seeded.insert(key);
+                state.seeded.insert(state.seeded_key.clone());
             }
             // Tried again at the conversation's next stored message.
             Err(e) => log::warn!("history not read to drop repeats: {e}"),
         }
     }
-    state
-        .from_history
-        .contains(&format!("{}\0{}", m.from, m.id))
+    // The pair's key is `from NUL id` too.
+    state.from_history.contains(&*pair.key)
 }
 
 /// Hands a message's events over, then acknowledges it, with no inbox lock held (an
