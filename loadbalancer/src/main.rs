@@ -194,7 +194,7 @@ fn refresh_loop(balancer: &Balancer, pool: &fastchat_sql::Pool) {
         let result = pool
             .get()
             .map_err(fastchat_sql::StoreError::from)
-            .and_then(|mut db| fastchat_sql::live_servers(&mut db));
+            .and_then(|mut db| fastchat_sql::live_servers_with_tickets(&mut db));
         match result {
             Ok(rows) => {
                 let live: Vec<LiveServer> = rows

@@ -65,7 +65,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_and_tickets_are_taken_together_and_old_tickets_are_forgotten() {
+    fn the_count_and_the_tickets_follow_hellos_and_leavings_and_old_tickets_are_forgotten() {
         let clients = Clients::default();
         let t0 = Instant::now();
         clients.greeted("a", t0);

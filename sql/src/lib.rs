@@ -29,8 +29,8 @@ pub use pool::{connect, connect_for_maintenance, pool, Pool, PooledClient};
 pub use presence::{clear_presence, clear_server_presence, reconcile_presence, set_presence};
 pub use resume::{issue_resume_token, redeem_resume_token, revoke_resume_token};
 pub use servers::{
-    heartbeat, live_servers, mark_draining, register_server, remove_server, stale_servers, Beat,
-    ServerRow,
+    heartbeat, live_servers, live_servers_with_tickets, mark_draining, register_server,
+    remove_server, stale_servers, Beat, ServerRow,
 };
 pub use users::{
     account, change_password, create_user, public_key, user_exists, Account, Credentials, NewUser,

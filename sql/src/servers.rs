@@ -23,7 +23,8 @@ pub struct ServerRow {
     /// Whether the server is shutting down and takes no new clients.
     pub draining: bool,
     /// Nonces of the tickets that clients said hello with in the seconds before the
-    /// last heartbeat: those clients are in `clients`.
+    /// last heartbeat: those clients are in `clients`. Read only by
+    /// [`live_servers_with_tickets`] (the balancer's); empty from [`live_servers`].
     pub recent_tickets: Vec<String>,
 }
 
@@ -121,14 +122,31 @@ pub fn remove_server(
     Ok(())
 }
 
-/// Servers whose heartbeat is fresh (draining ones included; callers filter).
+/// Servers whose heartbeat is fresh (draining ones included; callers filter), without
+/// their `recent_tickets` (up to thousands each; only the balancer needs them).
 pub fn live_servers(client: &mut postgres::Client) -> Result<Vec<ServerRow>, StoreError> {
+    query_live_servers(client, "'{}'::text[]")
+}
+
+/// [`live_servers`], with each server's `recent_tickets`.
+pub fn live_servers_with_tickets(
+    client: &mut postgres::Client,
+) -> Result<Vec<ServerRow>, StoreError> {
+    query_live_servers(client, "recent_tickets")
+}
+
+fn query_live_servers(
+    client: &mut postgres::Client,
+    tickets: &str,
+) -> Result<Vec<ServerRow>, StoreError> {
     let rows = client.query(
-        "SELECT name, client_addr, peer_addr, incarnation, clients, peers, load, draining,
-                recent_tickets
-         FROM servers
-         WHERE heartbeat > now() - make_interval(secs => $1::bigint / 1000.0)
-         ORDER BY name",
+        &format!(
+            "SELECT name, client_addr, peer_addr, incarnation, clients, peers, load, draining,
+                    {tickets} AS recent_tickets
+             FROM servers
+             WHERE heartbeat > now() - make_interval(secs => $1::bigint / 1000.0)
+             ORDER BY name"
+        ),
         &[&HEARTBEAT_TIMEOUT_MS],
     )?;
     Ok(rows.iter().map(row_to_server).collect())
