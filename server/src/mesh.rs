@@ -4,6 +4,7 @@
 use crate::conn::{out_queue, spawn_writer, to_body, Outgoing, Writes};
 use crate::router::{Heard, PeerLink};
 use crate::state::{ServerState, LINK_WAIT};
+use crate::store::StoreJob;
 use crate::tls::{TlsRead, TlsWrite};
 use fastchat_common::frame::{read_frame, write_frame, MAX_PEER_FRAME};
 use fastchat_common::protocol::peer::PeerFrame;
@@ -228,6 +229,30 @@ pub fn link_down(state: &ServerState, peer: &str, link_id: u64) {
     log::info!("mesh link down: {peer} ({users} users unreachable, {flights} messages to store)");
 }
 
+/// Answers a peer's fence once this server's store thread has done every job queued
+/// before it. The fence follows the peer's `presence`, which closed the user's session
+/// here if it had one: the deletes of the stored messages that session acknowledged are
+/// then committed before the peer's login fetches (it would push them again), and so
+/// are the messages stored here for the user until then. The store thread answers
+/// without waiting: on a congested link the answer is dropped, and the peer's fence
+/// times out as it would for a lost link.
+fn answer_fence(state: &Arc<ServerState>, peer: &str, token: u64) {
+    let weak = Arc::downgrade(state);
+    let to = peer.to_string();
+    let answer = move || {
+        let link = weak.upgrade().and_then(|state| state.router.peer(&to));
+        if let Some(link) = link {
+            link.send(&PeerFrame::FenceAck { token }, Duration::ZERO);
+        }
+    };
+    if let Err(crossbeam_channel::SendError(StoreJob::Flush(answer))) =
+        state.store.send(StoreJob::Flush(Box::new(answer)))
+    {
+        // No store thread (shutting down): nothing is queued behind which to wait.
+        answer();
+    }
+}
+
 fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
     match frame {
         PeerFrame::Hello { .. } => log::warn!("{peer}: second hello ignored"),
@@ -307,11 +332,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
         }
         PeerFrame::Notify { users, frame } => crate::notify::on_notify(state, &users, &frame),
         PeerFrame::GroupChanged { group } => state.group_cache.forget(&group),
-        PeerFrame::Fence { token } => {
-            if let Some(link) = state.router.peer(peer) {
-                link.send(&PeerFrame::FenceAck { token }, LINK_WAIT);
-            }
-        }
+        PeerFrame::Fence { token } => answer_fence(state, peer, token),
         PeerFrame::FenceAck { token } => {
             if let Some(waiter) = state.fences.lock().get(&token) {
                 let _ = waiter.try_send(peer.to_string());

@@ -549,9 +549,11 @@ impl ClientConn {
             socket,
             self.binary_bodies,
         );
+        let mut replaced_here = false;
         if let Some(Location::Local(old)) = state.router.set_local(session.clone()) {
             log::info!("{user}: new login replaces connection {}", old.conn_id());
             old.replace();
+            replaced_here = true;
         }
         state.known_users.write().insert(user.to_string());
         state.orphaned.lock().remove(user);
@@ -563,6 +565,12 @@ impl ClientConn {
             session: Some(self.conn_id),
         });
         fence_peers(state);
+        if replaced_here {
+            // The deletes of the stored messages the replaced session acknowledged are
+            // queued: committed before this session's fetch, which would push them
+            // again. (A session replaced on a peer: its fence answer waits likewise.)
+            state.flush_store(STORE_FLUSH_WAIT);
+        }
         friends::announce_presence(state, user, true);
         log::info!("{user} logged in (connection {})", self.conn_id);
         self.ok(

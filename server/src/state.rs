@@ -171,6 +171,9 @@ impl ServerState {
     /// this call (stores and deletes committed); `false` if it had not by then.
     pub fn flush_store(&self, wait: Duration) -> bool {
         let (done, finished) = crossbeam_channel::bounded(1);
+        let done = Box::new(move || {
+            let _ = done.send(());
+        });
         self.store.send(StoreJob::Flush(done)).is_ok() && finished.recv_timeout(wait).is_ok()
     }
 

@@ -33,8 +33,9 @@ pub enum StoreJob {
     },
     /// The recipient acknowledged this stored message: delete it.
     Delete(i64),
-    /// Answer once every job before this one is done (shutdown).
-    Flush(crossbeam_channel::Sender<()>),
+    /// Run this once every job queued before it is done (its stores and deletes
+    /// committed, or failed): a session's end, a peer's fence, the shutdown.
+    Flush(Box<dyn FnOnce() + Send>),
 }
 
 /// Runs the store thread until every sender of `jobs` is gone.
@@ -57,7 +58,7 @@ pub fn run_store(state: Weak<ServerState>, jobs: Receiver<StoreJob>) {
         let Some(state) = state.upgrade() else { break };
         commit_batch(&state, stores, deletes);
         for done in flushes {
-            let _ = done.send(());
+            done();
         }
     }
 }

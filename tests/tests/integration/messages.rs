@@ -186,16 +186,7 @@ fn stored_messages_acknowledged_before_a_logout_or_close_are_gone_when_it_return
     let cluster = Cluster::start(1);
     let alice = cluster.user("alice", None);
     cluster.user("bob", None).logout().unwrap();
-    cluster
-        .db
-        .connect()
-        .batch_execute(
-            "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
-             CREATE TRIGGER slow_delete BEFORE DELETE ON pending
-                 FOR EACH STATEMENT EXECUTE FUNCTION slow_delete();",
-        )
-        .expect("slow deletes");
+    slow_pending_deletes(&cluster, 0.3);
     for end in [End::Logout, End::Close] {
         for i in 0..5 {
             let (_, h) = alice.send_text("bob", &format!("m{i}"));
@@ -217,6 +208,59 @@ fn stored_messages_acknowledged_before_a_logout_or_close_are_gone_when_it_return
             "deleted before the end returned"
         );
     }
+}
+
+/// A login that replaces a session, on the same server or another, is not pushed the
+/// stored messages that the replaced session acknowledged: their deletes are committed
+/// before its fetch (the other server answers the login's fence only then). A trigger
+/// makes every delete from `pending` take a second, longer than a login takes.
+#[test]
+fn stored_messages_the_replaced_session_acknowledged_are_not_pushed_to_the_new_one() {
+    let cluster = Cluster::start(2);
+    let alice = cluster.user("alice", Some("server-1"));
+    cluster.user("bob", Some("server-1")).logout().unwrap();
+    slow_pending_deletes(&cluster, 1.0);
+    for (round, next_server) in ["server-1", "server-2"].into_iter().enumerate() {
+        for i in 0..5 {
+            let (_, h) = alice.send_text("bob", &format!("r{round} m{i}"));
+            assert!(sent_stored(h.wait(WAIT)), "bob is offline: stored");
+        }
+        let first = cluster.client_on("server-1");
+        first.login("bob", "bob-password").unwrap();
+        for i in 0..5 {
+            assert_eq!(
+                next_message(&first, WAIT),
+                ("alice".into(), format!("r{round} m{i}"))
+            );
+        }
+        // Logged in again elsewhere while the first client is still connected.
+        let next = cluster.client_on(next_server);
+        next.login("bob", "bob-password").unwrap();
+        let (_, h) = alice.send_text("bob", &format!("r{round} after"));
+        h.wait(WAIT).unwrap();
+        assert_eq!(
+            next_message(&next, WAIT),
+            ("alice".into(), format!("r{round} after")),
+            "the first message the login on {next_server} gets"
+        );
+        next.logout().unwrap();
+        drop(first);
+    }
+}
+
+/// Makes every delete from `pending` take `seconds` (a trigger).
+fn slow_pending_deletes(cluster: &Cluster, seconds: f64) {
+    let sql = format!(
+        "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$;
+         CREATE TRIGGER slow_delete BEFORE DELETE ON pending
+             FOR EACH STATEMENT EXECUTE FUNCTION slow_delete();"
+    );
+    cluster
+        .db
+        .connect()
+        .batch_execute(&sql)
+        .expect("slow deletes");
 }
 
 /// Stored messages that a run of the client opened, but that are pushed again at the
