@@ -528,6 +528,7 @@ fn read_loop(
 mod tests {
     use super::*;
     use crate::transport::{connect, Trust};
+    use fastchat_common::frame::FrameError;
     use fastchat_common::tls::{self, pki, TlsIdentity};
     use std::net::TcpListener;
     use std::time::Duration;
@@ -543,6 +544,20 @@ mod tests {
         n: usize,
         binary_bodies: bool,
     ) -> (LinkOut, impl FnOnce(), thread::JoinHandle<Vec<Vec<u8>>>) {
+        let (out, start_writer, server) = link_to_server(binary_bodies, move |mut reader| {
+            (0..n)
+                .map(|_| read_frame(&mut reader, 1024).unwrap().expect("a frame"))
+                .collect()
+        });
+        (out, start_writer, server)
+    }
+
+    /// A TLS server on loopback that answers what `read` makes of the frames it reads;
+    /// and a `LinkOut` connected to it whose writer thread is not started yet.
+    fn link_to_server<T: Send + 'static>(
+        binary_bodies: bool,
+        read: impl FnOnce(&mut dyn std::io::Read) -> T + Send + 'static,
+    ) -> (LinkOut, impl FnOnce(), thread::JoinHandle<T>) {
         let ca = pki::make_ca("link-test").unwrap();
         let pair = pki::issue(&ca, "server-1").unwrap();
         let identity = TlsIdentity::from_pem(
@@ -560,10 +575,7 @@ mod tests {
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             let (reader, _writer) = tls::accept(&acceptor, &socket, &socket).unwrap();
-            let mut reader = BufReader::new(reader);
-            (0..n)
-                .map(|_| read_frame(&mut reader, 1024).unwrap().expect("a frame"))
-                .collect()
+            read(&mut BufReader::new(reader))
         });
         let trust = Trust::from_ca_pem(ca.cert.as_bytes()).unwrap();
         let conn = connect(&trust, &addr).unwrap();
@@ -600,6 +612,54 @@ mod tests {
         assert_eq!(
             server.join().unwrap(),
             vec![b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
+        );
+    }
+
+    #[test]
+    fn acknowledgements_keep_their_place_and_finish_writes_everything_before_the_end() {
+        let (out, start_writer, server) = link_to_server(true, |mut reader| {
+            let mut frames = Vec::new();
+            // Up to the end of the stream (or an error: a timeout is one).
+            loop {
+                match read_frame(&mut reader, 1024) {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => return (frames, None),
+                    Err(FrameError::Io(e)) => return (frames, Some(e.kind())),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+        out.ack(1);
+        out.ack(2);
+        after_a_gap();
+        // Alone, and the write half is free: but the acknowledgements are still queued.
+        out.send(b"after the acks".to_vec());
+        out.ack(3);
+        out.finish();
+        start_writer();
+        let (frames, end) = server.join().unwrap();
+        let ack = |tags: Vec<u64>| {
+            serde_json::to_vec(&Request {
+                req: 0,
+                body: RequestBody::Ack { tags },
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            frames,
+            vec![ack(vec![1, 2]), b"after the acks".to_vec(), ack(vec![3])]
+        );
+        assert!(
+            !matches!(
+                end,
+                Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+            ),
+            "the stream ended after them: {end:?}"
+        );
+        assert_eq!(
+            out.queued.load(Ordering::Acquire),
+            0,
+            "nothing counted as queued"
         );
     }
 
