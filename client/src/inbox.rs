@@ -482,6 +482,12 @@ fn still_to_open(inner: &Inner, state: &mut InboxState, m: &Incoming) -> Option<
 /// History lines read per conversation by [`opened_by_an_earlier_run`].
 const HISTORY_SEED: usize = 4096;
 
+/// Most `(from, id)` pairs kept from the histories read: past it, they are forgotten
+/// (and read again at each conversation's next stored message), so that a client
+/// pushed stored messages from very many conversations keeps its memory bounded (about
+/// 20 MiB at most).
+const FROM_HISTORY_CAP: usize = 1 << 18;
+
 /// Whether the history has `m`, a message from storage: one an earlier run of this
 /// client opened and did not get acknowledged (it was killed, or the server did not
 /// delete it in time). The first stored message of a conversation in a run reads the
@@ -513,6 +519,7 @@ fn opened_by_an_earlier_run(
         };
         match inner.history.recent_ids(me, conversation, HISTORY_SEED) {
             Ok(ids) => {
+                make_room(state, ids.len(), FROM_HISTORY_CAP);
                 let others = ids.into_iter().filter(|(from, _)| from != me);
                 state
                     .from_history
@@ -525,6 +532,14 @@ fn opened_by_an_earlier_run(
     }
     // The pair's key is `from NUL id` too.
     state.from_history.contains(&*pair.key)
+}
+
+/// Forgets every history read when `adding` more pairs would pass `cap`.
+fn make_room(state: &mut InboxState, adding: usize, cap: usize) {
+    if state.from_history.len() + adding > cap {
+        state.from_history = HashSet::new();
+        state.seeded.clear();
+    }
 }
 
 /// Hands a message's events over, then acknowledges it, with no inbox lock held (an
@@ -641,6 +656,19 @@ fn act(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histories_read_are_forgotten_when_more_would_pass_the_cap() {
+        let mut state = InboxState::default();
+        state.seeded.insert("me\0u\0alice\0".into());
+        state
+            .from_history
+            .extend(["alice\0m1".into(), "alice\0m2".into()]);
+        make_room(&mut state, 2, 4);
+        assert_eq!(state.from_history.len(), 2, "room for two more");
+        make_room(&mut state, 3, 4);
+        assert!(state.from_history.is_empty() && state.seeded.is_empty());
+    }
 
     /// Checks a pair and remembers it if it was new; returns whether it was.
     fn remember(dedup: &mut Dedup, from: &str, id: &str) -> bool {
