@@ -233,16 +233,16 @@ pub fn link_down(state: &ServerState, peer: &str, link_id: u64) {
 /// before it. The fence follows the peer's `presence`, which closed the user's session
 /// here if it had one: the deletes of the stored messages that session acknowledged are
 /// then committed before the peer's login fetches (it would push them again), and so
-/// are the messages stored here for the user until then. The store thread answers
-/// without waiting: on a congested link the answer is dropped, and the peer's fence
-/// times out as it would for a lost link.
+/// are the messages stored here for the user until then. The store thread sends the
+/// answer as the reader would have: waiting at most `LINK_WAIT` on a congested link,
+/// which is then closed.
 fn answer_fence(state: &Arc<ServerState>, peer: &str, token: u64) {
     let weak = Arc::downgrade(state);
     let to = peer.to_string();
     let answer = move || {
         let link = weak.upgrade().and_then(|state| state.router.peer(&to));
         if let Some(link) = link {
-            link.send(&PeerFrame::FenceAck { token }, Duration::ZERO);
+            link.send(&PeerFrame::FenceAck { token }, LINK_WAIT);
         }
     };
     if let Err(crossbeam_channel::SendError(StoreJob::Flush(answer))) =
