@@ -183,12 +183,14 @@ fn run_link(
     log::info!("mesh link up: {peer} (incarnation {incarnation})");
 
     let mut reader = BufReader::with_capacity(64 * 1024, tls_read);
+    // Whether a frame of this peer closed a local session since its last fence.
+    let mut replaced_since_fence = false;
     loop {
         match read_frame(&mut reader, MAX_PEER_FRAME) {
             Ok(Some(body)) => {
                 heard.touch();
                 match PeerFrame::from_frame(&body) {
-                    Ok(frame) => handle_peer_frame(&state, &peer, frame),
+                    Ok(frame) => handle_peer_frame(&state, &peer, frame, &mut replaced_since_fence),
                     Err(e) => log::warn!("{peer}: unreadable frame: {e}"),
                 }
             }
@@ -229,14 +231,13 @@ pub fn link_down(state: &ServerState, peer: &str, link_id: u64) {
     log::info!("mesh link down: {peer} ({users} users unreachable, {flights} messages to store)");
 }
 
-/// Answers a peer's fence once this server's store thread has done every job queued
-/// before it. The fence follows the peer's `presence`, which closed the user's session
-/// here if it had one: the deletes of the stored messages that session acknowledged are
-/// then committed before the peer's login fetches (it would push them again), and so
-/// are the messages stored here for the user until then. The store thread sends the
-/// answer as the reader would have: waiting at most `LINK_WAIT` on a congested link,
-/// which is then closed.
-fn answer_fence(state: &Arc<ServerState>, peer: &str, token: u64) {
+/// Answers a peer's fence that follows a `presence` (or `snapshot`) that closed a
+/// session here, once this server's store thread has done every job queued before it:
+/// the deletes of the stored messages that session acknowledged are then committed (or
+/// failed) before the peer's login fetches, which would push them again. Other fences
+/// are answered at once. The store thread sends the answer as the reader would have:
+/// waiting at most `LINK_WAIT` on a congested link, which is then closed.
+fn answer_fence_after_store(state: &Arc<ServerState>, peer: &str, token: u64) {
     let weak = Arc::downgrade(state);
     let to = peer.to_string();
     let answer = move || {
@@ -253,7 +254,9 @@ fn answer_fence(state: &Arc<ServerState>, peer: &str, token: u64) {
     }
 }
 
-fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
+/// Handles one frame of `peer`. `replaced` is set when the frame closed a local session
+/// (the user logged in on the peer), and taken by the next fence.
+fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame, replaced: &mut bool) {
     match frame {
         PeerFrame::Hello { .. } => log::warn!("{peer}: second hello ignored"),
         PeerFrame::Snapshot { users, sessions } => {
@@ -263,6 +266,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
                     .set_remote(&user, peer, sessions.get(k).copied())
                 {
                     old.replace();
+                    *replaced = true;
                 }
                 state.user_appeared(&user);
             }
@@ -276,6 +280,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
                 if let Some(old) = state.router.set_remote(&user, peer, session) {
                     log::info!("{user} logged in on {peer}; closing the session here");
                     old.replace();
+                    *replaced = true;
                 }
                 state.known_users.write().insert(user.clone());
                 state.user_appeared(&user);
@@ -332,7 +337,14 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame) {
         }
         PeerFrame::Notify { users, frame } => crate::notify::on_notify(state, &users, &frame),
         PeerFrame::GroupChanged { group } => state.group_cache.forget(&group),
-        PeerFrame::Fence { token } => answer_fence(state, peer, token),
+        PeerFrame::Fence { token } if std::mem::take(replaced) => {
+            answer_fence_after_store(state, peer, token)
+        }
+        PeerFrame::Fence { token } => {
+            if let Some(link) = state.router.peer(peer) {
+                link.send(&PeerFrame::FenceAck { token }, LINK_WAIT);
+            }
+        }
         PeerFrame::FenceAck { token } => {
             if let Some(waiter) = state.fences.lock().get(&token) {
                 let _ = waiter.try_send(peer.to_string());

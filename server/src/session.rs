@@ -569,7 +569,9 @@ impl ClientConn {
             // The deletes of the stored messages the replaced session acknowledged are
             // queued: committed before this session's fetch, which would push them
             // again. (A session replaced on a peer: its fence answer waits likewise.)
-            state.flush_store(STORE_FLUSH_WAIT);
+            if !state.flush_store(STORE_FLUSH_WAIT) {
+                log::warn!("{user}: the replaced session's deletes not done in time");
+            }
         }
         friends::announce_presence(state, user, true);
         log::info!("{user} logged in (connection {})", self.conn_id);
