@@ -4,7 +4,6 @@
 use crate::conn::{out_queue, spawn_writer, to_body, Outgoing, Writes};
 use crate::router::{Heard, PeerLink};
 use crate::state::{ServerState, LINK_WAIT};
-use crate::store::StoreJob;
 use crate::tls::{TlsRead, TlsWrite};
 use fastchat_common::frame::{read_frame, write_frame, MAX_PEER_FRAME};
 use fastchat_common::protocol::peer::PeerFrame;
@@ -231,31 +230,24 @@ pub fn link_down(state: &ServerState, peer: &str, link_id: u64) {
     log::info!("mesh link down: {peer} ({users} users unreachable, {flights} messages to store)");
 }
 
-/// Answers a peer's fence that follows a `presence` (or `snapshot`) that closed a
-/// session here, once this server's store thread has done every job queued before it:
-/// the deletes of the stored messages that session acknowledged are then committed (or
-/// failed) before the peer's login fetches, which would push them again. Other fences
-/// are answered at once. The store thread sends the answer as the reader would have:
-/// waiting at most `LINK_WAIT` on a congested link, which is then closed.
+/// Answers a peer's fence that follows a `presence` that closed a session here which
+/// had acknowledged stored messages, once this server's store thread has done every job
+/// queued before it: their deletes are then done before the peer's login fetches, which
+/// would push them again. The store thread must not wait: on a link whose queue is full
+/// the answer is not queued and the link is closed as congested.
 fn answer_fence_after_store(state: &Arc<ServerState>, peer: &str, token: u64) {
     let weak = Arc::downgrade(state);
-    let to = peer.to_string();
-    let answer = move || {
-        let link = weak.upgrade().and_then(|state| state.router.peer(&to));
-        if let Some(link) = link {
-            link.send(&PeerFrame::FenceAck { token }, LINK_WAIT);
+    let peer = peer.to_string();
+    state.after_store(move || {
+        if let Some(link) = weak.upgrade().and_then(|state| state.router.peer(&peer)) {
+            link.send(&PeerFrame::FenceAck { token }, Duration::ZERO);
         }
-    };
-    if let Err(crossbeam_channel::SendError(StoreJob::Flush(answer))) =
-        state.store.send(StoreJob::Flush(Box::new(answer)))
-    {
-        // No store thread (shutting down): nothing is queued behind which to wait.
-        answer();
-    }
+    });
 }
 
 /// Handles one frame of `peer`. `replaced` is set when the frame closed a local session
-/// (the user logged in on the peer), and taken by the next fence.
+/// that had acknowledged stored messages (the user logged in on the peer), and taken by
+/// the next fence, which the peer's login sends after its presence.
 fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame, replaced: &mut bool) {
     match frame {
         PeerFrame::Hello { .. } => log::warn!("{peer}: second hello ignored"),
@@ -266,7 +258,6 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame, rep
                     .set_remote(&user, peer, sessions.get(k).copied())
                 {
                     old.replace();
-                    *replaced = true;
                 }
                 state.user_appeared(&user);
             }
@@ -280,7 +271,7 @@ fn handle_peer_frame(state: &Arc<ServerState>, peer: &str, frame: PeerFrame, rep
                 if let Some(old) = state.router.set_remote(&user, peer, session) {
                     log::info!("{user} logged in on {peer}; closing the session here");
                     old.replace();
-                    *replaced = true;
+                    *replaced |= old.acked_stored();
                 }
                 state.known_users.write().insert(user.clone());
                 state.user_appeared(&user);

@@ -12,7 +12,7 @@ use crate::presence;
 use crate::reply::ReplyTo;
 use crate::resume;
 use crate::router::Location;
-use crate::session_handle::{Origin, SessionHandle};
+use crate::session_handle::SessionHandle;
 use crate::state::{ServerState, LINK_WAIT};
 use crossbeam_channel::TrySendError;
 use fastchat_common::frame::{read_frame, FrameError, MAX_CLIENT_FRAME};
@@ -94,9 +94,6 @@ struct ClientConn {
     /// Whether the client said, in its hello, that it reads binary frames.
     binary_bodies: bool,
     session: Option<SessionHandle>,
-    /// Whether the session acknowledged a stored message (whose deletion the store
-    /// thread may not have committed yet).
-    acked_stored: bool,
     /// The hash of the resumption token issued to this session (revoked at logout).
     resume_hash: Option<String>,
 }
@@ -139,7 +136,6 @@ pub fn serve_client(state: Arc<ServerState>, stream: TcpStream) {
         greeted: false,
         binary_bodies: false,
         session: None,
-        acked_stored: false,
         resume_hash: None,
     };
     loop {
@@ -355,9 +351,7 @@ impl ClientConn {
             }
             RequestBody::Ack { tags } => {
                 if let Some(session) = &self.session {
-                    let origins = session.acked(&tags);
-                    self.acked_stored |= origins.iter().any(|o| matches!(o, Origin::Stored(_)));
-                    self.state.on_acked(origins);
+                    self.state.on_acked(session.acked(&tags));
                 }
                 Ok(())
             }
@@ -549,11 +543,14 @@ impl ClientConn {
             socket,
             self.binary_bodies,
         );
-        let mut replaced_here = false;
+        // The deletes of the stored messages a replaced session acknowledged are
+        // queued: done before this session's fetch, which would push them again. (A
+        // session replaced on a peer: its answer to our fence waits likewise.)
+        let mut replaced_deletes = None;
         if let Some(Location::Local(old)) = state.router.set_local(session.clone()) {
             log::info!("{user}: new login replaces connection {}", old.conn_id());
             old.replace();
-            replaced_here = true;
+            replaced_deletes = old.acked_stored().then(|| state.queue_flush());
         }
         state.known_users.write().insert(user.to_string());
         state.orphaned.lock().remove(user);
@@ -565,11 +562,8 @@ impl ClientConn {
             session: Some(self.conn_id),
         });
         fence_peers(state);
-        if replaced_here {
-            // The deletes of the stored messages the replaced session acknowledged are
-            // queued: committed before this session's fetch, which would push them
-            // again. (A session replaced on a peer: its fence answer waits likewise.)
-            if !state.flush_store(STORE_FLUSH_WAIT) {
+        if let Some(flushed) = replaced_deletes {
+            if flushed.recv_timeout(STORE_FLUSH_WAIT).is_err() {
                 log::warn!("{user}: the replaced session's deletes not done in time");
             }
         }
@@ -634,7 +628,7 @@ impl ClientConn {
         }
         // The stored messages it acknowledged are deleted before the logout is answered
         // or the connection closed: a login right after would be pushed them again.
-        if std::mem::take(&mut self.acked_stored) && !state.flush_store(STORE_FLUSH_WAIT) {
+        if session.acked_stored() && !state.flush_store(STORE_FLUSH_WAIT) {
             log::warn!("{user}: acknowledged stored messages not yet deleted at logout");
         }
         log::info!("{user} logged out (connection {})", self.conn_id);

@@ -29,6 +29,9 @@ struct DeliveryState {
     next_tag: u64,
     /// Pushed, not yet acknowledged.
     outstanding: HashMap<u64, Origin>,
+    /// The client acknowledged a stored message: its delete is queued, and whoever
+    /// comes after this session waits for it (see [`SessionHandle::acked_stored`]).
+    acked_stored: bool,
     /// `true` while stored messages are being fetched; live ones wait in `held`.
     syncing: bool,
     held: Vec<Vec<u8>>,
@@ -86,6 +89,7 @@ impl SessionHandle {
                 closed: false,
                 next_tag: 1,
                 outstanding: HashMap::new(),
+                acked_stored: false,
                 syncing: true,
                 held: Vec::new(),
                 fetch_again: false,
@@ -266,9 +270,19 @@ impl SessionHandle {
     /// The client acknowledged these tags; returns their origins.
     pub fn acked(&self, tags: &[u64]) -> Vec<Origin> {
         let mut st = self.0.state.lock();
-        tags.iter()
+        let origins: Vec<Origin> = tags
+            .iter()
             .filter_map(|t| st.outstanding.remove(t))
-            .collect()
+            .collect();
+        st.acked_stored |= origins.iter().any(|o| matches!(o, Origin::Stored(_)));
+        origins
+    }
+
+    /// Whether the client acknowledged a stored message in this session. Its end, and
+    /// a login replacing it, wait until the store thread has done the deletes (a
+    /// login would otherwise be pushed those messages again).
+    pub fn acked_stored(&self) -> bool {
+        self.0.state.lock().acked_stored
     }
 
     /// Records that message `id` to `target` (`u:USER`, `g:GROUP`) was refused for want

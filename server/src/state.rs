@@ -167,14 +167,31 @@ impl ServerState {
         }
     }
 
-    /// Waits, at most `wait`, until the store thread has done every job queued before
-    /// this call (stores and deletes committed); `false` if it had not by then.
-    pub fn flush_store(&self, wait: Duration) -> bool {
-        let (done, finished) = crossbeam_channel::bounded(1);
-        let done = Box::new(move || {
+    /// Runs `then` on the store thread once it has done every job queued before this
+    /// call (stores and deletes committed, or failed); at once if that thread is gone.
+    /// `then` must not wait: every store of the server waits behind it.
+    pub fn after_store(&self, then: impl FnOnce() + Send + 'static) {
+        if let Err(crossbeam_channel::SendError(StoreJob::Flush(then))) =
+            self.store.send(StoreJob::Flush(Box::new(then)))
+        {
+            then();
+        }
+    }
+
+    /// Queues a flush of the store: the answer comes once every job queued before this
+    /// call is done (see [`ServerState::after_store`]).
+    pub fn queue_flush(&self) -> crossbeam_channel::Receiver<()> {
+        let (done, flushed) = crossbeam_channel::bounded(1);
+        self.after_store(move || {
             let _ = done.send(());
         });
-        self.store.send(StoreJob::Flush(done)).is_ok() && finished.recv_timeout(wait).is_ok()
+        flushed
+    }
+
+    /// Waits, at most `wait`, until the store thread has done every job queued before
+    /// this call; `false` if it had not by then.
+    pub fn flush_store(&self, wait: Duration) -> bool {
+        self.queue_flush().recv_timeout(wait).is_ok()
     }
 
     /// The recipient acknowledged the message with this token: answer its sender.
