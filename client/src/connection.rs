@@ -668,9 +668,16 @@ fn seal_direct_payload(
     to: &str,
     id: &str,
     payload: &Payload,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<Vec<u8>, ClientError> {
-    let fetch = |body: RequestBody| call(inner, body, timeout);
+    // Finding the key may take several calls: together they end by `deadline`.
+    let fetch = |body: RequestBody| {
+        call(
+            inner,
+            body,
+            deadline.saturating_duration_since(Instant::now()),
+        )
+    };
     let (key_id, key) = inner.keyring.sending_key(&fetch, me, to)?;
     seal_direct(&key, &key_id, &me.user, to, id, &payload.encode())
         .map_err(|e| ClientError::new(ErrorCode::LocalError, e.to_string()))
@@ -695,7 +702,7 @@ pub(crate) fn send_receipt(
     me: &Identity,
     to: &str,
     ids: Vec<String>,
-    timeout: Duration,
+    deadline: Instant,
 ) {
     let receipt_id = new_message_id();
     let count = ids.len();
@@ -707,7 +714,7 @@ pub(crate) fn send_receipt(
         },
         Err(ids) => Payload::Receipt { id: None, ids },
     };
-    match seal_direct_payload(inner, me, to, &receipt_id, &payload, timeout) {
+    match seal_direct_payload(inner, me, to, &receipt_id, &payload, deadline) {
         // No `Delivered` event for the receipt itself.
         Ok(body) => drop(send_sealed(inner, &receipt_id, to, body, false)),
         Err(e) => log::warn!("no receipt to {to} for {count} messages: {e}"),
@@ -1036,7 +1043,14 @@ impl Client {
     }
 
     fn seal_direct(&self, id: &str, to: &str, payload: &Payload) -> Result<Vec<u8>, ClientError> {
-        seal_direct_payload(&self.inner, &self.identity()?, to, id, payload, NET_TIMEOUT)
+        seal_direct_payload(
+            &self.inner,
+            &self.identity()?,
+            to,
+            id,
+            payload,
+            Instant::now() + NET_TIMEOUT,
+        )
     }
 
     /// Sends a text to `group`, sealed under the group's current key epoch; returns the

@@ -266,7 +266,13 @@ fn damaged(message: impl Into<String>) -> ClientError {
     ClientError::new(ErrorCode::DamagedFile, message)
 }
 
-/// Whether `name` is one of ours: `.`, 32 lowercase hex digits, `.part`.
+/// A download's file while it comes in: `.ID.part`, ID a fresh message id (32
+/// lowercase hex digits), which [`is_part_name`] recognizes.
+fn part_name() -> String {
+    format!(".{}.part", fastchat_common::ids::new_message_id())
+}
+
+/// Whether `name` is one of ours (see [`part_name`]).
 fn is_part_name(name: &str) -> bool {
     name.strip_prefix('.')
         .and_then(|n| n.strip_suffix(".part"))
@@ -357,7 +363,7 @@ impl Downloads {
         }
         // A name of our own for every transfer, created new: no other transfer (nor
         // another sender reusing this file id) can ever write into it.
-        let part = dir.join(format!(".{}.part", fastchat_common::ids::new_message_id()));
+        let part = dir.join(part_name());
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -561,6 +567,7 @@ mod tests {
         let dir = home.path().join("downloads");
         std::fs::create_dir_all(&dir).unwrap();
         let old = std::time::SystemTime::now() - STALE_TRANSFER - Duration::from_secs(5);
+        assert!(is_part_name(&part_name()), "the names we give are ours");
         let ours = |c: char| format!(".{}.part", c.to_string().repeat(32));
         for (name, modified) in [
             (ours('a'), Some(old)),

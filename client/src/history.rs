@@ -174,25 +174,29 @@ impl History {
             return Ok(Vec::new());
         };
         self.appender.flush();
+        let named = |e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+        };
         let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+            Err(e) => return Err(named(e)),
         };
         // Blocks from the end until they hold more than `n` line ends (or the file).
-        let mut start = file.metadata()?.len();
-        let mut tail = Vec::new();
+        let mut start = file.metadata().map_err(named)?.len();
+        let mut blocks = Vec::new();
         let mut line_ends = 0;
         while start > 0 && line_ends <= n {
             let from = start.saturating_sub(BLOCK);
             let mut block = vec![0u8; (start - from) as usize];
-            file.seek(SeekFrom::Start(from))?;
-            file.read_exact(&mut block)?;
+            file.seek(SeekFrom::Start(from)).map_err(named)?;
+            file.read_exact(&mut block).map_err(named)?;
             line_ends += block.iter().filter(|&&b| b == b'\n').count();
-            block.extend_from_slice(&tail);
-            tail = block;
+            blocks.push(block);
             start = from;
         }
+        blocks.reverse();
+        let tail = blocks.concat();
         let mut lines = tail.split(|&b| b == b'\n');
         if start > 0 {
             lines.next(); // begun before the blocks read

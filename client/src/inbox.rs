@@ -9,6 +9,7 @@ use crate::files::{ChunkOutcome, Downloads, FileChunk, FileHeader};
 use crate::history::{ConversationRef, EntryRef};
 use crate::keyring::{Call, Identity};
 use crate::payload::Payload;
+use crate::transport::NET_TIMEOUT;
 use crossbeam_channel::{Receiver, Sender};
 use fastchat_common::e2e::{Envelope, EnvelopeKind};
 use fastchat_common::protocol::client::RequestBody;
@@ -227,15 +228,11 @@ pub(crate) struct Inbox {
 #[derive(Default)]
 struct InboxState {
     dedup: Dedup,
-    /// `me NUL (u|g) NUL name` of the conversations whose history has been read in
-    /// this run, into `from_history`: see [`opened_by_an_earlier_run`].
-    seeded: HashSet<String>,
-    /// Where such a key is put together to be looked up.
+    /// What the histories read in this run say was opened: see
+    /// [`opened_by_an_earlier_run`].
+    from_history: HistoryIds,
+    /// Where a conversation's key is put together to be looked up.
     seeded_key: String,
-    /// `from NUL id` (as [`Dedup`] keeps pairs) of those conversations' last history
-    /// lines that others wrote: at most [`HISTORY_SEED`] per conversation with stored
-    /// messages in this run.
-    from_history: HashSet<String>,
     downloads: Option<Downloads>,
     /// Stored messages opened whose receipts are not sent yet, by (recipient, sender):
     /// the recipient is who we were logged in as.
@@ -298,14 +295,19 @@ impl InboxState {
 /// Sends receipts, one per sender, with no lock held (sealing one may have to fetch a
 /// key). Those gathered under another login than the current one are dropped: the
 /// receipt is a courtesy, the message itself is delivered and acknowledged.
-fn send_receipts(inner: &Inner, receipts: Receipts, timeout: Duration) {
+/// Each receipt's key is fetched by `deadline`, or within `NET_TIMEOUT` of its start
+/// when there is none.
+fn send_receipts(inner: &Inner, receipts: Receipts, deadline: Option<Instant>) {
     if receipts.is_empty() {
         return;
     }
     let me = inner.keyring.identity();
     for ((recipient, to), ids) in receipts {
         match &me {
-            Some(me) if me.user == recipient => send_receipt(inner, me, &to, ids, timeout),
+            Some(me) if me.user == recipient => {
+                let by = deadline.unwrap_or_else(|| Instant::now() + NET_TIMEOUT);
+                send_receipt(inner, me, &to, ids, by)
+            }
             _ => log::info!("{} receipts to {to} dropped: logged out", ids.len()),
         }
     }
@@ -315,11 +317,7 @@ fn send_receipts(inner: &Inner, receipts: Receipts, timeout: Duration) {
 /// being handed over any more), fetching no key past `deadline`.
 pub(crate) fn send_last_receipts(inner: &Inner, deadline: Instant) {
     let due = inner.inbox.state.lock().take_due_receipts(true);
-    send_receipts(
-        inner,
-        due,
-        deadline.saturating_duration_since(Instant::now()),
-    );
+    send_receipts(inner, due, Some(deadline));
 }
 
 impl Inbox {
@@ -447,7 +445,7 @@ pub(crate) fn run_inbox(inner: Weak<Inner>, rx: Receiver<Incoming>) {
         // were 100,000 receipts, each a message of its own). Sent before the hand-over
         // ends, so that a closing client sends them before its link ends.
         let due = inner.inbox.state.lock().take_due_receipts(rx.is_empty());
-        send_receipts(&inner, due, crate::transport::NET_TIMEOUT);
+        send_receipts(&inner, due, None);
         drop(handing_over);
         inner.inbox.queued.fetch_sub(1, Ordering::AcqRel);
     }
@@ -482,11 +480,47 @@ fn still_to_open(inner: &Inner, state: &mut InboxState, m: &Incoming) -> Option<
 /// History lines read per conversation by [`opened_by_an_earlier_run`].
 const HISTORY_SEED: usize = 4096;
 
-/// Most `(from, id)` pairs kept from the histories read: past it, they are forgotten
-/// (and read again at each conversation's next stored message), so that a client
-/// pushed stored messages from very many conversations keeps its memory bounded (about
-/// 20 MiB at most).
+/// Most `(from, id)` pairs kept from the histories read: past it, the conversations
+/// read earliest are forgotten (and read again at their next stored message), so that
+/// a client pushed stored messages from very many conversations keeps its memory
+/// bounded (about 20 MiB at most).
 const FROM_HISTORY_CAP: usize = 1 << 18;
+
+/// The `(from, id)` pairs of the last history lines that others wrote, by conversation
+/// (`me NUL (u|g) NUL name`), each as `from NUL id` (as [`Dedup`] keeps pairs).
+#[derive(Default)]
+struct HistoryIds {
+    by_conversation: HashMap<String, HashSet<String>>,
+    /// The conversations in the order they were read.
+    order: VecDeque<String>,
+    /// The pairs kept, in all.
+    pairs: usize,
+}
+
+impl HistoryIds {
+    fn get(&self, conversation: &str) -> Option<&HashSet<String>> {
+        self.by_conversation.get(conversation)
+    }
+
+    /// Keeps a conversation's pairs, forgetting those read earliest while more than
+    /// `cap` are kept (never the one just read).
+    fn insert(&mut self, conversation: String, pairs: HashSet<String>, cap: usize) {
+        self.pairs += pairs.len();
+        if let Some(old) = self.by_conversation.insert(conversation.clone(), pairs) {
+            self.pairs -= old.len();
+        } else {
+            self.order.push_back(conversation);
+        }
+        while self.pairs > cap && self.order.len() > 1 {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(forgotten) = self.by_conversation.remove(&oldest) {
+                self.pairs -= forgotten.len();
+            }
+        }
+    }
+}
 
 /// Whether the history has `m`, a message from storage: one an earlier run of this
 /// client opened and did not get acknowledged (it was killed, or the server did not
@@ -512,34 +546,29 @@ fn opened_by_an_earlier_run(
         key.push_str(part);
         key.push('\0');
     }
-    if !state.seeded.contains(key.as_str()) {
+    if state.from_history.get(key).is_none() {
         let conversation = match &m.group {
             Some(group) => ConversationRef::Group(group),
             None => ConversationRef::User(&m.from),
         };
         match inner.history.recent_ids(me, conversation, HISTORY_SEED) {
             Ok(ids) => {
-                make_room(state, ids.len(), FROM_HISTORY_CAP);
                 let others = ids.into_iter().filter(|(from, _)| from != me);
+                let pairs = others.map(|(from, id)| format!("{from}\0{id}")).collect();
+                let conversation = state.seeded_key.clone();
                 state
                     .from_history
-                    .extend(others.map(|(from, id)| format!("{from}\0{id}")));
-                state.seeded.insert(state.seeded_key.clone());
+                    .insert(conversation, pairs, FROM_HISTORY_CAP);
             }
             // Tried again at the conversation's next stored message.
             Err(e) => log::warn!("history not read to drop repeats: {e}"),
         }
     }
     // The pair's key is `from NUL id` too.
-    state.from_history.contains(&*pair.key)
-}
-
-/// Forgets every history read when `adding` more pairs would pass `cap`.
-fn make_room(state: &mut InboxState, adding: usize, cap: usize) {
-    if state.from_history.len() + adding > cap {
-        state.from_history = HashSet::new();
-        state.seeded.clear();
-    }
+    state
+        .from_history
+        .get(&state.seeded_key)
+        .is_some_and(|pairs| pairs.contains(&*pair.key))
 }
 
 /// Hands a message's events over, then acknowledges it, with no inbox lock held (an
@@ -658,16 +687,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histories_read_are_forgotten_when_more_would_pass_the_cap() {
-        let mut state = InboxState::default();
-        state.seeded.insert("me\0u\0alice\0".into());
-        state
-            .from_history
-            .extend(["alice\0m1".into(), "alice\0m2".into()]);
-        make_room(&mut state, 2, 4);
-        assert_eq!(state.from_history.len(), 2, "room for two more");
-        make_room(&mut state, 3, 4);
-        assert!(state.from_history.is_empty() && state.seeded.is_empty());
+    fn the_histories_read_earliest_are_forgotten_past_the_cap() {
+        let pairs = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        let mut ids = HistoryIds::default();
+        ids.insert("a".into(), pairs(&["a\0m1", "a\0m2"]), 4);
+        ids.insert("b".into(), pairs(&["b\0m1", "b\0m2"]), 4);
+        assert!(ids.get("a").is_some() && ids.get("b").is_some(), "four fit");
+        ids.insert("c".into(), pairs(&["c\0m1"]), 4);
+        assert!(ids.get("a").is_none(), "read earliest: forgotten");
+        assert!(ids.get("b").is_some_and(|p| p.contains("b\0m2")));
+        assert!(ids.get("c").is_some_and(|p| p.contains("c\0m1")));
+        assert_eq!(ids.pairs, 3);
+        // One conversation alone over the cap is kept: it was just read.
+        ids.insert(
+            "d".into(),
+            pairs(&["d\0m1", "d\0m2", "d\0m3", "d\0m4", "d\0m5"]),
+            4,
+        );
+        assert!(ids.get("d").is_some() && ids.get("b").is_none() && ids.get("c").is_none());
+        assert_eq!(ids.pairs, 5);
     }
 
     /// Checks a pair and remembers it if it was new; returns whether it was.

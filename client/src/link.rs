@@ -544,12 +544,11 @@ mod tests {
         n: usize,
         binary_bodies: bool,
     ) -> (LinkOut, impl FnOnce(), thread::JoinHandle<Vec<Vec<u8>>>) {
-        let (out, start_writer, server) = link_to_server(binary_bodies, move |mut reader| {
+        link_to_server(binary_bodies, move |mut reader| {
             (0..n)
                 .map(|_| read_frame(&mut reader, 1024).unwrap().expect("a frame"))
                 .collect()
-        });
-        (out, start_writer, server)
+        })
     }
 
     /// A TLS server on loopback that answers what `read` makes of the frames it reads;
@@ -639,11 +638,11 @@ mod tests {
         start_writer();
         let (frames, end) = server.join().unwrap();
         let ack = |tags: Vec<u64>| {
-            serde_json::to_vec(&Request {
+            Request {
                 req: 0,
                 body: RequestBody::Ack { tags },
-            })
-            .unwrap()
+            }
+            .to_json()
         };
         assert_eq!(
             frames,
