@@ -1,7 +1,8 @@
-//! Binary frames through real servers: a body sent raw arrives byte for byte, raw to a
-//! reader of binary frames and as base64 to a reader of JSON only, across the mesh and
-//! out of storage; clients of either kind talk to each other; a malformed binary frame
-//! is refused like any other bad request.
+//! Binary frames through real servers: a body sent raw arrives byte for byte, across
+//! the mesh raw to a reader of binary frames and as base64 to a reader of JSON only,
+//! and out of storage (which keeps base64) as JSON; a body sent as base64 stays JSON;
+//! the client library's binary sends reach a reader of JSON only; a malformed binary
+//! frame is refused like any other bad request.
 
 use crate::WAIT;
 use fastchat_common::e2e::Envelope;
@@ -69,8 +70,9 @@ fn a_raw_body_arrives_byte_for_byte_in_the_form_each_reader_reads() {
     let mut kim = cluster.raw_user_reading("kim", 0, true);
     let mut lee = cluster.raw_user_reading("lee", 1, true);
     let mut jay = cluster.raw_user_reading("jay", 1, false);
-    drop(cluster.raw_user_reading("mo", 1, true)); // offline from here on
-                                                   // Bytes JSON could not carry as they are: a zero, quotes, braces, invalid UTF-8.
+    // Offline from here on.
+    drop(cluster.raw_user_reading("mo", 1, true));
+    // Bytes JSON could not carry as they are: a zero, quotes, braces, invalid UTF-8.
     let body: Vec<u8> = [0u8, b'{', b'"', 0xff, b'}', b'\\']
         .iter()
         .copied()
@@ -110,19 +112,23 @@ fn a_raw_body_arrives_byte_for_byte_in_the_form_each_reader_reads() {
         vec![(10, ok(false)), (11, ok(false)), (12, ok(true))]
     );
 
-    // mo logs in: the stored copy comes out of the database intact.
+    // mo logs in: the stored copy comes out of the database intact, as the base64 text
+    // the database keeps (binary reader or not).
     let mut mo = cluster.raw_hello(0, true);
     let password = fastchat_common::password::login_secret("mo", "mo-password");
     mo.send_json(&json!({"req": 1, "type": "login", "user": "mo", "password": password}));
     let (message, raw) = next_message(&mut mo);
-    let got = raw.unwrap_or_else(|| base64_body(&message));
-    assert_eq!((message["id"].as_str(), got), (Some("b-12"), body.clone()));
+    assert_eq!(raw, None, "JSON out of storage");
+    assert_eq!(
+        (message["id"].as_str(), base64_body(&message)),
+        (Some("b-12"), body.clone())
+    );
 
-    // jay answers in JSON; kim, who reads binary, gets it too (as it was sent).
+    // jay answers in JSON; kim, who reads binary, gets it as it was sent: JSON.
     jay.send_json(&json!({"req": 20, "type": "send", "id": "j-1", "to": "kim", "body": "AAEC"}));
     let (message, raw) = next_message(&mut kim);
-    let got = raw.unwrap_or_else(|| base64_body(&message));
-    assert_eq!(got, vec![0, 1, 2]);
+    assert_eq!(raw, None, "a base64 body stays JSON");
+    assert_eq!(base64_body(&message), vec![0, 1, 2]);
     assert_eq!(answer(&mut jay, 20)["type"], "ok");
 
     // Malformed binary frames: refused with the request's number, the connection lives.
@@ -151,7 +157,7 @@ fn a_raw_body_arrives_byte_for_byte_in_the_form_each_reader_reads() {
 }
 
 #[test]
-fn the_client_library_and_a_reader_of_json_only_talk_to_each_other() {
+fn a_reader_of_json_only_gets_the_client_librarys_binary_sends_as_json() {
     let cluster = Cluster::start(2);
     let mut jay = cluster.raw_user_reading("jay", 0, false);
     let alice = cluster.user("alice", Some("server-2"));

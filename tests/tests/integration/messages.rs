@@ -1,7 +1,7 @@
 //! Direct messages: same server, across servers, offline in order, deletion after ack.
 
 use crate::WAIT;
-use fastchat_client::Event;
+use fastchat_client::{Client, Event};
 use fastchat_tests::{next_message, sent_stored, wait_until, Cluster};
 use std::time::Duration;
 
@@ -188,16 +188,11 @@ fn stored_messages_acknowledged_before_a_logout_or_close_are_gone_when_it_return
     cluster.user("bob", None).logout().unwrap();
     slow_pending_deletes(&cluster, 0.3);
     for end in [End::Logout, End::Close] {
-        for i in 0..5 {
-            let (_, h) = alice.send_text("bob", &format!("m{i}"));
-            assert!(sent_stored(h.wait(WAIT)), "bob is offline: stored");
-        }
+        store_texts(&alice, "bob", "", 5);
         assert_eq!(cluster.pending_count(), 5);
         let bob = cluster.client();
         bob.login("bob", "bob-password").unwrap();
-        for i in 0..5 {
-            assert_eq!(next_message(&bob, WAIT), ("alice".into(), format!("m{i}")));
-        }
+        expect_texts(&bob, "alice", "", 5);
         match end {
             End::Logout => drop(bob.logout().expect("logged out")),
             End::Close => bob.close(),
@@ -221,18 +216,11 @@ fn stored_messages_the_replaced_session_acknowledged_are_not_pushed_to_the_new_o
     cluster.user("bob", Some("server-1")).logout().unwrap();
     slow_pending_deletes(&cluster, 0.6);
     for (round, next_server) in ["server-1", "server-2"].into_iter().enumerate() {
-        for i in 0..5 {
-            let (_, h) = alice.send_text("bob", &format!("r{round} m{i}"));
-            assert!(sent_stored(h.wait(WAIT)), "bob is offline: stored");
-        }
+        let prefix = format!("r{round} ");
+        store_texts(&alice, "bob", &prefix, 5);
         let first = cluster.client_on("server-1");
         first.login("bob", "bob-password").unwrap();
-        for i in 0..5 {
-            assert_eq!(
-                next_message(&first, WAIT),
-                ("alice".into(), format!("r{round} m{i}"))
-            );
-        }
+        expect_texts(&first, "alice", &prefix, 5);
         // The client acknowledges a message just after handing it over: time for the
         // acknowledgements to reach the server (the promise covers those that did).
         std::thread::sleep(Duration::from_millis(200));
@@ -251,19 +239,43 @@ fn stored_messages_the_replaced_session_acknowledged_are_not_pushed_to_the_new_o
     }
 }
 
-/// Makes every delete from `pending` take `seconds` (a trigger).
-fn slow_pending_deletes(cluster: &Cluster, seconds: f64) {
+/// Runs `body` (PL/pgSQL) before every delete from `pending` (a trigger).
+fn on_pending_delete(cluster: &Cluster, body: &str) {
     let sql = format!(
-        "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$;
-         CREATE TRIGGER slow_delete BEFORE DELETE ON pending
-             FOR EACH STATEMENT EXECUTE FUNCTION slow_delete();"
+        "CREATE FUNCTION on_pending_delete() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN {body} RETURN NULL; END $$;
+         CREATE TRIGGER on_pending_delete BEFORE DELETE ON pending
+             FOR EACH STATEMENT EXECUTE FUNCTION on_pending_delete();"
     );
     cluster
         .db
         .connect()
         .batch_execute(&sql)
-        .expect("slow deletes");
+        .expect("trigger on pending");
+}
+
+/// Makes every delete from `pending` take `seconds`.
+fn slow_pending_deletes(cluster: &Cluster, seconds: f64) {
+    on_pending_delete(cluster, &format!("PERFORM pg_sleep({seconds});"));
+}
+
+/// Sends `{prefix}m0`, `{prefix}m1`... (`n` texts) from `from` to `to`, who is offline:
+/// each must be stored.
+fn store_texts(from: &Client, to: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let (_, h) = from.send_text(to, &format!("{prefix}m{i}"));
+        assert!(sent_stored(h.wait(WAIT)), "{to} is offline: stored");
+    }
+}
+
+/// `client` gets the texts [`store_texts`] sent, from `from`, in order.
+fn expect_texts(client: &Client, from: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        assert_eq!(
+            next_message(client, WAIT),
+            (from.into(), format!("{prefix}m{i}"))
+        );
+    }
 }
 
 /// Stored messages that a run of the client opened, but that are pushed again at the
@@ -279,28 +291,11 @@ fn stored_messages_a_run_opened_are_not_shown_again_by_the_next_run_with_the_sam
     bob.signup("bob", "bob-password").unwrap();
     bob.logout().unwrap();
     drop(bob);
-    for i in 0..5 {
-        let (_, h) = alice.send_text("bob", &format!("m{i}"));
-        assert!(sent_stored(h.wait(WAIT)), "bob is offline: stored");
-    }
-    cluster
-        .db
-        .connect()
-        .batch_execute(
-            "CREATE FUNCTION keep_pending() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN RAISE EXCEPTION 'kept for the test'; END $$;
-             CREATE TRIGGER keep_pending BEFORE DELETE ON pending
-                 FOR EACH STATEMENT EXECUTE FUNCTION keep_pending();",
-        )
-        .expect("keep pending rows");
+    store_texts(&alice, "bob", "", 5);
+    on_pending_delete(&cluster, "RAISE EXCEPTION 'kept for the test';");
     let first = cluster.client_with_home("server-1", home.path());
     first.login("bob", "bob-password").unwrap();
-    for i in 0..5 {
-        assert_eq!(
-            next_message(&first, WAIT),
-            ("alice".into(), format!("m{i}"))
-        );
-    }
+    expect_texts(&first, "alice", "", 5);
     first.close();
     assert_eq!(cluster.pending_count(), 5, "pushed again at the next login");
 
