@@ -97,6 +97,7 @@ fn the_dm_scenario_and_its_baseline_run_with_nothing_lost() {
     check_report(&fastchat);
     assert_eq!(fastchat["scenario"], "dm");
     assert_eq!(fastchat["clients"], 6);
+    machine_cpu_adds_up(&fastchat["machine_cpu"], &fastchat);
 
     // The baseline as a sweep: one open-loop run per rate, each in the report.
     let mut args = vec!["baseline", "dm", "--sweep", "200,500"];
@@ -111,6 +112,29 @@ fn the_dm_scenario_and_its_baseline_run_with_nothing_lost() {
         .map(|point| point["offered"].as_f64().unwrap())
         .collect();
     assert_eq!(offered, [200.0, 500.0], "{baseline}");
+    for point in baseline["sweep"].as_array().unwrap() {
+        machine_cpu_adds_up(&point["machine_cpu"], &baseline);
+    }
+}
+
+/// `cpu` (a report's `machine_cpu`) has the machine's busy, idle and stolen shares of
+/// the measured time, which add up to all of it.
+fn machine_cpu_adds_up(cpu: &serde_json::Value, report: &serde_json::Value) {
+    let sum: f64 = ["busy_pct", "idle_pct", "steal_pct"]
+        .iter()
+        .map(|key| {
+            let pct = cpu[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no machine_cpu.{key} in {report}"));
+            assert!((0.0..=100.0).contains(&pct), "{key} in {report}");
+            pct
+        })
+        .sum();
+    assert!((sum - 100.0).abs() < 0.5, "machine_cpu in {report}");
+    assert!(
+        cpu["busy_pct"].as_f64() > Some(0.0),
+        "the run kept the machine busy: {report}"
+    );
 }
 
 #[test]

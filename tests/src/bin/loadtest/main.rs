@@ -4,6 +4,7 @@
 
 mod baseline;
 mod fastchat;
+mod machine;
 mod plot;
 mod report;
 mod scenarios;
@@ -165,6 +166,10 @@ fn run_traffic(
             achieved: report.delivered_per_sec,
             p50_us: report.latency_us.p50,
             p99_us: report.latency_us.p99,
+            machine_cpu: report
+                .extra
+                .get("machine_cpu")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
         });
         last = Some(report);
     }

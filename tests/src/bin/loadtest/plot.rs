@@ -19,6 +19,9 @@ pub struct SweepPoint {
     pub p50_us: u64,
     /// 99th percentile latency, microseconds.
     pub p99_us: u64,
+    /// The machine's CPU while this rate was measured (not charted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_cpu: Option<crate::machine::MachineCpu>,
 }
 
 /// What the charts show.
@@ -567,6 +570,7 @@ mod tests {
                     achieved: i as f64 * 1000.0,
                     p50_us: 1000 * i,
                     p99_us: 5000 * i,
+                    machine_cpu: None,
                 })
                 .collect(),
         };
@@ -598,6 +602,7 @@ mod tests {
                 achieved: 10.0,
                 p50_us: 5,
                 p99_us: 5,
+                machine_cpu: None,
             }],
         };
         {

@@ -6,6 +6,7 @@
 //! latency in an HDR histogram and checks that every message reaches each of its
 //! recipients once.
 
+use crate::machine::CpuSample;
 use crate::report::{Progress, Report};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -135,6 +136,9 @@ const DRAIN_IDLE: Duration = Duration::from_secs(5);
 /// Width of a throughput-over-time bin.
 const BIN: Duration = Duration::from_millis(250);
 
+/// How often the progress line is redrawn.
+const PROGRESS_STEP: Duration = Duration::from_millis(250);
+
 struct Shared {
     /// This run's tag in every message.
     run: u64,
@@ -241,14 +245,25 @@ pub fn run(
         })
         .collect();
     let progress = Progress::start(scenario);
+    // The machine's CPU is sampled when measuring starts and when it ends.
+    let mut cpu_from = None;
     while start.elapsed() < total {
-        thread::sleep(Duration::from_millis(250));
+        let to_measuring = opts.warmup.saturating_sub(start.elapsed());
+        if cpu_from.is_none() && to_measuring.is_zero() {
+            cpu_from = CpuSample::now();
+        }
+        let step = match cpu_from {
+            None => to_measuring.min(PROGRESS_STEP),
+            Some(_) => PROGRESS_STEP,
+        };
+        thread::sleep(step.min(total.saturating_sub(start.elapsed())));
         progress.show(
             start.elapsed().min(total).as_secs_f64(),
             total.as_secs_f64(),
             shared.delivered.load(Ordering::Relaxed),
         );
     }
+    let machine_cpu = cpu_from.and_then(|from| CpuSample::now()?.since(&from));
     shared.stop.store(true, Ordering::Release);
     let sent: u64 = senders.into_iter().map(|t| t.join().unwrap_or(0)).sum();
     // Every sender has its answers, so what was acknowledged is delivered or stored; a
@@ -311,6 +326,11 @@ pub fn run(
     report
         .extra
         .insert("acked".into(), serde_json::json!(acked));
+    if let Some(cpu) = machine_cpu {
+        report
+            .extra
+            .insert("machine_cpu".into(), serde_json::json!(cpu));
+    }
     report.extra.insert(
         "stale".into(),
         serde_json::json!(shared.stale.load(Ordering::Relaxed)),
