@@ -246,15 +246,16 @@ pub fn run(
         .collect();
     let progress = Progress::start(scenario);
     // The machine's CPU is sampled when measuring starts and when it ends.
-    let mut cpu_from = None;
+    let (mut measuring, mut cpu_from) = (false, None);
     while start.elapsed() < total {
         let to_measuring = opts.warmup.saturating_sub(start.elapsed());
-        if cpu_from.is_none() && to_measuring.is_zero() {
+        if !measuring && to_measuring.is_zero() {
+            measuring = true;
             cpu_from = CpuSample::now();
         }
-        let step = match cpu_from {
-            None => to_measuring.min(PROGRESS_STEP),
-            Some(_) => PROGRESS_STEP,
+        let step = match measuring {
+            false => to_measuring.min(PROGRESS_STEP),
+            true => PROGRESS_STEP,
         };
         thread::sleep(step.min(total.saturating_sub(start.elapsed())));
         progress.show(
