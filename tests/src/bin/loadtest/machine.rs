@@ -9,7 +9,7 @@
 //! the kernel's exact task accounting (`cpuacct.usage`), and 23% as here. Idle time is
 //! measured, not sampled, once the tick stops.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::time::{Duration, Instant};
 
 /// The machine's idle and stolen CPU time at one moment (all cores, clock ticks).
@@ -23,7 +23,7 @@ pub struct CpuSample {
 }
 
 /// The machine's CPU between two samples, as percentages of all its cores' time.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MachineCpu {
     /// Running anything (user, system, interrupts): ours, PostgreSQL's, anyone's.
     pub busy_pct: f64,
@@ -73,10 +73,10 @@ impl CpuSample {
 
     fn since_with(&self, earlier: &CpuSample, ticks_per_second: f64) -> Option<MachineCpu> {
         let elapsed = self.at.checked_duration_since(earlier.at)?;
-        let total = elapsed.as_secs_f64() * ticks_per_second * f64::from(self.cpus);
-        if elapsed < Duration::from_millis(10) || total <= 0.0 {
+        if elapsed < Duration::from_millis(10) {
             return None;
         }
+        let total = elapsed.as_secs_f64() * ticks_per_second * f64::from(self.cpus);
         let share = |ticks: u64| (100.0 * ticks as f64 / total).clamp(0.0, 100.0);
         let idle = share(self.idle.saturating_sub(earlier.idle));
         let steal = share(self.steal.saturating_sub(earlier.steal)).min(100.0 - idle);
@@ -104,6 +104,14 @@ fn clock_ticks_per_second() -> f64 {
 mod tests {
     use super::*;
 
+    fn cpu(busy_pct: f64, idle_pct: f64, steal_pct: f64) -> Option<MachineCpu> {
+        Some(MachineCpu {
+            busy_pct,
+            idle_pct,
+            steal_pct,
+        })
+    }
+
     const BEFORE: &str = "cpu  100 0 50 800 10 0 5 20 0 0\ncpu0 50 0 25 400 5 0 2 10 0 0\n\
                           cpu1 50 0 25 400 5 0 3 10 0 0\nintr 1\n";
 
@@ -119,14 +127,7 @@ mod tests {
             t0 + Duration::from_secs(2),
         )
         .unwrap();
-        assert_eq!(
-            after.since_with(&before, 100.0),
-            Some(MachineCpu {
-                busy_pct: 75.0,
-                idle_pct: 20.0,
-                steal_pct: 5.0
-            })
-        );
+        assert_eq!(after.since_with(&before, 100.0), cpu(75.0, 20.0, 5.0));
         assert_eq!(before.since_with(&before, 100.0), None, "no time passed");
         assert_eq!(before.since_with(&after, 100.0), None, "backwards");
     }
@@ -141,14 +142,7 @@ mod tests {
             t0 + Duration::from_secs(2),
         )
         .unwrap();
-        assert_eq!(
-            after.since_with(&before, 100.0),
-            Some(MachineCpu {
-                busy_pct: 0.0,
-                idle_pct: 100.0,
-                steal_pct: 0.0
-            })
-        );
+        assert_eq!(after.since_with(&before, 100.0), cpu(0.0, 100.0, 0.0));
     }
 
     #[test]

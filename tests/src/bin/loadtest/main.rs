@@ -166,10 +166,7 @@ fn run_traffic(
             achieved: report.delivered_per_sec,
             p50_us: report.latency_us.p50,
             p99_us: report.latency_us.p99,
-            machine_cpu: report
-                .extra
-                .get("machine_cpu")
-                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            machine_cpu: report.machine_cpu,
         });
         last = Some(report);
     }

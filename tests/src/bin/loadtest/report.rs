@@ -1,6 +1,7 @@
 //! The run's results: on the terminal, and as one JSON object (`--out FILE`) with the
 //! keys scripts rely on; and the progress line shown while it runs.
 
+use crate::machine::MachineCpu;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,9 @@ pub struct Report {
     pub sent: u64,
     /// What the run was measured against: `fastchat` or `baseline`.
     pub system: String,
+    /// The machine's CPU over the measured time, where the scenario took it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_cpu: Option<MachineCpu>,
     /// What the scenario adds (`files`, `login_to_last_ms`, `rss_kib_per_connection`...).
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -88,6 +92,7 @@ impl Report {
             errors,
             sent,
             system: "fastchat".into(),
+            machine_cpu: None,
             extra: BTreeMap::new(),
             throughput: Vec::new(),
             percentiles: PERCENTILES
@@ -119,6 +124,12 @@ impl Report {
             self.duplicated,
             self.errors
         );
+        if let Some(cpu) = &self.machine_cpu {
+            println!(
+                "  machine_cpu: busy {}%, idle {}%, steal {}%",
+                cpu.busy_pct, cpu.idle_pct, cpu.steal_pct
+            );
+        }
         for (key, value) in &self.extra {
             println!("  {key}: {value}");
         }

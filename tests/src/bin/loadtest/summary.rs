@@ -31,22 +31,14 @@ fn integrity(v: &Value) -> String {
     format!("lost {}, duplicated {}", v["lost"], v["duplicated"])
 }
 
-/// `machine busy B%, steal S%` for a report (or a sweep point) that measured the
+/// `; machine busy B%, steal S%` for a report (or a sweep point) that measured the
 /// machine's CPU (`machine_cpu`), else nothing: whether the figure is the machine's limit,
 /// and how much of the machine the hypervisor kept for others meanwhile.
-fn machine(v: &Value) -> String {
+fn and_machine(v: &Value) -> String {
     let cpu = &v["machine_cpu"];
     match (cpu["busy_pct"].as_f64(), cpu["steal_pct"].as_f64()) {
-        (Some(busy), Some(steal)) => format!("machine busy {busy:.0}%, steal {steal:.0}%"),
+        (Some(busy), Some(steal)) => format!("; machine busy {busy:.0}%, steal {steal:.0}%"),
         _ => String::new(),
-    }
-}
-
-/// `; ` and [`machine`]'s words, when there are any.
-fn and_machine(v: &Value) -> String {
-    match machine(v) {
-        m if m.is_empty() => m,
-        m => format!("; {m}"),
     }
 }
 

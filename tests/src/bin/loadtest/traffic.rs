@@ -253,9 +253,10 @@ pub fn run(
             measuring = true;
             cpu_from = CpuSample::now();
         }
-        let step = match measuring {
-            false => to_measuring.min(PROGRESS_STEP),
-            true => PROGRESS_STEP,
+        let step = if measuring {
+            PROGRESS_STEP
+        } else {
+            to_measuring.min(PROGRESS_STEP)
         };
         thread::sleep(step.min(total.saturating_sub(start.elapsed())));
         progress.show(
@@ -327,11 +328,7 @@ pub fn run(
     report
         .extra
         .insert("acked".into(), serde_json::json!(acked));
-    if let Some(cpu) = machine_cpu {
-        report
-            .extra
-            .insert("machine_cpu".into(), serde_json::json!(cpu));
-    }
+    report.machine_cpu = machine_cpu;
     report.extra.insert(
         "stale".into(),
         serde_json::json!(shared.stale.load(Ordering::Relaxed)),
