@@ -98,6 +98,19 @@ impl Blob {
         self.as_base64().into_owned()
     }
 
+    /// Whether the blob is raw, or its text has only characters of the standard base64
+    /// alphabet and `=`: what a server checks (a scan, not a decoding) before relaying
+    /// or storing a body that came as JSON text, which could otherwise hold anything,
+    /// a NUL byte that PostgreSQL refuses in text included.
+    pub fn is_base64_alphabet(&self) -> bool {
+        match &self.0 {
+            Repr::Raw(_) => true,
+            Repr::Base64(text) => text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')),
+        }
+    }
+
     /// The number of raw bytes this blob holds or decodes to (an upper bound for
     /// invalid text), computed without decoding.
     pub fn decoded_len(&self) -> usize {
@@ -161,6 +174,20 @@ mod tests {
             assert_eq!(text.decoded_len(), n, "length {n}");
             assert_eq!(text.to_bytes().unwrap(), bytes);
             assert_eq!(Blob::from_vec(bytes.clone()).decoded_len(), n);
+        }
+    }
+
+    #[test]
+    fn only_the_base64_alphabet_passes_for_text() {
+        assert!(Blob::from_bytes(b"\0 anything raw").is_base64_alphabet());
+        assert!(Blob::from_base64("".into()).is_base64_alphabet());
+        let every = Blob::from_bytes(&(0..=255).collect::<Vec<u8>>());
+        assert!(Blob::from_base64(every.into_base64()).is_base64_alphabet());
+        for bad in ["aGk\0", "aGk=\n", "a b=", "aGk\u{e9}", "%%%"] {
+            assert!(
+                !Blob::from_base64(bad.into()).is_base64_alphabet(),
+                "{bad:?}"
+            );
         }
     }
 

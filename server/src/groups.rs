@@ -149,6 +149,10 @@ pub fn create(
             "a group name is 1-32 letters, digits, '_', '-' or '.'",
         );
     }
+    // Not a user's name, so not a user (and not a text PostgreSQL would refuse).
+    if let Some(m) = members.iter().find(|m| !is_valid_name(m)) {
+        return refuse(ErrorCode::UnknownUser, format!("no user named {m:?}"));
+    }
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
     let outcome = fastchat_sql::create_group(&mut db, group, me, members, max_size(state));
     drop(db);
@@ -164,6 +168,9 @@ pub fn create(
 /// `group_add`.
 pub fn add(state: &ServerState, me: &str, group: &str, user: &str) -> Result<OkResult, Refusal> {
     check_name(group)?;
+    if !is_valid_name(user) {
+        return refuse(ErrorCode::UnknownUser, format!("no user named {user:?}"));
+    }
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
     let outcome = fastchat_sql::add_member(&mut db, group, me, user, max_size(state));
     drop(db);

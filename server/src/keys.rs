@@ -2,11 +2,11 @@
 //! backups and wrapped conversation keys, checks their shape and size, and opens none
 //! of them: it holds no key that could.
 
+use crate::passwords;
 use crate::session::{refuse, store_refusal, Refusal, MAX_PASSWORD};
 use crate::state::ServerState;
 use fastchat_common::e2e::{ConversationKeyRecord, PublicKey};
 use fastchat_common::names::is_valid_name;
-use fastchat_common::password::{hash_password, verify_password};
 use fastchat_common::protocol::client::OkResult;
 use fastchat_common::{Blob, ErrorCode};
 use fastchat_sql::{ConversationKeyRow, Credentials, StoreError};
@@ -54,18 +54,22 @@ pub fn change_password(
         return refuse(ErrorCode::BadPassword, "a password is 1-1024 bytes");
     }
     check_backup(key_backup)?;
-    let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
-    let current = fastchat_sql::account(&mut db, user)
-        .map_err(store_refusal)?
-        .ok_or((ErrorCode::UnknownUser, "the account is gone".to_string()))?
-        .credentials;
-    if old.len() > MAX_PASSWORD || !verify_password(old, &current.password_hash) {
+    let current = {
+        let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
+        fastchat_sql::account(&mut db, user)
+            .map_err(store_refusal)?
+            .ok_or((ErrorCode::UnknownUser, "the account is gone".to_string()))?
+            .credentials
+    };
+    // The two scrypts run (or wait their turn) holding no database connection.
+    if old.len() > MAX_PASSWORD || !passwords::verify(old, &current.password_hash)? {
         return refuse(ErrorCode::BadPassword, "the old password is wrong");
     }
     let new = Credentials {
-        password_hash: hash_password(new),
+        password_hash: passwords::hash(new)?,
         key_backup: key_backup.to_string(),
     };
+    let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
     match fastchat_sql::change_password(&mut db, user, &current.password_hash, &new) {
         Ok(()) => Ok(()),
         Err(StoreError::NotFound) => refuse(

@@ -12,6 +12,7 @@ mod inflight;
 mod keys;
 mod mesh;
 mod notify;
+mod passwords;
 mod presence;
 mod refused;
 mod reply;

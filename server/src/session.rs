@@ -8,6 +8,7 @@ use crate::conn::{out_queue, spawn_writer, to_body, OutQueue, Outgoing, Writes};
 use crate::friends;
 use crate::groups;
 use crate::keys;
+use crate::passwords;
 use crate::presence;
 use crate::reply::ReplyTo;
 use crate::resume;
@@ -17,7 +18,6 @@ use crate::state::{ServerState, LINK_WAIT};
 use crossbeam_channel::TrySendError;
 use fastchat_common::frame::{read_frame, FrameError, MAX_CLIENT_FRAME};
 use fastchat_common::names::is_valid_name;
-use fastchat_common::password::{hash_password, verify_password};
 use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
 use fastchat_common::protocol::peer::PeerFrame;
 use fastchat_common::protocol::{now_millis, MAX_BODY_BYTES, PROTOCOL_VERSION};
@@ -473,7 +473,7 @@ impl ClientConn {
         }
         keys::check_public_key(public_key)?;
         keys::check_backup(key_backup)?;
-        let hash = hash_password(password);
+        let hash = passwords::hash(password)?;
         let mut db = self.state.pool.get().map_err(|e| store_refusal(e.into()))?;
         let new_user = fastchat_sql::NewUser {
             name: user,
@@ -506,7 +506,7 @@ impl ClientConn {
             fastchat_sql::account(&mut db, user).map_err(store_refusal)?
         };
         match stored {
-            Some(a) if verify_password(password, &a.credentials.password_hash) => {
+            Some(a) if passwords::verify(password, &a.credentials.password_hash)? => {
                 let token = resume::issue(&self.state, user);
                 let keys = Some((a.credentials.key_backup, a.public_key));
                 self.start_session(req, user, keys, token)
@@ -515,7 +515,7 @@ impl ClientConn {
             None => {
                 // Spend the same time as a real check, so timing does not tell
                 // unknown users from wrong passwords.
-                let _ = verify_password(password, DUMMY_HASH);
+                passwords::verify(password, DUMMY_HASH)?;
                 wrong()
             }
         }
@@ -639,8 +639,16 @@ impl ClientConn {
         let Some(session) = self.session.clone() else {
             return refuse(ErrorCode::NotLoggedIn, "log in first");
         };
-        if id.is_empty() || id.len() > MAX_ID {
-            return refuse(ErrorCode::BadRequest, "a message id is 1-64 characters");
+        if id.is_empty() || id.len() > MAX_ID || id.chars().any(char::is_control) {
+            return refuse(
+                ErrorCode::BadRequest,
+                "a message id is 1-64 bytes, without control characters",
+            );
+        }
+        // Checked here, not when stored: a body PostgreSQL refuses (a NUL byte in the
+        // text) would fail the whole batch of everyone's messages stored with it.
+        if !body.is_base64_alphabet() {
+            return refuse(ErrorCode::BadRequest, "a message body is base64 text");
         }
         if body.decoded_len() > MAX_BODY_BYTES {
             return refuse(

@@ -4,6 +4,7 @@
 use crate::error::StoreError;
 use postgres::error::SqlState;
 use postgres::{GenericClient, Transaction};
+use std::collections::HashSet;
 
 /// Why a group operation was refused (each maps to a wire error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,16 +138,10 @@ pub fn create_group(
     members: &[String],
     max: usize,
 ) -> Result<GroupInfo, GroupError> {
-    let mut tx = client.transaction()?;
-    let mut all: Vec<&str> = vec![creator];
-    for m in members {
-        if !all.contains(&m.as_str()) {
-            all.push(m);
-        }
-    }
-    if all.len() > max {
+    let Some(all) = distinct_members(creator, members, max) else {
         return refuse(GroupRefusal::GroupFull);
-    }
+    };
+    let mut tx = client.transaction()?;
     for m in &all[1..] {
         if !user_exists(&mut tx, m)? {
             return refuse(GroupRefusal::UnknownUser);
@@ -168,6 +163,27 @@ pub fn create_group(
     let group = info(&mut tx, name)?.expect("just created");
     tx.commit()?;
     Ok(group)
+}
+
+/// `creator` and then `members` without repeats, or `None` as soon as there are more
+/// than `max`: a request's list may be long (a frame holds 170,000 short names), so
+/// neither the check nor the de-duplication may grow with its square.
+fn distinct_members<'a>(
+    creator: &'a str,
+    members: &'a [String],
+    max: usize,
+) -> Option<Vec<&'a str>> {
+    let mut all = vec![creator];
+    let mut seen = HashSet::from([creator]);
+    for m in members {
+        if seen.insert(m.as_str()) {
+            all.push(m);
+            if all.len() > max {
+                return None;
+            }
+        }
+    }
+    (all.len() <= max).then_some(all)
 }
 
 /// `by` (the admin) adds `user`.
@@ -312,4 +328,29 @@ pub fn group_key(
         .map(|r| r.get(0));
     tx.commit()?;
     Ok((epoch, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distinct_members;
+
+    #[test]
+    fn members_are_the_creator_then_each_name_once_up_to_the_maximum() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let members = names(&["bo", "al", "cy", "bo", "al"]);
+        assert_eq!(
+            distinct_members("al", &members, 3),
+            Some(vec!["al", "bo", "cy"])
+        );
+        assert_eq!(distinct_members("al", &members, 2), None);
+        assert_eq!(distinct_members("al", &[], 0), None);
+        // A frame's worth of distinct names is refused at once, not compared pairwise.
+        let many: Vec<String> = (0..200_000).map(|i| i.to_string()).collect();
+        assert_eq!(distinct_members("al", &many, 50), None);
+        let repeated = vec!["bo".to_string(); 200_000];
+        assert_eq!(
+            distinct_members("al", &repeated, 50),
+            Some(vec!["al", "bo"])
+        );
+    }
 }

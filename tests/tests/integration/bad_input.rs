@@ -117,3 +117,49 @@ fn garbage_to_the_balancer_leaves_it_serving() {
     h.wait(WAIT).unwrap();
     assert_eq!(next_message(&bob, WAIT), ("alice".into(), "ok?".into()));
 }
+
+/// A message PostgreSQL would refuse (a NUL byte in its id or JSON body) is refused with
+/// `bad_request` when it comes in, so it never reaches the store's batch, where it
+/// would have failed everyone's messages stored in the same transaction; a group whose
+/// member list holds such a name gets `unknown_user`. The messages sent right behind it
+/// are stored, and the connection serves on.
+#[test]
+fn a_message_the_database_would_refuse_is_refused_alone() {
+    let cluster = Cluster::start(1);
+    let bob = cluster.user("bob", None);
+    bob.logout().unwrap();
+    drop(bob);
+    let mut rae = cluster.raw_user("rae", 0);
+    let send = |req: u64, id: &str, body: &str| json!({"req": req, "type": "send", "id": id, "to": "bob", "body": body});
+    // Written back to back, so that the good ones would share the bad ones' batch.
+    rae.send_json(&send(2, "good-1", "aGk="));
+    rae.send_json(&send(3, "nul\u{0}id", "aGk="));
+    rae.send_json(&send(4, "good-2", "aGk="));
+    rae.send_json(&send(5, "nul-body", "aGk\u{0}"));
+    rae.send_json(&send(6, "good-3", "aGk="));
+    rae.send_json(
+        &json!({"req": 7, "type": "group_create", "group": "g", "members": ["bob", "x\u{0}y"]}),
+    );
+    let mut replies = std::collections::BTreeMap::new();
+    while replies.len() < 6 {
+        let frame = rae.recv().expect("every request answered");
+        if let Some(req) = frame["req"].as_u64() {
+            replies.insert(req, frame);
+        }
+    }
+    for req in [2, 4, 6] {
+        assert_eq!(replies[&req]["type"], "ok", "{:?}", replies[&req]);
+        assert_eq!(
+            replies[&req]["result"]["stored"], true,
+            "{:?}",
+            replies[&req]
+        );
+    }
+    for req in [3, 5] {
+        assert_eq!(replies[&req]["code"], "bad_request", "{:?}", replies[&req]);
+    }
+    assert_eq!(replies[&7]["code"], "unknown_user", "{:?}", replies[&7]);
+    assert_eq!(cluster.pending_count(), 3);
+    rae.send_json(&json!({"req": 8, "type": "ping"}));
+    assert_eq!(rae.recv().unwrap(), json!({"type": "ok", "req": 8}));
+}
