@@ -127,7 +127,18 @@ fn main() -> ExitCode {
 
     let mut logged_in = false;
     for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
+        let line = match line {
+            Ok(line) => line,
+            // The bytes of that line are consumed: say so and read on.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let err = ClientError::new(ErrorCode::BadRequest, "a line that is not UTF-8");
+                let _ = items_tx.send(Pending::Local(Box::new(move |out| {
+                    out.error("input", &err)
+                })));
+                continue;
+            }
+            Err(_) => break,
+        };
         let command = match parse(&line) {
             Ok(None) => continue,
             Ok(Some(c)) => c,

@@ -5,6 +5,7 @@
 use chrono::{Local, TimeZone, Utc};
 use fastchat_client::{ClientError, Event, OkResult, Reply};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::io::Write;
 
 /// How output is shaped.
@@ -45,7 +46,11 @@ impl Output {
 
     fn line(&self, text: &str) {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
+        let _ = match self.mode {
+            Mode::Human => writeln!(out, "{}", shown(text)),
+            // serde_json escapes what a terminal could take for a command.
+            Mode::Json => writeln!(out, "{text}"),
+        };
         let _ = out.flush();
     }
 
@@ -299,5 +304,38 @@ impl Output {
                 self.line(&format!("* disconnected: {reason}"))
             }
         }
+    }
+}
+
+/// `text` as a terminal may show it: what others wrote (a message, a name, a file name)
+/// could hold control characters, an escape sequence that moves the cursor, rewrites
+/// earlier lines or retitles the window; each is shown escaped (`\u{1b}`, `\r`)
+/// instead. Line breaks and tabs stay: a message may have several lines.
+fn shown(text: &str) -> Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn control_characters_from_others_are_shown_escaped() {
+        assert_eq!(shown("plain text, é ü 中"), "plain text, é ü 中");
+        assert_eq!(shown("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(shown("two\nlines\r\tx\u{7}"), "two\nlines\\r\tx\\u{7}");
+        assert_eq!(shown("\u{9b}31m\u{7f}"), "\\u{9b}31m\\u{7f}");
     }
 }

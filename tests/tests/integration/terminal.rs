@@ -6,8 +6,31 @@ use fastchat_client::{Conversation, Event};
 use fastchat_tests::{wait_event, Cluster};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Starts `fastchat` (with `--json` or without) on `home`, its input and output piped.
+fn start_terminal(cluster: &Cluster, home: &std::path::Path, json: bool) -> Child {
+    Command::new(fastchat_tests::bin("fastchat"))
+        .args(json.then_some("--json"))
+        .args(["--balancer", &cluster.balancer, "--ca"])
+        .arg(cluster.ca())
+        .arg("--home")
+        .arg(home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fastchat starts")
+}
+
+/// Waits for `child`, its input closed, to exit 0.
+fn assert_exits_cleanly(child: &mut Child) {
+    let status = fastchat_tests::wait_for("fastchat to exit", Duration::from_secs(60), || {
+        child.try_wait().ok().flatten()
+    });
+    assert!(status.success());
+}
 
 /// Runs `fastchat --json` with `lines` on standard input (one every `pace`), keeps its
 /// input open until it has printed an object for which `until` holds (or `WAIT` has
@@ -19,16 +42,7 @@ fn run_terminal(
     pace: Duration,
     until: impl Fn(&Value) -> bool,
 ) -> Vec<Value> {
-    let mut child = Command::new(fastchat_tests::bin("fastchat"))
-        .args(["--json", "--balancer", &cluster.balancer, "--ca"])
-        .arg(cluster.ca())
-        .arg("--home")
-        .arg(home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fastchat starts");
+    let mut child = start_terminal(cluster, home, true);
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
     let reader = std::thread::spawn(move || {
@@ -55,10 +69,7 @@ fn run_terminal(
         }
     }
     drop(stdin);
-    let status = fastchat_tests::wait_for("fastchat to exit", Duration::from_secs(60), || {
-        child.try_wait().ok().flatten()
-    });
-    assert!(status.success());
+    assert_exits_cleanly(&mut child);
     reader.join().unwrap();
     out.extend(rx.try_iter());
     out
@@ -141,4 +152,68 @@ fn receipts_groups_and_history_through_the_terminal() {
         .unwrap();
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].text, "hi carol");
+}
+
+/// The terminal without `--json`, as a person uses it: a line of input that is not
+/// UTF-8 gets an error and the program reads on, and an escape sequence in a message
+/// from someone else reaches the screen escaped, not as a command to the terminal.
+#[test]
+fn the_human_terminal_skips_bad_input_and_shows_control_characters_escaped() {
+    let cluster = Cluster::start(1);
+    let bob = cluster.user("bob", None);
+    let home = tempfile::tempdir().unwrap();
+    let mut child = start_terminal(&cluster, home.path(), false);
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut stdout = BufReader::new(stdout);
+        let mut line = Vec::new();
+        while stdout.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            if tx.send(std::mem::take(&mut line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let wait_line = |what: &str, seen: &mut Vec<Vec<u8>>| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = seen
+                .iter()
+                .find(|l| String::from_utf8_lossy(l).contains(what))
+            {
+                return String::from_utf8_lossy(line).into_owned();
+            }
+            match rx.recv_deadline(deadline) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no line with {what:?} in {seen:?}"),
+            }
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"/signup dee dee-pw\n").unwrap();
+    wait_line("signed up", &mut seen);
+    stdin
+        .write_all(b"/msg bob \xff\xfe not utf-8\n/msg bob after\n")
+        .unwrap();
+    assert_eq!(
+        fastchat_tests::next_message(&bob, WAIT),
+        ("dee".into(), "after".into())
+    );
+    assert!(wait_line("bad_request", &mut seen).contains("not UTF-8"));
+    let (_, h) = bob.send_text("dee", "\u{1b}[2J\u{1b}]0;owned\u{7}boo");
+    h.wait(WAIT).unwrap();
+    let shown = wait_line("boo", &mut seen);
+    assert!(
+        shown.contains("bob: \\u{1b}[2J\\u{1b}]0;owned\\u{7}boo"),
+        "{shown:?}"
+    );
+    drop(stdin);
+    assert_exits_cleanly(&mut child);
+    reader.join().unwrap();
+    seen.extend(rx.try_iter());
+    assert!(
+        seen.iter().flatten().all(|&b| b != 0x1b && b != 0x07),
+        "a control byte reached the terminal: {seen:?}"
+    );
 }
