@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -54,8 +54,9 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Starts the writer thread for `stream` (the TLS writing half of `socket`): it drains
 /// the queue, writes frames in batches (sealed as one), and shuts the socket down
 /// (waking the reader) on `Close`, on a write error, or when every sender is gone. For a
-/// queue made with [`Writes::Direct`], from now on a frame that finds nothing queued and
-/// the write half free is written by the thread that sends it ([`OutQueue::try_send`]).
+/// queue made with [`Writes::Direct`] (or [`Writes::DirectWhenAlone`], for a frame that
+/// comes alone), from now on a frame that finds nothing queued and the write half free
+/// is written by the thread that sends it ([`OutQueue::try_send`]).
 pub fn spawn_writer<W: WriteHalf + 'static>(
     name: String,
     stream: W,
@@ -129,9 +130,16 @@ pub enum Writes {
     /// The sending thread when it can ([`OutQueue::write_now`]), else the writer
     /// thread: a client connection, which gets a frame or two at a time.
     Direct,
-    /// Always the writer thread, which packs what piled up into one record and one
-    /// system call: a mesh link, where a group message to remote members is a burst of
-    /// frames (written one by one, they made `group`'s tail several times longer).
+    /// Like `Direct` for a frame that comes alone (none sent on the connection in the
+    /// given microseconds before it); the frames of a burst go to the writer thread,
+    /// which packs them into one record and one system call. A mesh link: a group
+    /// message to remote members is a burst of `deliver` frames (written one by one,
+    /// they made `group`'s tail several times longer), while a thousand clients sending
+    /// one message at a time make a frame every millisecond or so, each of which woke
+    /// the writer thread for itself.
+    DirectWhenAlone(u64),
+    /// Always the writer thread (tests that read what a queue holds).
+    #[cfg(test)]
     Queued,
 }
 
@@ -161,6 +169,19 @@ struct WriteTurn {
     stream: Mutex<Option<Box<dyn WriteHalf>>>,
     /// Items in the channel not yet written.
     queued: AtomicUsize,
+    /// When the queue was made: `last_send` counts from it.
+    made: Instant,
+    /// Microseconds from `made` to the last frame sent (`Writes::DirectWhenAlone` only).
+    last_send: AtomicU64,
+}
+
+impl WriteTurn {
+    /// Whether a frame sent now comes `gap_micros` or more after the one before it.
+    fn alone(&self, gap_micros: u64) -> bool {
+        let now = u64::try_from(self.made.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let previous = self.last_send.swap(now, Ordering::AcqRel);
+        now.saturating_sub(previous) >= gap_micros
+    }
 }
 
 thread_local! {
@@ -288,6 +309,8 @@ pub fn out_queue(frames: usize, max_bytes: usize, writes: Writes) -> (OutQueue, 
     let turn = Arc::new(WriteTurn {
         stream: Mutex::new(None),
         queued: AtomicUsize::new(0),
+        made: Instant::now(),
+        last_send: AtomicU64::new(0),
     });
     (
         OutQueue {
@@ -327,7 +350,13 @@ impl OutQueue {
     /// not write goes into the queue.
     fn write_now(&self, body: &[u8]) -> bool {
         let turn = &*self.turn;
-        if self.writes == Writes::Queued || turn.queued.load(Ordering::Acquire) != 0 {
+        let may = match self.writes {
+            Writes::Direct => true,
+            Writes::DirectWhenAlone(gap_micros) => turn.alone(gap_micros),
+            #[cfg(test)]
+            Writes::Queued => false,
+        };
+        if !may || turn.queued.load(Ordering::Acquire) != 0 {
             return false;
         }
         let Some(mut held) = turn.stream.try_lock() else {
@@ -410,6 +439,16 @@ impl OutQueue {
         if matches!(&item, Outgoing::Frame(body) if self.write_now(body)) {
             return Ok(());
         }
+        self.queue_timeout(item, wait)
+    }
+
+    /// Queues `item` for the writer thread, never writing it from this one, waiting at
+    /// most `wait` for room: for the frames of a burst, which the writer packs together.
+    pub fn queue_timeout(
+        &self,
+        item: Outgoing,
+        wait: Duration,
+    ) -> Result<(), SendTimeoutError<Outgoing>> {
         let n = size_of(&item);
         let deadline = Instant::now() + wait;
         while !self.reserve(n) {
@@ -516,6 +555,43 @@ mod tests {
         sender.join().unwrap();
         assert_eq!(next_frame(&mut far), b"hello");
         assert_eq!(*writers.lock(), ["router"]);
+    }
+
+    #[test]
+    fn on_a_mesh_link_a_frame_alone_is_written_by_its_sender_and_a_burst_by_the_writer() {
+        let (near, mut far) = socket_pair();
+        let writers = Arc::new(Mutex::new(Vec::new()));
+        let stream = Recording {
+            sink: Sink::new(near.try_clone().unwrap()),
+            writers: writers.clone(),
+        };
+        // A long gap, so that a test thread held up between two frames of a burst
+        // does not make the second one alone.
+        const GAP: Duration = Duration::from_millis(50);
+        let (out, rx) = out_queue(16, 1 << 20, Writes::DirectWhenAlone(GAP.as_micros() as u64));
+        spawn_writer("test-w".into(), stream, near, rx).unwrap();
+        let sender = thread::Builder::new()
+            .name("router".into())
+            .spawn(move || {
+                // Alone (the queue is older than the gap, nothing sent before it).
+                thread::sleep(GAP * 2);
+                out.try_send(Outgoing::Frame(b"alone".to_vec())).unwrap();
+                // Then a burst, as a group message to several remote members makes.
+                thread::sleep(GAP * 2);
+                for body in [&b"first"[..], b"second", b"third"] {
+                    out.try_send(Outgoing::Frame(body.to_vec())).unwrap();
+                }
+            })
+            .unwrap();
+        sender.join().unwrap();
+        for body in [&b"alone"[..], b"first", b"second", b"third"] {
+            assert_eq!(next_frame(&mut far), body);
+        }
+        let writers = writers.lock().clone();
+        // The burst's first frame came alone too; the others went to the writer.
+        assert_eq!(writers[..2], ["router", "router"], "{writers:?}");
+        assert!(writers[2..].iter().all(|w| w == "test-w"), "{writers:?}");
+        assert!(writers.len() > 2, "{writers:?}");
     }
 
     #[test]

@@ -18,6 +18,11 @@ use std::time::Duration;
 const LINK_QUEUE: usize = 65536;
 /// Bytes of unwritten frames a link's queue holds.
 const LINK_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// A frame for a peer that comes less than this after the one before it is part of a
+/// burst (a group message's copies for that server's members), left to the link's
+/// writer to pack; one that comes alone is written by the thread that sends it, which
+/// saves waking the writer (`Writes::DirectWhenAlone`).
+const ALONE_GAP_MICROS: u64 = 200;
 /// Time allowed for connecting and for the hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -150,7 +155,11 @@ fn run_link(
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_nodelay(true);
     let link_id = state.conn_id();
-    let (out, rx) = out_queue(LINK_QUEUE, LINK_QUEUE_BYTES, Writes::Queued);
+    let (out, rx) = out_queue(
+        LINK_QUEUE,
+        LINK_QUEUE_BYTES,
+        Writes::DirectWhenAlone(ALONE_GAP_MICROS),
+    );
     let writer = match stream
         .try_clone()
         .and_then(|s| spawn_writer(format!("peer-{peer}-w"), tls_write, s, rx))

@@ -125,6 +125,13 @@ impl PeerLink {
         self.queue(Outgoing::Frame(body), wait)
     }
 
+    /// Like [`PeerLink::send_body`], but always through the link's writer thread: for a
+    /// frame of a burst (a group message's copy for a member on that server), which the
+    /// writer packs with the others into one record and one system call.
+    pub fn send_body_in_burst(&self, body: Vec<u8>, wait: Duration) -> bool {
+        self.answer(self.out.queue_timeout(Outgoing::Frame(body), wait))
+    }
+
     /// Tells the peer that the message with `token` was acknowledged by its recipient.
     /// Acknowledgements trickle in one by one from many clients: each would wake the
     /// writer for a frame of its own. They gather instead, and the writer sends what
@@ -151,7 +158,12 @@ impl PeerLink {
     }
 
     fn queue(&self, item: Outgoing, wait: Duration) -> bool {
-        match self.out.send_timeout(item, wait) {
+        self.answer(self.out.send_timeout(item, wait))
+    }
+
+    /// `true` if the item was written or queued; a link that stayed full closes.
+    fn answer(&self, sent: Result<(), SendTimeoutError<Outgoing>>) -> bool {
+        match sent {
             Ok(()) => true,
             Err(SendTimeoutError::Timeout(_)) => {
                 log::warn!("link to {} congested; closing it", self.name);

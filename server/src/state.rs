@@ -134,6 +134,8 @@ impl ServerState {
             None => None,
         };
         let sent_at = message.sent_at;
+        // A group message's copies leave one after another: a burst for each link.
+        let in_burst = matches!(reply, ReplyTo::Group(_));
         if !self
             .inflight
             .route(token, reply, message, via, self.store_queue())
@@ -151,6 +153,9 @@ impl ServerState {
                     group: shared.group.as_deref(),
                 };
                 session.push_live(&message, Origin::Local(token)).is_ok()
+            }
+            Some(Push::Peer(link, _, frame)) if in_burst => {
+                link.send_body_in_burst(frame, LINK_WAIT)
             }
             Some(Push::Peer(link, _, frame)) => link.send_body(frame, LINK_WAIT),
             None => false,
