@@ -67,6 +67,9 @@ pub enum PushError {
     Closed,
     /// The client does not read fast enough; the session has been closed.
     SlowConsumer,
+    /// The session's queue stayed full for the time given: nothing was pushed, and the
+    /// session is still open ([`SessionHandle::push_stored_unless_stalled`]).
+    Stalled,
 }
 
 impl SessionHandle {
@@ -184,7 +187,7 @@ impl SessionHandle {
                 st.outstanding.insert(tag, origin);
             }
             Err(PushError::SlowConsumer) => st.closed = true,
-            Err(PushError::Closed) => {}
+            Err(PushError::Closed | PushError::Stalled) => {}
         }
         result
     }
@@ -197,20 +200,55 @@ impl SessionHandle {
         seq: i64,
         wait: Duration,
     ) -> Result<(), PushError> {
-        let body = {
-            let mut st = self.0.state.lock();
-            if st.closed {
-                return Err(PushError::Closed);
-            }
-            if !st.pushed_seqs.insert(seq) {
-                return Ok(());
-            }
-            let tag = st.next_tag;
-            st.next_tag += 1;
-            st.outstanding.insert(tag, Origin::Stored(seq));
-            self.message_frame(tag, message, true)
+        match self.stored_frame(message, seq)? {
+            Some((_, body)) => self.queue_waiting(body, wait),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`SessionHandle::push_stored`], but a queue that stays full for `stall`
+    /// neither closes the session nor counts the message as given:
+    /// [`PushError::Stalled`], and a later push of it goes out.
+    pub fn push_stored_unless_stalled(
+        &self,
+        message: &RelayedOut,
+        seq: i64,
+        stall: Duration,
+    ) -> Result<(), PushError> {
+        let Some((tag, body)) = self.stored_frame(message, seq)? else {
+            return Ok(());
         };
-        self.queue_waiting(body, wait)
+        match self.0.out.send_timeout(Outgoing::Frame(body), stall) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                // Not sent, so no acknowledgement can name the tag: take both back.
+                let mut st = self.0.state.lock();
+                st.pushed_seqs.remove(&seq);
+                st.outstanding.remove(&tag);
+                Err(PushError::Stalled)
+            }
+            Err(SendTimeoutError::Disconnected(_)) => Err(PushError::Closed),
+        }
+    }
+
+    /// The tag and frame of stored message `seq`, counted as given to this session;
+    /// `None` if it was given already.
+    fn stored_frame(
+        &self,
+        message: &RelayedOut,
+        seq: i64,
+    ) -> Result<Option<(u64, Vec<u8>)>, PushError> {
+        let mut st = self.0.state.lock();
+        if st.closed {
+            return Err(PushError::Closed);
+        }
+        if !st.pushed_seqs.insert(seq) {
+            return Ok(None);
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        st.outstanding.insert(tag, Origin::Stored(seq));
+        Ok(Some((tag, self.message_frame(tag, message, true))))
     }
 
     fn queue_waiting(&self, body: Vec<u8>, wait: Duration) -> Result<(), PushError> {
@@ -241,27 +279,45 @@ impl SessionHandle {
         }
     }
 
-    /// Called by the fetcher when a fetch pass is done. Returns `true` when another pass
-    /// was asked for meanwhile; otherwise pushes the held live messages (in order) and
-    /// leaves the syncing state.
-    pub fn fetch_done(&self, wait: Duration) -> bool {
+    /// Called by the fetcher when a fetch pass is done. `Ok(true)` when another pass was
+    /// asked for meanwhile; otherwise pushes the held live messages (in order) and
+    /// leaves the syncing state: `Ok(false)`. Each waits up to `wait` for room, after
+    /// which the session is closed; with `stall`, one that found no room within that
+    /// is kept, with those after it, and the session stays syncing:
+    /// [`PushError::Stalled`].
+    pub fn fetch_done(&self, wait: Duration, stall: Option<Duration>) -> Result<bool, PushError> {
         loop {
             let held = {
                 let mut st = self.0.state.lock();
                 if st.fetch_again {
                     st.fetch_again = false;
-                    return true;
+                    return Ok(true);
                 }
                 if st.held.is_empty() || st.closed {
                     st.held.clear();
                     st.syncing = false;
-                    return false;
+                    return Ok(false);
                 }
                 std::mem::take(&mut st.held)
             };
-            for body in held {
-                if self.queue_waiting(body, wait).is_err() {
-                    return false;
+            let Some(stall) = stall else {
+                for body in held {
+                    self.queue_waiting(body, wait)?;
+                }
+                continue;
+            };
+            let mut held = held.into_iter();
+            while let Some(body) = held.next() {
+                match self.0.out.send_timeout(Outgoing::Frame(body), stall) {
+                    Ok(()) => {}
+                    Err(SendTimeoutError::Timeout(Outgoing::Frame(body))) => {
+                        // Back in front of what was held since, in the same order.
+                        let mut st = self.0.state.lock();
+                        let newer = std::mem::take(&mut st.held);
+                        st.held = std::iter::once(body).chain(held).chain(newer).collect();
+                        return Err(PushError::Stalled);
+                    }
+                    Err(_) => return Err(PushError::Closed),
                 }
             }
         }

@@ -9,7 +9,7 @@ use crate::state::ServerState;
 use crossbeam_channel::Receiver;
 use fastchat_common::protocol::RelayedOut;
 use fastchat_common::ErrorCode;
-use fastchat_sql::NewPending;
+use fastchat_sql::{NewPending, PendingCursor};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -17,8 +17,12 @@ use std::time::Duration;
 const BATCH: usize = 1000;
 /// Stored messages read per query when fetching.
 const FETCH_PAGE: i64 = 1000;
-/// How long the fetcher waits for room in one session's queue.
+/// How long a session's own fetch waits for room in its queue before closing it.
 const FETCH_WAIT: Duration = Duration::from_secs(10);
+/// How long a shared fetcher waits for room in one session's queue before it leaves
+/// that session's fetch to a thread of its own: one client reading slowly must not
+/// hold up the stored messages of every other login on the server.
+const FETCH_STALL: Duration = Duration::from_millis(100);
 /// How long a fetch keeps retrying while the database is out of reach.
 const FETCH_RETRY_FOR: Duration = Duration::from_secs(60);
 
@@ -155,15 +159,72 @@ fn refuse_stores(
 }
 
 /// Runs a fetcher thread: for each session it is given, pushes the stored messages it
-/// has not yet been given, in order, then releases the live messages held meanwhile.
+/// has not yet been given, in order, then releases the live messages held meanwhile. A
+/// session whose queue stays full for [`FETCH_STALL`] is handed, still syncing, to a
+/// thread of its own, which goes on from the message that found no room and may wait
+/// on it.
 pub fn run_fetcher(state: Weak<ServerState>, sessions: Receiver<SessionHandle>) {
     while let Ok(session) = sessions.recv() {
         let Some(state) = state.upgrade() else { break };
-        loop {
-            fetch_until_done(&state, &session);
-            if !session.fetch_done(FETCH_WAIT) {
-                break;
-            }
+        let Some(step) = serve_fetch(&state, &session, Step::Fetch(None), Some(FETCH_STALL))
+        else {
+            continue;
+        };
+        log::info!(
+            "{}: no room for stored messages; fetching on a thread of its own",
+            session.user()
+        );
+        let (own_state, own_session) = (state.clone(), session.clone());
+        let spawned = std::thread::Builder::new()
+            .name("fetch-slow".into())
+            .stack_size(256 * 1024)
+            .spawn(move || serve_fetch(&own_state, &own_session, step, None));
+        if spawned.is_err() {
+            serve_fetch(&state, &session, step, None);
+        }
+    }
+}
+
+/// Where a session's fetch goes on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// A fetch pass, after this cursor (`None`: from the start).
+    Fetch(Option<PendingCursor>),
+    /// The release of the live messages held during the passes.
+    Release,
+}
+
+/// How a fetch pass ended.
+#[derive(Debug, PartialEq)]
+enum Fetched {
+    /// Everything stored was pushed (or the session ended, or the database stayed out
+    /// of reach).
+    Done,
+    /// The session's queue stayed full for the stall time given. The pass goes on
+    /// after this cursor.
+    Stalled(Option<PendingCursor>),
+}
+
+/// Runs `session`'s fetch from `step`: passes until no other was asked for, then the
+/// release of its held live messages. With `stall`, stops where the session's queue
+/// stayed full that long and returns where to go on, the session still syncing.
+fn serve_fetch(
+    state: &Arc<ServerState>,
+    session: &SessionHandle,
+    mut step: Step,
+    stall: Option<Duration>,
+) -> Option<Step> {
+    loop {
+        step = match step {
+            Step::Fetch(from) => match fetch_until_done(state, session, from, stall) {
+                Fetched::Done => Step::Release,
+                Fetched::Stalled(at) => return Some(Step::Fetch(at)),
+            },
+            Step::Release => match session.fetch_done(FETCH_WAIT, stall) {
+                Ok(true) => Step::Fetch(None),
+                Ok(false) | Err(PushError::Closed | PushError::SlowConsumer) => return None,
+                Err(PushError::Stalled) => return Some(Step::Release),
+            },
         }
     }
 }
@@ -171,22 +232,32 @@ pub fn run_fetcher(state: Weak<ServerState>, sessions: Receiver<SessionHandle>) 
 /// Runs fetch passes until one completes, the session ends, or the database has been
 /// out of reach for [`FETCH_RETRY_FOR`]. The session stays syncing meanwhile, so live
 /// messages are held instead of overtaking the stored ones.
-fn fetch_until_done(state: &Arc<ServerState>, session: &SessionHandle) {
+fn fetch_until_done(
+    state: &Arc<ServerState>,
+    session: &SessionHandle,
+    from: Option<PendingCursor>,
+    stall: Option<Duration>,
+) -> Fetched {
     let deadline = std::time::Instant::now() + FETCH_RETRY_FOR;
     loop {
-        match fetch_once(state, session) {
-            Ok(()) => return,
+        match fetch_once(state, session, from, stall) {
+            Ok(fetched) => return fetched,
             Err(e) => log::warn!("fetching stored messages for {}: {e}", session.user()),
         }
         if session.is_closed() || std::time::Instant::now() >= deadline {
-            return;
+            return Fetched::Done;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
 
-fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), String> {
-    let mut after = None;
+fn fetch_once(
+    state: &Arc<ServerState>,
+    session: &SessionHandle,
+    from: Option<PendingCursor>,
+    stall: Option<Duration>,
+) -> Result<Fetched, String> {
+    let mut after = from;
     loop {
         let rows = {
             let mut client = state.pool.get().map_err(|e| e.to_string())?;
@@ -195,6 +266,7 @@ fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), S
         };
         let full_page = rows.len() as i64 == FETCH_PAGE;
         for row in rows {
+            let before = after;
             after = Some((row.sent_at, row.order_key));
             let message = RelayedOut {
                 id: &row.msg_id,
@@ -204,13 +276,18 @@ fn fetch_once(state: &Arc<ServerState>, session: &SessionHandle) -> Result<(), S
                 sent_at: row.sent_at,
                 group: row.group.as_deref(),
             };
-            match session.push_stored(&message, row.seq, FETCH_WAIT) {
+            let pushed = match stall {
+                Some(stall) => session.push_stored_unless_stalled(&message, row.seq, stall),
+                None => session.push_stored(&message, row.seq, FETCH_WAIT),
+            };
+            match pushed {
                 Ok(()) => {}
-                Err(PushError::Closed | PushError::SlowConsumer) => return Ok(()),
+                Err(PushError::Stalled) => return Ok(Fetched::Stalled(before)),
+                Err(PushError::Closed | PushError::SlowConsumer) => return Ok(Fetched::Done),
             }
         }
         if !full_page {
-            return Ok(());
+            return Ok(Fetched::Done);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::WAIT;
 use fastchat_client::OkResult;
+use fastchat_common::password::login_secret;
 use fastchat_tests::{next_message, wait_until, Cluster};
 
 /// Messages of about 60 KB: 400 of them are far more than the socket buffers and the
@@ -68,4 +69,60 @@ fn a_client_that_stops_reading_is_cut_off_without_delaying_anyone_and_loses_noth
     wait_until("every stored message to be acknowledged", WAIT, || {
         cluster.pending_count() == 0
     });
+}
+
+/// Two users who log in to a large backlog and then do not read: once each one's queue
+/// stays full, its fetch moves to a thread of its own, so a third login on the same
+/// server (which has two shared fetchers) gets its stored messages at once, while the
+/// two are still connected, and not when they are cut off 10 s later.
+#[test]
+fn logins_that_do_not_read_their_backlog_do_not_hold_up_anyone_elses() {
+    let cluster = Cluster::start(1);
+    let alice = cluster.user("alice", None);
+    for name in ["sloth1", "sloth2", "carol"] {
+        cluster.user(name, None).logout().unwrap();
+    }
+    let stored = |to: &str, text: String| {
+        let reply = alice.send_text(to, &text).1.wait(WAIT * 4);
+        assert!(
+            matches!(reply, Ok(Some(OkResult::Sent { stored: true, .. }))),
+            "{reply:?}"
+        );
+    };
+    for sloth in ["sloth1", "sloth2"] {
+        for i in 0..FLOOD {
+            stored(sloth, format!("{i:05} {}", "z".repeat(60_000)));
+        }
+    }
+    for i in 0..3 {
+        stored("carol", format!("stored {i}"));
+    }
+    let _sloths: Vec<_> = ["sloth1", "sloth2"]
+        .into_iter()
+        .map(|user| {
+            let mut conn = cluster.raw_hello(0, false);
+            conn.send_json(&serde_json::json!({
+                "req": 1, "type": "login", "user": user,
+                "password": login_secret(user, &format!("{user}-password")),
+            }));
+            conn.recv_until(|f| f["type"] == "ok" && f["req"] == 1);
+            conn
+        })
+        .collect();
+    wait_until("both sloths' fetches to move off the shared fetchers", WAIT, || {
+        cluster.log("server-1").matches("fetching on a thread of its own").count() == 2
+    });
+
+    let carol = cluster.client();
+    carol.login("carol", "carol-password").unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            next_message(&carol, WAIT),
+            ("alice".into(), format!("stored {i}"))
+        );
+    }
+    assert!(
+        !cluster.log("server-1").contains("no room for stored messages, closing"),
+        "carol's messages came only once a sloth was cut off"
+    );
 }
