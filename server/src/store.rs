@@ -166,8 +166,7 @@ fn refuse_stores(
 pub fn run_fetcher(state: Weak<ServerState>, sessions: Receiver<SessionHandle>) {
     while let Ok(session) = sessions.recv() {
         let Some(state) = state.upgrade() else { break };
-        let Some(step) = serve_fetch(&state, &session, Step::Fetch(None), Some(FETCH_STALL))
-        else {
+        let Some(step) = serve_fetch(&state, &session, Step::Fetch(None), Some(FETCH_STALL)) else {
             continue;
         };
         log::info!(

@@ -109,9 +109,17 @@ fn logins_that_do_not_read_their_backlog_do_not_hold_up_anyone_elses() {
             conn
         })
         .collect();
-    wait_until("both sloths' fetches to move off the shared fetchers", WAIT, || {
-        cluster.log("server-1").matches("fetching on a thread of its own").count() == 2
-    });
+    wait_until(
+        "both sloths' fetches to move off the shared fetchers",
+        WAIT,
+        || {
+            cluster
+                .log("server-1")
+                .matches("fetching on a thread of its own")
+                .count()
+                == 2
+        },
+    );
 
     let carol = cluster.client();
     carol.login("carol", "carol-password").unwrap();
@@ -122,7 +130,9 @@ fn logins_that_do_not_read_their_backlog_do_not_hold_up_anyone_elses() {
         );
     }
     assert!(
-        !cluster.log("server-1").contains("no room for stored messages, closing"),
+        !cluster
+            .log("server-1")
+            .contains("no room for stored messages, closing"),
         "carol's messages came only once a sloth was cut off"
     );
 }
