@@ -24,11 +24,28 @@ pub enum Origin {
     Stored(i64),
 }
 
+/// Live messages' bytes a session may have been handed and not acknowledged: each is
+/// kept in flight (its body in memory, here or on the server it came from) until its
+/// acknowledgement or 30 s. A client that reads but never acknowledges is closed at
+/// this, like one that stops reading, and what it had is stored. A client that
+/// acknowledges as it reads has at most its queue (8 MiB) and the socket buffers out.
+const MAX_UNACKED_LIVE_BYTES: usize = 64 << 20;
+
+/// A message handed to the client and not yet acknowledged.
+struct Pushed {
+    origin: Origin,
+    /// The body's size, for a live message (its body is kept in flight); 0 for a
+    /// stored one (its body is in the database).
+    live_bytes: usize,
+}
+
 struct DeliveryState {
     closed: bool,
     next_tag: u64,
     /// Pushed, not yet acknowledged.
-    outstanding: HashMap<u64, Origin>,
+    outstanding: HashMap<u64, Pushed>,
+    /// The sum of `outstanding`'s `live_bytes`.
+    unacked_live_bytes: usize,
     /// The client acknowledged a stored message: its delete is queued, and whoever
     /// comes after this session waits for it (see [`SessionHandle::acked_stored`]).
     acked_stored: bool,
@@ -92,6 +109,7 @@ impl SessionHandle {
                 closed: false,
                 next_tag: 1,
                 outstanding: HashMap::new(),
+                unacked_live_bytes: 0,
                 acked_stored: false,
                 syncing: true,
                 held: Vec::new(),
@@ -172,11 +190,24 @@ impl SessionHandle {
         if st.closed {
             return Err(PushError::Closed);
         }
+        let live_bytes = message.body.decoded_len();
+        if st.unacked_live_bytes + live_bytes > MAX_UNACKED_LIVE_BYTES {
+            log::warn!(
+                "{}: {} MiB of messages not acknowledged, closing",
+                self.0.user,
+                st.unacked_live_bytes >> 20
+            );
+            let _ = self.0.socket.shutdown(Shutdown::Both);
+            st.closed = true;
+            return Err(PushError::SlowConsumer);
+        }
         let tag = st.next_tag;
         st.next_tag += 1;
         let body = self.message_frame(tag, message, false);
+        let pushed = Pushed { origin, live_bytes };
         if st.syncing {
-            st.outstanding.insert(tag, origin);
+            st.outstanding.insert(tag, pushed);
+            st.unacked_live_bytes += live_bytes;
             st.held.push(body);
             return Ok(());
         }
@@ -184,7 +215,8 @@ impl SessionHandle {
         let result = self.queue_or_cut(body);
         match result {
             Ok(()) => {
-                st.outstanding.insert(tag, origin);
+                st.outstanding.insert(tag, pushed);
+                st.unacked_live_bytes += live_bytes;
             }
             Err(PushError::SlowConsumer) => st.closed = true,
             Err(PushError::Closed | PushError::Stalled) => {}
@@ -247,7 +279,14 @@ impl SessionHandle {
         }
         let tag = st.next_tag;
         st.next_tag += 1;
-        st.outstanding.insert(tag, Origin::Stored(seq));
+        let origin = Origin::Stored(seq);
+        st.outstanding.insert(
+            tag,
+            Pushed {
+                origin,
+                live_bytes: 0,
+            },
+        );
         Ok(Some((tag, self.message_frame(tag, message, true))))
     }
 
@@ -326,10 +365,13 @@ impl SessionHandle {
     /// The client acknowledged these tags; returns their origins.
     pub fn acked(&self, tags: &[u64]) -> Vec<Origin> {
         let mut st = self.0.state.lock();
-        let origins: Vec<Origin> = tags
-            .iter()
-            .filter_map(|t| st.outstanding.remove(t))
-            .collect();
+        let mut origins = Vec::with_capacity(tags.len());
+        for tag in tags {
+            if let Some(pushed) = st.outstanding.remove(tag) {
+                st.unacked_live_bytes -= pushed.live_bytes;
+                origins.push(pushed.origin);
+            }
+        }
         st.acked_stored |= origins.iter().any(|o| matches!(o, Origin::Stored(_)));
         origins
     }
@@ -369,7 +411,8 @@ impl SessionHandle {
         let mut st = self.0.state.lock();
         st.closed = true;
         st.held.clear();
-        st.outstanding.drain().map(|(_, o)| o).collect()
+        st.unacked_live_bytes = 0;
+        st.outstanding.drain().map(|(_, p)| p.origin).collect()
     }
 
     /// Tells the client its session was replaced and closes the connection.

@@ -136,3 +136,51 @@ fn logins_that_do_not_read_their_backlog_do_not_hold_up_anyone_elses() {
         "carol's messages came only once a sloth was cut off"
     );
 }
+
+/// A client that reads every message but never acknowledges one: each is kept in
+/// flight, so past 64 MiB not acknowledged its session is closed like a slow
+/// consumer's, what it had is stored, and it all arrives, in order, at its next login.
+#[test]
+fn a_client_that_reads_but_never_acknowledges_is_cut_off_and_loses_nothing() {
+    /// Messages of about 60 KB: 1,300 are about 78 MB, past the 64 MiB allowed.
+    const MANY: usize = 1_300;
+    let cluster = Cluster::start(1);
+    let mut rae = cluster.raw_user("rae", 0);
+    let reader = std::thread::spawn(move || {
+        let mut messages = 0;
+        while let Some(frame) = rae.recv_frame() {
+            messages += usize::from(frame.windows(9).any(|w| w == b"\"message\""));
+        }
+        messages
+    });
+    let alice = cluster.user("alice", None);
+    let handles: Vec<_> = (0..MANY)
+        .map(|i| {
+            alice
+                .send_text("rae", &format!("{i:05} {}", "z".repeat(60_000)))
+                .1
+        })
+        .collect();
+    for h in handles {
+        assert!(
+            matches!(h.wait(WAIT * 4), Ok(Some(OkResult::Sent { .. }))),
+            "every message to rae is accepted"
+        );
+    }
+    let seen = reader.join().unwrap();
+    assert!(
+        seen > 0 && seen < MANY,
+        "rae was cut off after {seen} messages"
+    );
+    assert!(cluster
+        .log("server-1")
+        .contains("not acknowledged, closing"));
+
+    let rae = cluster.client();
+    rae.login("rae", "rae-password").unwrap();
+    for i in 0..MANY {
+        let (from, text) = next_message(&rae, WAIT);
+        assert_eq!(from, "alice");
+        assert_eq!(&text[..5], format!("{i:05}"), "message {i} out of order");
+    }
+}
