@@ -85,8 +85,18 @@ pub enum PushError {
     /// The client does not read fast enough; the session has been closed.
     SlowConsumer,
     /// The session's queue stayed full for the time given: nothing was pushed, and the
-    /// session is still open ([`SessionHandle::push_stored_unless_stalled`]).
+    /// session is still open ([`Patience::StallAfter`]).
     Stalled,
+}
+
+/// How long the fetcher's pushes wait for room in a session's queue, and what then.
+#[derive(Debug, Clone, Copy)]
+pub enum Patience {
+    /// Then close the session as a slow consumer (a session's own fetch thread).
+    CloseAfter(Duration),
+    /// Then give up, the session still open: [`PushError::Stalled`] (a shared fetcher,
+    /// which hands the session to a thread of its own).
+    StallAfter(Duration),
 }
 
 impl SessionHandle {
@@ -224,43 +234,28 @@ impl SessionHandle {
         result
     }
 
-    /// Pushes a stored message unless this session was given it already, waiting up to
-    /// `wait` for room (the fetcher may block on one session; live traffic never does).
+    /// Pushes a stored message unless this session was given it already, waiting for
+    /// room as `patience` says (the fetcher may wait on one session; live traffic
+    /// never does). A message that stalled is not counted as given: a later push of it
+    /// goes out.
     pub fn push_stored(
         &self,
         message: &RelayedOut,
         seq: i64,
-        wait: Duration,
-    ) -> Result<(), PushError> {
-        match self.stored_frame(message, seq)? {
-            Some((_, body)) => self.queue_waiting(body, wait),
-            None => Ok(()),
-        }
-    }
-
-    /// Like [`SessionHandle::push_stored`], but a queue that stays full for `stall`
-    /// neither closes the session nor counts the message as given:
-    /// [`PushError::Stalled`], and a later push of it goes out.
-    pub fn push_stored_unless_stalled(
-        &self,
-        message: &RelayedOut,
-        seq: i64,
-        stall: Duration,
+        patience: Patience,
     ) -> Result<(), PushError> {
         let Some((tag, body)) = self.stored_frame(message, seq)? else {
             return Ok(());
         };
-        match self.0.out.send_timeout(Outgoing::Frame(body), stall) {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => {
+        self.queue_within(body, patience).map_err(|(e, _)| {
+            if e == PushError::Stalled {
                 // Not sent, so no acknowledgement can name the tag: take both back.
                 let mut st = self.0.state.lock();
                 st.pushed_seqs.remove(&seq);
                 st.outstanding.remove(&tag);
-                Err(PushError::Stalled)
             }
-            Err(SendTimeoutError::Disconnected(_)) => Err(PushError::Closed),
-        }
+            e
+        })
     }
 
     /// The tag and frame of stored message `seq`, counted as given to this session;
@@ -290,15 +285,28 @@ impl SessionHandle {
         Ok(Some((tag, self.message_frame(tag, message, true))))
     }
 
-    fn queue_waiting(&self, body: Vec<u8>, wait: Duration) -> Result<(), PushError> {
+    /// Queues `body`, waiting for room as `patience` says; on `Err`, why, and the body
+    /// back.
+    fn queue_within(&self, body: Vec<u8>, patience: Patience) -> Result<(), (PushError, Vec<u8>)> {
+        let wait = match patience {
+            Patience::CloseAfter(wait) | Patience::StallAfter(wait) => wait,
+        };
+        // What comes back is the frame sent.
+        let body_of = |item| match item {
+            Outgoing::Frame(body) => body,
+            _ => Vec::new(),
+        };
         match self.0.out.send_timeout(Outgoing::Frame(body), wait) {
             Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => {
-                log::warn!("{}: no room for stored messages, closing", self.0.user);
-                self.close_queue();
-                Err(PushError::SlowConsumer)
-            }
-            Err(SendTimeoutError::Disconnected(_)) => Err(PushError::Closed),
+            Err(SendTimeoutError::Timeout(item)) => match patience {
+                Patience::StallAfter(_) => Err((PushError::Stalled, body_of(item))),
+                Patience::CloseAfter(_) => {
+                    log::warn!("{}: no room for stored messages, closing", self.0.user);
+                    self.close_queue();
+                    Err((PushError::SlowConsumer, body_of(item)))
+                }
+            },
+            Err(SendTimeoutError::Disconnected(item)) => Err((PushError::Closed, body_of(item))),
         }
     }
 
@@ -319,12 +327,10 @@ impl SessionHandle {
     }
 
     /// Called by the fetcher when a fetch pass is done. `Ok(true)` when another pass was
-    /// asked for meanwhile; otherwise pushes the held live messages (in order) and
-    /// leaves the syncing state: `Ok(false)`. Each waits up to `wait` for room, after
-    /// which the session is closed; with `stall`, one that found no room within that
-    /// is kept, with those after it, and the session stays syncing:
-    /// [`PushError::Stalled`].
-    pub fn fetch_done(&self, wait: Duration, stall: Option<Duration>) -> Result<bool, PushError> {
+    /// asked for meanwhile; otherwise pushes the held live messages (in order), each
+    /// waiting for room as `patience` says, and leaves the syncing state: `Ok(false)`.
+    /// One that stalled is kept, with those after it, and the session stays syncing.
+    pub fn fetch_done(&self, patience: Patience) -> Result<bool, PushError> {
         loop {
             let held = {
                 let mut st = self.0.state.lock();
@@ -339,24 +345,16 @@ impl SessionHandle {
                 }
                 std::mem::take(&mut st.held)
             };
-            let Some(stall) = stall else {
-                for body in held {
-                    self.queue_waiting(body, wait)?;
-                }
-                continue;
-            };
             let mut held = held.into_iter();
             while let Some(body) = held.next() {
-                match self.0.out.send_timeout(Outgoing::Frame(body), stall) {
-                    Ok(()) => {}
-                    Err(SendTimeoutError::Timeout(Outgoing::Frame(body))) => {
+                if let Err((e, body)) = self.queue_within(body, patience) {
+                    if e == PushError::Stalled {
                         // Back in front of what was held since, in the same order.
                         let mut st = self.0.state.lock();
                         let newer = std::mem::take(&mut st.held);
                         st.held = std::iter::once(body).chain(held).chain(newer).collect();
-                        return Err(PushError::Stalled);
                     }
-                    Err(_) => return Err(PushError::Closed),
+                    return Err(e);
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use crate::inflight::Stored;
 use crate::reply::ReplyTo;
-use crate::session_handle::{PushError, SessionHandle};
+use crate::session_handle::{Patience, PushError, SessionHandle};
 use crate::state::ServerState;
 use crossbeam_channel::Receiver;
 use fastchat_common::protocol::RelayedOut;
@@ -166,20 +166,22 @@ fn refuse_stores(
 pub fn run_fetcher(state: Weak<ServerState>, sessions: Receiver<SessionHandle>) {
     while let Ok(session) = sessions.recv() {
         let Some(state) = state.upgrade() else { break };
-        let Some(step) = serve_fetch(&state, &session, Step::Fetch(None), Some(FETCH_STALL)) else {
+        let shared = Patience::StallAfter(FETCH_STALL);
+        let Some(step) = serve_fetch(&state, &session, Step::Fetch(None), shared) else {
             continue;
         };
         log::info!(
             "{}: no room for stored messages; fetching on a thread of its own",
             session.user()
         );
+        let own = Patience::CloseAfter(FETCH_WAIT);
         let (own_state, own_session) = (state.clone(), session.clone());
         let spawned = std::thread::Builder::new()
             .name("fetch-slow".into())
             .stack_size(256 * 1024)
-            .spawn(move || serve_fetch(&own_state, &own_session, step, None));
+            .spawn(move || serve_fetch(&own_state, &own_session, step, own));
         if spawned.is_err() {
-            serve_fetch(&state, &session, step, None);
+            serve_fetch(&state, &session, step, own);
         }
     }
 }
@@ -199,27 +201,26 @@ enum Fetched {
     /// Everything stored was pushed (or the session ended, or the database stayed out
     /// of reach).
     Done,
-    /// The session's queue stayed full for the stall time given. The pass goes on
-    /// after this cursor.
+    /// A push stalled. The pass goes on after this cursor.
     Stalled(Option<PendingCursor>),
 }
 
 /// Runs `session`'s fetch from `step`: passes until no other was asked for, then the
-/// release of its held live messages. With `stall`, stops where the session's queue
-/// stayed full that long and returns where to go on, the session still syncing.
+/// release of its held live messages. A push that stalls ([`Patience::StallAfter`])
+/// stops it: it returns where to go on, the session still syncing.
 fn serve_fetch(
     state: &Arc<ServerState>,
     session: &SessionHandle,
     mut step: Step,
-    stall: Option<Duration>,
+    patience: Patience,
 ) -> Option<Step> {
     loop {
         step = match step {
-            Step::Fetch(from) => match fetch_until_done(state, session, from, stall) {
+            Step::Fetch(from) => match fetch_until_done(state, session, from, patience) {
                 Fetched::Done => Step::Release,
                 Fetched::Stalled(at) => return Some(Step::Fetch(at)),
             },
-            Step::Release => match session.fetch_done(FETCH_WAIT, stall) {
+            Step::Release => match session.fetch_done(patience) {
                 Ok(true) => Step::Fetch(None),
                 Ok(false) | Err(PushError::Closed | PushError::SlowConsumer) => return None,
                 Err(PushError::Stalled) => return Some(Step::Release),
@@ -235,11 +236,11 @@ fn fetch_until_done(
     state: &Arc<ServerState>,
     session: &SessionHandle,
     from: Option<PendingCursor>,
-    stall: Option<Duration>,
+    patience: Patience,
 ) -> Fetched {
     let deadline = std::time::Instant::now() + FETCH_RETRY_FOR;
     loop {
-        match fetch_once(state, session, from, stall) {
+        match fetch_once(state, session, from, patience) {
             Ok(fetched) => return fetched,
             Err(e) => log::warn!("fetching stored messages for {}: {e}", session.user()),
         }
@@ -254,7 +255,7 @@ fn fetch_once(
     state: &Arc<ServerState>,
     session: &SessionHandle,
     from: Option<PendingCursor>,
-    stall: Option<Duration>,
+    patience: Patience,
 ) -> Result<Fetched, String> {
     let mut after = from;
     loop {
@@ -275,11 +276,7 @@ fn fetch_once(
                 sent_at: row.sent_at,
                 group: row.group.as_deref(),
             };
-            let pushed = match stall {
-                Some(stall) => session.push_stored_unless_stalled(&message, row.seq, stall),
-                None => session.push_stored(&message, row.seq, FETCH_WAIT),
-            };
-            match pushed {
+            match session.push_stored(&message, row.seq, patience) {
                 Ok(()) => {}
                 Err(PushError::Stalled) => return Ok(Fetched::Stalled(before)),
                 Err(PushError::Closed | PushError::SlowConsumer) => return Ok(Fetched::Done),
