@@ -9,6 +9,7 @@ use crate::error::ClientError;
 use crate::inbox::Incoming;
 use crate::transport::{connect, SharedSocket, TlsConn, TlsRead, TlsWrite};
 use crossbeam_channel::{Receiver, Sender};
+use fastchat_common::burst::SendGaps;
 use fastchat_common::frame::{encode_frame, read_frame, write_frame, MAX_CLIENT_FRAME};
 use fastchat_common::protocol::binary::BINARY_FRAME;
 use fastchat_common::protocol::client::{OkResult, Request, RequestBody, ServerFrame};
@@ -17,10 +18,10 @@ use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::io::{BufReader, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A running link: where its frames go, and whether it is still up.
 pub(crate) struct Link {
@@ -55,9 +56,9 @@ impl Link {
 }
 
 /// A frame sent less than this after the one before goes through the writer thread.
-const BURST_GAP_MICROS: u64 = 20_000;
+const BURST_GAP: Duration = Duration::from_millis(20);
 
-/// Where a link's frames go: a frame that comes alone (none sent in the [`BURST_GAP_MICROS`]
+/// Where a link's frames go: a frame that comes alone (none sent in the [`BURST_GAP`]
 /// before it) is written by the sending thread itself when the writer thread has nothing
 /// queued and the socket is free; the others are queued for the writer thread, which
 /// writes what piles up as one record and one system call. In the order they were sent
@@ -74,10 +75,8 @@ const BURST_GAP_MICROS: u64 = 20_000;
 /// written, with the stream still locked. So a frame sent after one that was queued is
 /// queued behind it.
 pub(crate) struct LinkOut {
-    /// When the link was opened: `last_send` counts from it.
-    opened: Instant,
-    /// Microseconds from `opened` to the last [`LinkOut::send`].
-    last_send: AtomicU64,
+    /// When frames were sent ([`LinkOut::send`]).
+    gaps: SendGaps,
     queue: Sender<Out>,
     stream: Arc<Mutex<TlsWrite>>,
     /// Frames queued for the writer thread and not yet written.
@@ -109,8 +108,7 @@ impl LinkOut {
             rx,
         };
         let out = LinkOut {
-            opened: Instant::now(),
-            last_send: AtomicU64::new(0),
+            gaps: SendGaps::new(),
             queue,
             stream,
             queued,
@@ -155,10 +153,7 @@ impl LinkOut {
     /// lock that `close` or the link's reader needs.
     pub fn send(&self, frame: Vec<u8>) {
         let frame = self.readable(frame);
-        let now = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let previous = self.last_send.swap(now, Ordering::AcqRel);
-        let alone = now.saturating_sub(previous) >= BURST_GAP_MICROS;
-        if alone && self.queued.load(Ordering::Acquire) == 0 {
+        if self.gaps.alone(BURST_GAP) && self.queued.load(Ordering::Acquire) == 0 {
             if let Some(mut stream) = self.stream.try_lock() {
                 if self.queued.load(Ordering::Acquire) == 0 {
                     let mut buf = Vec::with_capacity(frame.len() + 4);
@@ -586,7 +581,7 @@ mod tests {
     }
 
     fn after_a_gap() {
-        thread::sleep(Duration::from_micros(BURST_GAP_MICROS + 5_000));
+        thread::sleep(BURST_GAP + Duration::from_millis(5));
     }
 
     #[test]

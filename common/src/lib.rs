@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod blob;
+pub mod burst;
 pub mod channel;
 pub mod e2e;
 pub mod error;

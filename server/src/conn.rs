@@ -4,13 +4,14 @@
 //! empty and the write half free.
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
+use fastchat_common::burst::SendGaps;
 use fastchat_common::frame::encode_frame;
 use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -137,7 +138,7 @@ pub enum Writes {
     /// they made `group`'s tail several times longer), while a thousand clients sending
     /// one message at a time make a frame every millisecond or so, each of which woke
     /// the writer thread for itself.
-    DirectWhenAlone(u64),
+    DirectWhenAlone(Duration),
     /// Always the writer thread (tests that read what a queue holds).
     #[cfg(test)]
     Queued,
@@ -169,19 +170,8 @@ struct WriteTurn {
     stream: Mutex<Option<Box<dyn WriteHalf>>>,
     /// Items in the channel not yet written.
     queued: AtomicUsize,
-    /// When the queue was made: `last_send` counts from it.
-    made: Instant,
-    /// Microseconds from `made` to the last frame sent (`Writes::DirectWhenAlone` only).
-    last_send: AtomicU64,
-}
-
-impl WriteTurn {
-    /// Whether a frame sent now comes `gap_micros` or more after the one before it.
-    fn alone(&self, gap_micros: u64) -> bool {
-        let now = u64::try_from(self.made.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let previous = self.last_send.swap(now, Ordering::AcqRel);
-        now.saturating_sub(previous) >= gap_micros
-    }
+    /// When frames were sent (`Writes::DirectWhenAlone` only).
+    gaps: SendGaps,
 }
 
 thread_local! {
@@ -309,8 +299,7 @@ pub fn out_queue(frames: usize, max_bytes: usize, writes: Writes) -> (OutQueue, 
     let turn = Arc::new(WriteTurn {
         stream: Mutex::new(None),
         queued: AtomicUsize::new(0),
-        made: Instant::now(),
-        last_send: AtomicU64::new(0),
+        gaps: SendGaps::new(),
     });
     (
         OutQueue {
@@ -352,7 +341,7 @@ impl OutQueue {
         let turn = &*self.turn;
         let may = match self.writes {
             Writes::Direct => true,
-            Writes::DirectWhenAlone(gap_micros) => turn.alone(gap_micros),
+            Writes::DirectWhenAlone(gap) => turn.gaps.alone(gap),
             #[cfg(test)]
             Writes::Queued => false,
         };
@@ -568,7 +557,7 @@ mod tests {
         // A long gap, so that a test thread held up between two frames of a burst
         // does not make the second one alone.
         const GAP: Duration = Duration::from_millis(50);
-        let (out, rx) = out_queue(16, 1 << 20, Writes::DirectWhenAlone(GAP.as_micros() as u64));
+        let (out, rx) = out_queue(16, 1 << 20, Writes::DirectWhenAlone(GAP));
         spawn_writer("test-w".into(), stream, near, rx).unwrap();
         let sender = thread::Builder::new()
             .name("router".into())

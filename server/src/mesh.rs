@@ -22,7 +22,7 @@ const LINK_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// burst (a group message's copies for that server's members), left to the link's
 /// writer to pack; one that comes alone is written by the thread that sends it, which
 /// saves waking the writer (`Writes::DirectWhenAlone`).
-const ALONE_GAP_MICROS: u64 = 200;
+const ALONE_GAP: Duration = Duration::from_micros(200);
 /// Time allowed for connecting and for the hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,7 +158,7 @@ fn run_link(
     let (out, rx) = out_queue(
         LINK_QUEUE,
         LINK_QUEUE_BYTES,
-        Writes::DirectWhenAlone(ALONE_GAP_MICROS),
+        Writes::DirectWhenAlone(ALONE_GAP),
     );
     let writer = match stream
         .try_clone()
