@@ -54,6 +54,16 @@ fn check_name(group: &str) -> Result<(), Refusal> {
     }
 }
 
+/// A name that is not a valid user name is no user's (nor a text PostgreSQL would
+/// refuse, such as one with a NUL byte).
+fn check_user(user: &str) -> Result<(), Refusal> {
+    if is_valid_name(user) {
+        Ok(())
+    } else {
+        refuse(ErrorCode::UnknownUser, format!("no user named {user:?}"))
+    }
+}
+
 fn max_size(state: &ServerState) -> usize {
     state.config.max_group_size as usize
 }
@@ -149,10 +159,7 @@ pub fn create(
             "a group name is 1-32 letters, digits, '_', '-' or '.'",
         );
     }
-    // Not a user's name, so not a user (and not a text PostgreSQL would refuse).
-    if let Some(m) = members.iter().find(|m| !is_valid_name(m)) {
-        return refuse(ErrorCode::UnknownUser, format!("no user named {m:?}"));
-    }
+    members.iter().try_for_each(|m| check_user(m))?;
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
     let outcome = fastchat_sql::create_group(&mut db, group, me, members, max_size(state));
     drop(db);
@@ -168,9 +175,7 @@ pub fn create(
 /// `group_add`.
 pub fn add(state: &ServerState, me: &str, group: &str, user: &str) -> Result<OkResult, Refusal> {
     check_name(group)?;
-    if !is_valid_name(user) {
-        return refuse(ErrorCode::UnknownUser, format!("no user named {user:?}"));
-    }
+    check_user(user)?;
     let mut db = state.pool.get().map_err(|e| store_refusal(e.into()))?;
     let outcome = fastchat_sql::add_member(&mut db, group, me, user, max_size(state));
     drop(db);

@@ -344,7 +344,7 @@ mod tests {
         );
         assert_eq!(distinct_members("al", &members, 2), None);
         assert_eq!(distinct_members("al", &[], 0), None);
-        // A frame's worth of distinct names is refused at once, not compared pairwise.
+        // A frame's worth of names: refused as soon as the maximum is passed.
         let many: Vec<String> = (0..200_000).map(|i| i.to_string()).collect();
         assert_eq!(distinct_members("al", &many, 50), None);
         let repeated = vec!["bo".to_string(); 200_000];
